@@ -1,0 +1,135 @@
+"""``ood-ray audit | query | summary | demo`` -- thin: parse, validate, call the package.
+
+The config is validated before Ray is imported, so a bad option fails in well under a second
+with the key and the value (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ood_ray.config import ConfigError, load_config
+
+log = logging.getLogger("ood_ray")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The audit arguments, shared with ``jobs/audit.py``."""
+    parser.add_argument("source", nargs="?", help="local folder, s3://bucket/prefix, or manifest (.parquet/.csv)")
+    parser.add_argument("--out", help="run directory to write (local path or s3://)")
+    parser.add_argument("--config", help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set lint.method=iqr (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", default=None, help="replace a committed run in OUT")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def audit_from_args(args: argparse.Namespace) -> int:
+    """Validate, run and report an audit; returns the exit code."""
+    try:
+        config = load_config(args.config, args.overrides, source=args.source, out=args.out,
+                             overwrite=args.overwrite, address=args.address)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.verbose)
+    from ood_ray.pipeline import run_audit
+
+    try:
+        run = run_audit(config)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(run))
+    return 0
+
+
+def format_summary(run: dict) -> str:
+    """Human summary of a committed run: counts per status, duplicates, lint, timings."""
+    lines = [f"run {run['run_id']}  source {run.get('source')}",
+             f"objects in: {run['objects_in']}   rows out: {run['rows_out']}", "status counts:"]
+    for status, count in run["status_counts"].items():
+        lines.append(f"  {status:<17}{count:>10}")
+    tables = run.get("tables", {})
+    lines.append("tables: " + ", ".join(f"{name} {info['rows']} rows" for name, info in sorted(tables.items())))
+    groups = run.get("dedup", {}).get("groups", {})
+    if groups:
+        lines.append("duplicate groups: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
+    lines.append("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in run["stage_seconds"].items()))
+    if run.get("images_per_second"):
+        lines.append(f"scan throughput: {run['images_per_second']:.1f} images/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ood-ray", description="Audit image datasets on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    audit = sub.add_parser("audit", help="run an audit and write a run directory")
+    add_audit_arguments(audit)
+
+    query = sub.add_parser("query", help="run SQL (DuckDB) over a run's tables")
+    query.add_argument("out", help="run directory")
+    query.add_argument("sql", help="SQL; tables: images, channels, duplicates, lint; views: leakage, lint_by_class")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.add_argument("--max-rows", type=int, default=200)
+
+    summary = sub.add_parser("summary", help="counts per status, tables, duplicates and timings of a run")
+    summary.add_argument("out", help="run directory")
+    summary.add_argument("--json", action="store_true", help="print run.json")
+
+    demo = sub.add_parser("demo", help="write the example dataset (planted defects) into a folder")
+    demo.add_argument("folder")
+    demo.add_argument("--seed", type=int, default=0)
+
+    args = parser.parse_args(argv)
+    if args.command == "audit":
+        return audit_from_args(args)
+    if args.command == "query":
+        from ood_ray.query import format_table, run_query
+
+        try:
+            result = run_query(args.out, args.sql)
+        except FileNotFoundError as exc:
+            print(f"ood-ray: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:  # noqa: BLE001 - a SQL error is the user's to read, not a traceback
+            print(f"ood-ray: query failed: {exc}", file=sys.stderr)
+            return 1
+        print(format_table(result, args.format, args.max_rows))
+        return 0
+    if args.command == "summary":
+        from ood_ray.io.rundir import read_run
+
+        try:
+            run = read_run(args.out)
+        except FileNotFoundError as exc:
+            print(f"ood-ray: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(run, indent=2) if args.json else format_summary(run))
+        return 0
+    if args.command == "demo":
+        _setup_logging(False)
+        from ood_ray.demo import write_demo_dataset
+
+        manifest = write_demo_dataset(args.folder, seed=args.seed)
+        print(f"wrote {len(manifest)} files to {args.folder}/images "
+              f"(also {args.folder}/manifest.csv; planted defects in {args.folder}/PLANTED.json)")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""One frozen, validated configuration for an audit: YAML file + ``--set key=value`` overrides.
+
+Every knob lives here, resources included. The config is built and validated on the driver
+before Ray is imported or started: an unknown key, a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the dotted key and the value, in well under a second.
+
+Precedence (last wins): defaults < ``--config FILE.yaml`` < ``--set key=value`` < explicit CLI
+flags (``SOURCE``, ``--out``, ``--overwrite``, ``--address``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value is invalid; the message names the key and the value."""
+
+
+LINT_METHODS: dict[str, float] = {"zscore": 3.0, "modzscore": 3.5, "iqr": 1.5}
+LAYOUTS = ("auto", "split/label", "label", "flat")
+NEAR_METHODS = ("phash", "dhash")
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {why}")
+
+
+def _check_positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        _fail(key, value, "must be > 0" if not allow_zero else "must be >= 0")
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Reading inputs. ``max_pixels`` is the decompression-bomb guard (checked from the header)."""
+
+    max_pixels: int = 178_956_970
+    max_file_bytes: int = 1 << 30
+    extensions: list[str] | None = None
+    layout: str = "auto"
+    fetch_threads: int = 8
+    rows_per_block: int = 64
+
+    def validate(self, prefix: str) -> None:
+        _check_positive(f"{prefix}.max_pixels", self.max_pixels)
+        _check_positive(f"{prefix}.max_file_bytes", self.max_file_bytes)
+        _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
+        _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
+        if self.layout not in LAYOUTS:
+            _fail(f"{prefix}.layout", self.layout, f"must be one of {', '.join(LAYOUTS)}")
+        for ext in self.extensions or []:
+            if not ext.startswith("."):
+                _fail(f"{prefix}.extensions", self.extensions, f"each extension starts with '.', got {ext!r}")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Per-image statistics."""
+
+    per_channel_sharpness: bool = True
+
+    def validate(self, prefix: str) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class LintRule:
+    """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier)."""
+
+    method: str | None = None
+    threshold: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        if self.method is not None and self.method not in LINT_METHODS:
+            _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(LINT_METHODS)}")
+        _check_positive(f"{prefix}.threshold", self.threshold)
+
+
+@dataclass(frozen=True)
+class LintConfig:
+    """Extreme-value flags over the scalar statistics of ``images``.
+
+    ``method``: ``zscore`` (|x - mean| / std > 3.0), ``modzscore`` (0.6745 |x - median| / MAD >
+    3.5) or ``iqr`` (outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR]); ``threshold`` replaces the multiplier.
+    ``metrics``: which statistics (default: every scalar statistic); ``per_class``: thresholds
+    computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
+    """
+
+    enabled: bool = True
+    method: str = "zscore"
+    threshold: float | None = None
+    metrics: list[str] | None = None
+    per_class: bool = False
+    overrides: dict[str, LintRule] = field(default_factory=dict)
+
+    def validate(self, prefix: str) -> None:
+        from ood_ray.stats.image import IMAGE_STAT_NAMES
+
+        if self.method not in LINT_METHODS:
+            _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(LINT_METHODS)}")
+        _check_positive(f"{prefix}.threshold", self.threshold)
+        for name in list(self.metrics or []) + list(self.overrides):
+            if name not in IMAGE_STAT_NAMES:
+                _fail(f"{prefix}.metrics", name, f"unknown statistic; one of {', '.join(IMAGE_STAT_NAMES)}")
+        for name, rule in self.overrides.items():
+            rule.validate(f"{prefix}.overrides.{name}")
+
+    def rule_for(self, metric: str) -> tuple[str, float]:
+        """The ``(method, multiplier)`` that applies to ``metric``."""
+        rule = self.overrides.get(metric, LintRule())
+        method = rule.method or self.method
+        if rule.threshold is not None:
+            return method, rule.threshold
+        if rule.method is None and self.threshold is not None:
+            return method, self.threshold
+        return method, LINT_METHODS[method]
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """Duplicate groups: exact by ``hash_pixels``; near by perceptual hashes within a distance.
+
+    Near pairs are found by multi-index hashing: the 64 bits are cut into ``bands`` bands
+    (default ``near_distance + 2``); two hashes within ``near_distance`` bits agree exactly on at
+    least ``bands - near_distance`` bands, so joining on every such combination of bands finds
+    every pair without comparing all pairs. Buckets with more than ``max_bucket`` distinct hashes
+    are skipped (and reported) so that a pathological dataset cannot explode the join.
+    """
+
+    enabled: bool = True
+    near_distance: int = 4
+    near_methods: list[str] = field(default_factory=lambda: list(NEAR_METHODS))
+    bands: int | None = None
+    max_bucket: int = 2000
+
+    def validate(self, prefix: str) -> None:
+        if not 0 <= self.near_distance <= 16:
+            _fail(f"{prefix}.near_distance", self.near_distance, "must be between 0 and 16")
+        for method in self.near_methods:
+            if method not in NEAR_METHODS:
+                _fail(f"{prefix}.near_methods", self.near_methods, f"each must be one of {', '.join(NEAR_METHODS)}")
+        if self.bands is not None and not self.near_distance < self.bands <= 32:
+            _fail(f"{prefix}.bands", self.bands, f"must be > near_distance ({self.near_distance}) and <= 32")
+        _check_positive(f"{prefix}.max_bucket", self.max_bucket)
+
+    @property
+    def effective_bands(self) -> int:
+        return self.bands if self.bands is not None else self.near_distance + 2
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Ray resources. ``num_cpus``/``object_store_memory_mb`` apply only to a local Ray."""
+
+    num_cpus: int | None = None
+    object_store_memory_mb: int | None = None
+    task_num_cpus: float = 1.0
+    no_progress_timeout_s: float = 900.0
+    progress_interval_s: float = 10.0
+
+    def validate(self, prefix: str) -> None:
+        _check_positive(f"{prefix}.num_cpus", self.num_cpus)
+        _check_positive(f"{prefix}.object_store_memory_mb", self.object_store_memory_mb)
+        _check_positive(f"{prefix}.task_num_cpus", self.task_num_cpus)
+        _check_positive(f"{prefix}.no_progress_timeout_s", self.no_progress_timeout_s)
+        _check_positive(f"{prefix}.progress_interval_s", self.progress_interval_s)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The whole audit. ``source`` and ``out`` are required (CLI or YAML)."""
+
+    source: str = ""
+    out: str = ""
+    overwrite: bool = False
+    address: str | None = None
+    io: IOConfig = field(default_factory=IOConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
+    lint: LintConfig = field(default_factory=LintConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def validate(self) -> None:
+        if not self.source:
+            _fail("source", self.source, "an input folder, s3:// prefix or manifest file is required")
+        if not self.out:
+            _fail("out", self.out, "an output directory (local or s3://) is required")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate(f.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building from plain dicts with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}={value!r}: invalid value")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _fail(key, value, f"must be a mapping of {', '.join(f.name for f in dataclasses.fields(tp))}")
+        return _build(tp, value, key)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            _fail(key, value, "must be a list")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(key, value, "must be a mapping")
+        return {str(k): _coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(key, value, "must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, value, "must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, value, "must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, value, "must be a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key {dotted!r} (valid keys here: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(dotted, value, hints[key])
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}={value!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"lint.method=iqr"`` -> ``("lint.method", "iqr")``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}={raw!r}: not a YAML value ({exc})") from None
+    return key, value
+
+
+def load_config(
+    path: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    **explicit: Any,
+) -> AuditConfig:
+    """Build the validated config from a YAML file, ``--set`` overrides and explicit values."""
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as exc:
+            raise ConfigError(f"--config={path!r}: cannot read ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config={path!r}: not valid YAML ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config={path!r}: the top level must be a mapping")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    for key, value in explicit.items():
+        if value is not None:
+            tree[key] = value
+    config = _build(AuditConfig, tree)
+    config.validate()
+    return config

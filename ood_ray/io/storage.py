@@ -1,0 +1,146 @@
+"""One way to reach bytes by URI: local paths and ``s3://`` through ``pyarrow.fs``.
+
+S3 settings come only from the environment (never from the config, never logged):
+``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN`` or the instance profile
+(pyarrow's default credential chain), ``AWS_DEFAULT_REGION`` / ``AWS_REGION`` (default
+``us-east-1``) and ``AWS_ENDPOINT_URL`` (``http://host:port`` for MinIO, SeaweedFS or any other
+S3-compatible store). Ray workers inherit these from the driver or from the cluster's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from functools import lru_cache
+
+import pyarrow.fs as pafs
+
+S3_SCHEME = "s3://"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def _endpoint_from_env() -> tuple[str | None, str]:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return None, "https"
+    scheme = "https"
+    if "://" in endpoint:
+        scheme, endpoint = endpoint.split("://", 1)
+    return endpoint.rstrip("/"), scheme
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, scheme: str, region: str) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region, "scheme": scheme}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """The S3 filesystem described by the environment (cached per process)."""
+    endpoint, scheme = _endpoint_from_env()
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
+    return _s3_filesystem(endpoint, scheme, region)
+
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://bucket/key``."""
+    if is_s3(uri):
+        return s3_filesystem(), uri[len(S3_SCHEME) :].rstrip("/")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return _LOCAL, os.path.abspath(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with ``/`` (S3) or the OS separator (local)."""
+    if is_s3(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def normalize_uri(uri: str) -> str:
+    """Canonical spelling: absolute local path, or ``s3://bucket/key`` without a trailing ``/``."""
+    if is_s3(uri):
+        return uri.rstrip("/")
+    return resolve(uri)[1]
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write ``data`` so readers see the old object or the new one, never a partial one.
+
+    Local: write a temporary sibling, then ``os.replace``. S3: a single PUT is atomic.
+    """
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_parent_dirs(path)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
+def list_files(uri: str) -> list[tuple[str, int]]:
+    """Every regular file under ``uri`` (recursive) as ``(uri, size_bytes)``, sorted by uri."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    out = []
+    for info in infos:
+        if info.type != pafs.FileType.File:
+            continue
+        out.append((S3_SCHEME + info.path if is_s3(uri) else info.path, info.size))
+    out.sort()
+    return out
+
+
+def delete_files(uris: list[str]) -> None:
+    for uri in uris:
+        fs, path = resolve(uri)
+        try:
+            fs.delete_file(path)
+        except FileNotFoundError:
+            pass
+
+
+def make_dirs(uri: str) -> None:
+    """Create a local folder (S3 has no folders: nothing to do)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(path, exist_ok=True)
+
+
+def make_parent_dirs(uri: str) -> None:
+    """Create the local folder that will hold ``uri`` (no-op on S3)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,0 +1,178 @@
+"""The audit job: manifest -> Ray Data scan -> global passes -> committed run directory.
+
+1. **Manifest** (driver): list the folder/prefix or read the manifest; assign ``image_id``.
+2. **Scan** (Ray Data): the manifest is cut into blocks of ``io.rows_per_block`` rows; a
+   ``map_batches`` task per block fetches the bytes *in the worker* (threads for S3 latency),
+   decodes each row once inside its own error handling and computes every statistic and hash;
+   :class:`ood_ray.io.sink.ScanDatasink` writes ``images`` and ``channels`` part files.
+3. **Global passes** (driver, DuckDB over the written files): lint thresholds and flags,
+   duplicate groups.
+4. **Commit**: ``run.json`` written last (see :mod:`ood_ray.io.rundir`).
+
+Counts reconcile: the job fails (and commits nothing) if ``images`` rows != objects in.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+
+from ood_ray.config import AuditConfig
+from ood_ray.io.rundir import RunDirectory
+from ood_ray.io.sources import build_manifest
+from ood_ray.tables import RESERVED_COLUMNS
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = ("ood-ray", "ray", "pyarrow", "numpy", "pillow", "duckdb", "scipy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class StageTimer:
+    """Wall-clock seconds per named stage, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - started, 3)
+            log.info("stage %s: %.2fs", name, self.seconds[name])
+
+
+def init_ray(config: AuditConfig) -> None:
+    """Connect to ``--address``/``RAY_ADDRESS`` or start a local Ray (reused if already up)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        log.info("connecting to Ray at %s", address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False}
+    if config.ray.num_cpus:
+        kwargs["num_cpus"] = config.ray.num_cpus
+    if config.ray.object_store_memory_mb:
+        kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    log.info("starting a local Ray")
+    ray.init(**kwargs)
+
+
+def _manifest_blocks(manifest: pa.Table, rows_per_block: int) -> list[pa.Table]:
+    return [manifest.slice(i, rows_per_block) for i in range(0, manifest.num_rows, rows_per_block)] or [manifest]
+
+
+def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory) -> dict[str, Any]:
+    """The distributed pass; returns written files, status counts and worker-side seconds."""
+    import ray
+
+    from ood_ray.io.sink import ScanDatasink
+    from ood_ray.progress import ProgressLogger, ProgressTracker
+    from ood_ray.scan import ScanSettings, scan_batch
+
+    context = ray.data.DataContext.get_current()
+    context.execution_no_progress_timeout_s = config.ray.no_progress_timeout_s
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+    settings = ScanSettings(
+        max_pixels=config.io.max_pixels,
+        max_file_bytes=config.io.max_file_bytes,
+        fetch_threads=config.io.fetch_threads,
+        per_channel_sharpness=config.stats.per_channel_sharpness,
+    )
+    tracker = ProgressTracker.remote()
+    dataset = ray.data.from_arrow(_manifest_blocks(manifest, config.io.rows_per_block))
+    dataset = dataset.map_batches(
+        scan_batch,
+        batch_format="pyarrow",
+        batch_size=None,
+        fn_kwargs={"settings": settings, "progress": tracker},
+        num_cpus=config.ray.task_num_cpus,
+    )
+    sink = ScanDatasink(run_dir.out, run_dir.run_id)
+    with ProgressLogger(tracker, manifest.num_rows, config.ray.progress_interval_s):
+        dataset.write_datasink(sink)
+    totals = ray.get(tracker.totals.remote())
+    ray.kill(tracker)
+    return {"files": sink.files, "statuses": sink.statuses, "worker_seconds": {
+        "fetch": round(totals["fetch_seconds"], 3), "decode_and_stats": round(totals["scan_seconds"], 3)}}
+
+
+def run_audit(config: AuditConfig) -> dict[str, Any]:
+    """Run the whole audit described by ``config``; returns the committed ``run.json``."""
+    from ood_ray.dedup.hash_groups import run_dedup
+    from ood_ray.lint.linter import run_lint
+    from ood_ray.query import register_table
+
+    import duckdb
+
+    timer = StageTimer()
+    started = time.perf_counter()
+    run_dir = RunDirectory(config.out)
+    run_dir.check_writable(config.overwrite)
+    with timer.stage("manifest"):
+        manifest = build_manifest(config, RESERVED_COLUMNS)
+    log.info("run %s: %d objects from %s -> %s", run_dir.run_id, manifest.num_rows, config.source, run_dir.out)
+    init_ray(config)
+
+    with timer.stage("scan"):
+        scan = run_scan(config, manifest, run_dir)
+    files: dict[str, list[tuple[str, int]]] = dict(scan["files"])
+    rows_out = sum(rows for _, rows in files["images"])
+    if rows_out != manifest.num_rows:
+        raise RuntimeError(f"counts do not reconcile: {manifest.num_rows} objects in, {rows_out} image rows out")
+
+    con = duckdb.connect()
+    register_table(con, "images", [uri for uri, _ in files["images"]])
+    thresholds: dict[str, Any] = {}
+    dedup_summary: dict[str, Any] = {}
+    if config.lint.enabled:
+        with timer.stage("lint"):
+            lint, thresholds = run_lint(con, config.lint)
+            files["lint"] = [(run_dir.write_part("lint", "00000", lint), lint.num_rows)]
+    if config.dedup.enabled:
+        with timer.stage("dedup"):
+            duplicates, dedup_summary = run_dedup(con, config.dedup)
+            files["duplicates"] = [(run_dir.write_part("duplicates", "00000", duplicates), duplicates.num_rows)]
+    con.close()
+
+    timer.seconds["total_before_commit"] = round(time.perf_counter() - started, 3)
+    run_info = {
+        "source": config.source,
+        "objects_in": manifest.num_rows,
+        "rows_out": rows_out,
+        "status_counts": dict(sorted(scan["statuses"].items())),
+        "stage_seconds": timer.seconds,
+        "worker_seconds": scan["worker_seconds"],
+        "images_per_second": round(manifest.num_rows / timer.seconds["scan"], 2) if timer.seconds.get("scan") else None,
+        "lint_thresholds": thresholds,
+        "dedup": dedup_summary,
+        "config": config.to_dict(),
+        "versions": package_versions(),
+    }
+    run = run_dir.commit(files, run_info)
+    log.info("committed run %s: %d images, statuses %s", run_dir.run_id, rows_out, run["status_counts"])
+    return run

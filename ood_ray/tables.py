@@ -1,0 +1,91 @@
+"""Arrow schemas of the output tables (one place, so every writer and reader agrees).
+
+``images`` columns after the carried manifest columns (``image_id``, ``uri``, ``split``,
+``label`` and any extras):
+
+- object: ``file_size`` (bytes), ``hash_file``, ``status``, ``error``
+- decode: ``format``, ``mode`` (as stored), ``frames``
+- geometry and statistics: :data:`ood_ray.stats.image.IMAGE_STAT_NAMES`
+- hashes: ``hash_pixels``, ``phash``, ``dhash``
+
+A failing row keeps ``image_id``, ``uri``, ``split``, ``label``, ``status``, ``error`` (and
+``file_size``/``hash_file``/``format``/``mode``/``width``/``height`` when they were known before
+the failure); its statistics are null.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES
+
+_INT_STATS = {"width", "height", "size", "channels", "depth"}
+
+OBJECT_FIELDS: list[pa.Field] = [
+    pa.field("file_size", pa.int64()),
+    pa.field("hash_file", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("format", pa.string()),
+    pa.field("mode", pa.string()),
+    pa.field("frames", pa.int32()),
+]
+STAT_FIELDS: list[pa.Field] = [
+    pa.field(name, pa.int64() if name in _INT_STATS else pa.float64()) for name in IMAGE_STAT_NAMES
+]
+HASH_FIELDS: list[pa.Field] = [
+    pa.field("hash_pixels", pa.string()),
+    pa.field("phash", pa.uint64()),
+    pa.field("dhash", pa.uint64()),
+]
+#: Columns the scan adds to every manifest row (in this order).
+SCAN_FIELDS: list[pa.Field] = OBJECT_FIELDS + STAT_FIELDS + HASH_FIELDS
+
+#: Per-channel lists carried from the scan to the channels writer (dropped from ``images``).
+CHANNEL_LIST_PREFIX = "_ch_"
+CHANNEL_LIST_FIELDS: list[pa.Field] = [pa.field(f"{CHANNEL_LIST_PREFIX}band", pa.list_(pa.string()))] + [
+    pa.field(f"{CHANNEL_LIST_PREFIX}{name}", pa.list_(pa.float64())) for name in CHANNEL_STAT_NAMES
+]
+
+CHANNELS_SCHEMA = pa.schema(
+    [pa.field("image_id", pa.string()), pa.field("channel", pa.int32()), pa.field("band", pa.string())]
+    + [pa.field(name, pa.float64()) for name in CHANNEL_STAT_NAMES]
+)
+
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        pa.field("group_id", pa.string()),
+        pa.field("image_id", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("method", pa.string()),
+        pa.field("distance", pa.float64()),
+        pa.field("group_size", pa.int64()),
+    ]
+)
+
+LINT_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("metric", pa.string()),
+        pa.field("value", pa.float64()),
+        pa.field("lower", pa.float64()),
+        pa.field("upper", pa.float64()),
+        pa.field("method", pa.string()),
+        pa.field("threshold", pa.float64()),
+        pa.field("scope", pa.string()),
+    ]
+)
+
+#: Names the scan writes; a manifest column with one of these names is refused.
+RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size"}
+
+
+def scan_schema(manifest_schema: pa.Schema) -> pa.Schema:
+    """Schema of one scan output block: manifest columns, scan columns, channel lists."""
+    return pa.schema(list(manifest_schema) + SCAN_FIELDS + CHANNEL_LIST_FIELDS)
+
+
+def images_schema(manifest_schema: pa.Schema) -> pa.Schema:
+    """Schema of the ``images`` table (``listed_size`` is folded into ``file_size``)."""
+    fields = [f for f in manifest_schema if f.name != "listed_size"]
+    return pa.schema(fields + SCAN_FIELDS)
