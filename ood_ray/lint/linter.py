@@ -99,7 +99,7 @@ def run_lint(con: duckdb.DuckDBPyConnection, config: LintConfig) -> tuple[pa.Tab
                    CAST("{m}" AS DOUBLE) AS value FROM images WHERE status = 'ok' AND "{m}" IS NOT NULL"""
         for m in sorted(set(rows["metric"]))
     )
-    flags = con.execute(
+    flags = con.sql(
         f"""SELECT v.image_id, v.metric, v.value, b.lower, b.upper, b.method, b.threshold, v.grp AS scope
             FROM ({unpivot}) v JOIN _lint_bounds b ON v.grp = b.grp AND v.metric = b.metric
             WHERE v.value < b.lower OR v.value > b.upper

@@ -1,0 +1,132 @@
+"""Duplicate groups: band masks (pigeonhole), near pairs against brute force, bucket guard, groups."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ood_ray.config import load_config
+from ood_ray.dedup.components import compute_components
+from ood_ray.dedup.hash_groups import band_masks, find_near_pairs, run_dedup
+
+
+def dedup_config(*overrides: str):
+    return load_config(None, list(overrides), source="s", out="o").dedup
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    h=st.integers(0, 2**64 - 1),
+    flips=st.lists(st.integers(0, 63), max_size=6, unique=True),
+    distance=st.integers(0, 6),
+    extra=st.integers(1, 4),
+)
+def test_hashes_within_distance_share_a_masked_key(h, flips, distance, extra):
+    """Pigeonhole: <= d differing bits leave at least bands - d bands equal."""
+    other = h
+    for bit in flips[:distance]:
+        other ^= 1 << bit
+    masks = band_masks(distance + extra, distance)
+    assert any((h & m) == (other & m) for m in masks)
+
+
+def test_band_masks_cover_64_bits():
+    masks = band_masks(6, 4)
+    assert len(masks) == 15  # C(6, 2)
+    union = 0
+    for m in masks:
+        union |= m
+    assert union == 2**64 - 1
+
+
+def _con(hashes: np.ndarray, pixel_hashes: list[str] | None = None, splits: list[str] | None = None):
+    n = len(hashes)
+    con = duckdb.connect()
+    con.register("images", pa.table({
+        "image_id": [f"id{i:05d}" for i in range(n)],
+        "status": ["ok"] * n,
+        "phash": pa.array(hashes, pa.uint64()),
+        "dhash": pa.array(hashes, pa.uint64()),
+        "hash_pixels": pixel_hashes or [f"px{i}" for i in range(n)],
+        "split": splits or ["train"] * n,
+    }))
+    return con
+
+
+def brute_force_pairs(hashes: np.ndarray, distance: int) -> set[tuple[int, int]]:
+    distinct = np.unique(hashes)
+    xor = np.bitwise_xor(distinct[:, None], distinct[None, :])
+    d = np.bitwise_count(xor)
+    i, j = np.nonzero(np.triu(d <= distance, k=1))
+    return {(int(distinct[a]), int(distinct[b])) for a, b in zip(i, j)}
+
+
+@pytest.mark.parametrize("distance,bands", [(4, None), (4, 5), (2, 8), (0, None)])
+def test_near_pairs_equal_brute_force(distance, bands):
+    rng = np.random.default_rng(distance)
+    base = rng.integers(0, 2**63, size=600, dtype=np.uint64)
+    planted = base[:200].copy()
+    for k in range(200):  # near copies with 0..6 flipped bits
+        for bit in rng.choice(64, size=k % 7, replace=False):
+            planted[k] ^= np.uint64(1) << np.uint64(bit)
+    hashes = np.concatenate([base, planted])
+    overrides = [f"dedup.near_distance={distance}"] + ([f"dedup.bands={bands}"] if bands else [])
+    h1, h2, d, skipped = find_near_pairs(_con(hashes), "phash", dedup_config(*overrides))
+    assert not skipped
+    assert set(zip(h1.tolist(), h2.tolist())) == brute_force_pairs(hashes, distance)
+    assert np.all(d <= distance)
+
+
+def test_huge_buckets_are_skipped_and_reported():
+    # 300 distinct hashes that share their high 48 bits: every band key but one is the same.
+    hashes = (np.uint64(0xABCDEF0123450000) + np.arange(300, dtype=np.uint64))
+    h1, _, _, skipped = find_near_pairs(_con(hashes), "phash", dedup_config("dedup.max_bucket=100", "dedup.near_distance=2"))
+    assert skipped and all(s["distinct_hashes"] > 100 for s in skipped)
+    assert len(h1) < len(brute_force_pairs(hashes, 2))
+
+
+def test_identical_hashes_are_one_value_not_a_pair_explosion():
+    hashes = np.concatenate([np.full(5000, 12345, np.uint64), np.array([12345 ^ 1, 99], np.uint64)])
+    con = _con(hashes)
+    h1, h2, _, _ = find_near_pairs(con, "phash", dedup_config())
+    assert list(zip(h1.tolist(), h2.tolist())) == [(12344, 12345)]
+    duplicates, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
+    near = duplicates.filter(pa.compute.equal(duplicates.column("kind"), "near"))
+    assert near.num_rows == 5001 and set(near.column("group_size").to_pylist()) == {5001}
+
+
+def test_groups_chain_by_union_find_and_distance_is_nearest_member():
+    a = 0b0
+    hashes = np.array([a, a ^ 0b1, a ^ 0b11, 0xFFFF_0000_0000_0000], np.uint64)  # 0-1-2 chain, 3 apart
+    con = _con(hashes)
+    duplicates, summary = run_dedup(con, dedup_config("dedup.near_distance=1", "dedup.near_methods=phash"))
+    rows = {r["image_id"]: r for r in duplicates.to_pylist()}
+    assert set(rows) == {"id00000", "id00001", "id00002"}
+    assert len({r["group_id"] for r in rows.values()}) == 1
+    assert all(r["distance"] == 1.0 for r in rows.values())
+    assert summary["groups"] == {"near/phash": 1}
+
+
+def test_exact_groups_by_pixels_and_pixel_identical_near_groups_are_not_repeated():
+    hashes = np.array([10, 10, 10, 0xFFFF_FFFF_0000_0000], np.uint64)
+    con = _con(hashes, pixel_hashes=["p", "p", "q", "r"])
+    duplicates, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
+    exact = [r for r in duplicates.to_pylist() if r["kind"] == "exact"]
+    assert {r["image_id"] for r in exact} == {"id00000", "id00001"}
+    near = [r for r in duplicates.to_pylist() if r["kind"] == "near"]
+    assert {r["image_id"] for r in near} == {"id00000", "id00001", "id00002"}
+    # Two pixel-identical images alone are only an exact group.
+    con = _con(np.array([10, 10], np.uint64), pixel_hashes=["p", "p"])
+    assert run_dedup(con, dedup_config())[1]["groups"] == {"exact/pixel": 1}
+
+
+def test_components_partition():
+    labels = compute_components(6, np.array([0, 1, 4]), np.array([1, 2, 5]))
+    assert labels[0] == labels[1] == labels[2]
+    assert labels[4] == labels[5] != labels[0]
+    assert len(set(labels.tolist())) == 3
+    assert compute_components(0, np.array([]), np.array([])).size == 0

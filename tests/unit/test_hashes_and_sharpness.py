@@ -1,0 +1,97 @@
+"""Exact and perceptual hashes, and sharpness against DataEval's edge filter."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ood_ray.io.decode import decode_image
+from ood_ray.stats.hashes import (
+    compute_dhash,
+    compute_hash_pixels,
+    compute_luma,
+    compute_phash,
+    hamming_distance,
+)
+from ood_ray.stats.visual import compute_sharpness
+
+
+def textured(seed: int = 0, size: tuple[int, int] = (64, 80)) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    base = 128 + 60 * np.sin(xx / 7.0 + seed) * np.cos(yy / 5.0) + rng.normal(0, 8, size)
+    return np.clip(np.stack([base, base[::-1], base.T[: size[0], : size[1]] if size[0] == size[1] else base], -1), 0, 255).astype(np.uint8)
+
+
+def test_hash_pixels_ignores_container_but_not_pixels_or_shape():
+    pixels = textured()
+    via = {}
+    for fmt in ("PNG", "BMP", "TIFF"):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format=fmt)
+        via[fmt] = compute_hash_pixels(decode_image(buffer.getvalue(), 10**8).pixels)
+    assert len(set(via.values())) == 1
+    changed = pixels.copy()
+    changed[0, 0, 0] ^= 1
+    assert compute_hash_pixels(changed) != via["PNG"]
+    flat = pixels.reshape(pixels.shape[1], pixels.shape[0], 3)  # same bytes, other shape
+    assert compute_hash_pixels(flat) != via["PNG"]
+
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "real"
+
+
+def test_perceptual_hashes_survive_small_edits_and_separate_different_images():
+    """On a real photo: JPEG re-encode, a 2-px crop and a 90% resize stay near; another photo is far."""
+    image = Image.open(REAL / "imagenet_00_243.jpg").convert("RGB")
+    pixels = np.asarray(image)
+    luma = compute_luma(pixels)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=60)
+    jpeg = compute_luma(np.asarray(Image.open(buffer)))
+    cropped = compute_luma(pixels[2:-2, 2:-2])
+    resized = compute_luma(np.asarray(image.resize((460, 460), Image.Resampling.BILINEAR)))
+    other = compute_luma(np.asarray(Image.open(REAL / "cifar10_00_3.png").convert("RGB")))
+    for hash_fn in (compute_phash, compute_dhash):
+        assert hamming_distance(hash_fn(luma), hash_fn(jpeg)) <= 4
+        assert hamming_distance(hash_fn(luma), hash_fn(cropped)) <= 4
+        assert hamming_distance(hash_fn(luma), hash_fn(resized)) <= 4
+        assert hamming_distance(hash_fn(luma), hash_fn(other)) > 12
+
+
+def test_no_perceptual_hash_for_tiny_or_constant_images():
+    assert compute_phash(np.zeros((8, 40), np.uint8)) is None
+    assert compute_dhash(np.zeros((8, 40), np.uint8)) is None
+    assert compute_phash(np.full((40, 40), 200, np.uint8)) is None
+    assert compute_dhash(np.full((40, 40), 7, np.uint8)) is None
+
+
+def test_hamming_distance_is_a_popcount():
+    a = np.array([0, 0xFFFFFFFFFFFFFFFF, 0b1011], dtype=np.uint64)
+    b = np.array([1, 0, 0b0001], dtype=np.uint64)
+    assert hamming_distance(a, b).tolist() == [1, 64, 2]
+
+
+def test_sharpness_equals_dataeval_edge_filter():
+    edge_filter = pytest.importorskip("dataeval.utils.preprocessing").edge_filter
+    pixels = textured(3)
+    whole, per_channel = compute_sharpness(pixels)
+    gray = pixels.astype(np.float64).mean(axis=2)
+    assert whole * 255 == pytest.approx(np.std(edge_filter(gray)), rel=1e-9)
+    for c in range(3):
+        assert per_channel[c] * 255 == pytest.approx(np.std(edge_filter(pixels[:, :, c].astype(np.float64))), rel=1e-9)
+
+
+def test_sharpness_known_answers():
+    assert compute_sharpness(np.full((9, 9, 1), 90, np.uint8))[0] == 0.0
+    # Interior of a 0/255 checkerboard: the filter saturates to 255.5 -> 255 on white and to
+    # -1019.5 -> 0 on black, so e is half 255 and half 0 (std 127.5) -- borders aside.
+    board = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.uint8) * 255
+    whole, _ = compute_sharpness(board[:, :, None])
+    assert whole == pytest.approx(127.5 / 255, abs=0.01)
+    sixteen = compute_sharpness((board.astype(np.uint16) * 257)[:, :, None])[0]
+    assert sixteen == pytest.approx(whole, rel=1e-9)

@@ -1,0 +1,97 @@
+"""Manifests (layouts, ids, relative URIs) and the run directory's commit protocol."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+import xxhash
+
+from ood_ray.config import ConfigError, load_config
+from ood_ray.io.rundir import RunDirectory, read_run, table_files
+from ood_ray.io.sources import build_manifest, compute_image_ids
+from ood_ray.tables import RESERVED_COLUMNS
+
+
+def touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_image_ids_are_stable_and_repeats_are_disambiguated():
+    ids = compute_image_ids(["/a.png", "/b.png", "/a.png", "/a.png"])
+    assert ids[0] == xxhash.xxh3_128_hexdigest(b"/a.png")
+    assert ids[2] == xxhash.xxh3_128_hexdigest(b"/a.png#1")
+    assert len(set(ids)) == 4
+    assert compute_image_ids(["/a.png", "/b.png", "/a.png", "/a.png"]) == ids
+
+
+def test_folder_layouts(tmp_path):
+    touch(tmp_path / "train" / "cat" / "1.png")
+    touch(tmp_path / "dog" / "2.png")
+    touch(tmp_path / "3.png")
+    touch(tmp_path / ".hidden" / "4.png")
+    touch(tmp_path / "train" / "cat" / ".DS_Store")
+    config = load_config(None, [], source=str(tmp_path), out=str(tmp_path / "out"))
+    manifest = build_manifest(config, RESERVED_COLUMNS)
+    rows = {r["uri"].rsplit("/", 1)[1]: (r["split"], r["label"]) for r in manifest.to_pylist()}
+    assert rows == {"1.png": ("train", "cat"), "2.png": (None, "dog"), "3.png": (None, None)}
+    flat = build_manifest(load_config(None, ["io.layout=flat"], source=str(tmp_path), out="o"), RESERVED_COLUMNS)
+    assert set(flat.column("label").to_pylist()) == {None}
+    only_png = build_manifest(load_config(None, ["io.extensions=.jpg"], source=str(tmp_path), out="o"), RESERVED_COLUMNS)
+    assert only_png.num_rows == 0
+
+
+def test_manifest_resolves_relative_uris_and_carries_columns(tmp_path):
+    touch(tmp_path / "imgs" / "a.png")
+    (tmp_path / "m.csv").write_text("uri,label,camera\nimgs/a.png,3,canon\n/abs/b.png,,nikon\n")
+    manifest = build_manifest(load_config(None, [], source=str(tmp_path / "m.csv"), out="o"), RESERVED_COLUMNS)
+    rows = manifest.to_pylist()
+    assert rows[0]["uri"] == str(tmp_path / "imgs" / "a.png")
+    assert rows[0]["label"] == "3" and rows[0]["camera"] == "canon"
+    assert rows[1]["uri"] == "/abs/b.png" and rows[1]["split"] is None
+
+
+def test_manifest_errors_are_config_errors(tmp_path):
+    (tmp_path / "nouri.csv").write_text("path\na.png\n")
+    with pytest.raises(ConfigError, match="no 'uri' column"):
+        build_manifest(load_config(None, [], source=str(tmp_path / "nouri.csv"), out="o"), RESERVED_COLUMNS)
+    (tmp_path / "clash.csv").write_text("uri,mean\na.png,1\n")
+    with pytest.raises(ConfigError, match="collide"):
+        build_manifest(load_config(None, [], source=str(tmp_path / "clash.csv"), out="o"), RESERVED_COLUMNS)
+    with pytest.raises(ConfigError, match="not a folder"):
+        build_manifest(load_config(None, [], source=str(tmp_path / "nope"), out="o"), RESERVED_COLUMNS)
+
+
+def _commit(out, rows: int) -> RunDirectory:
+    run_dir = RunDirectory(str(out))
+    uri = run_dir.write_part("images", "00000", pa.table({"image_id": [str(i) for i in range(rows)]}))
+    run_dir.commit({"images": [(uri, rows)]}, {"note": rows})
+    return run_dir
+
+
+def test_commit_lists_files_and_removes_stale_ones(tmp_path):
+    first = _commit(tmp_path, 3)
+    with pytest.raises(ConfigError, match="overwrite"):
+        RunDirectory(str(tmp_path)).check_writable(overwrite=False)
+    # A crashed run leaves part files but no commit: readers still see the first run.
+    crashed = RunDirectory(str(tmp_path))
+    crashed.write_part("images", "00000", pa.table({"image_id": ["x"]}))
+    run = read_run(str(tmp_path))
+    assert run["run_id"] == first.run_id and run["tables"]["images"]["rows"] == 3
+    assert len(list((tmp_path / "images").iterdir())) == 2
+    # The next committed run replaces both: one file, its own.
+    second = _commit(tmp_path, 5)
+    files = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert files == [f"part-{second.run_id}-00000.parquet"]
+    run = read_run(str(tmp_path))
+    assert run["tables"]["images"]["rows"] == 5 and run["note"] == 5
+    assert table_files(str(tmp_path), run, "images") == [str(tmp_path / "images" / files[0])]
+    assert json.loads((tmp_path / "run.json").read_text())["run_id"] == second.run_id
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_reading_an_uncommitted_directory_fails_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no committed run"):
+        read_run(str(tmp_path))
