@@ -200,8 +200,8 @@ def write_demo_dataset(root: str, seed: int = 0) -> list[str]:
 
     # Extremes.
     extremes = {
-        "train/squares/all_black.png": (Image.new("RGB", (64, 64), (0, 0, 0)), ["zeros", "mean", "brightness"]),
-        "train/circles/all_white.png": (Image.new("RGB", (64, 64), (255, 255, 255)), ["mean", "darkness"]),
+        "train/squares/all_black.png": (Image.new("RGB", (64, 64), (0, 0, 0)), ["zeros", "mean", "darkness"]),
+        "train/circles/all_white.png": (Image.new("RGB", (64, 64), (255, 255, 255)), ["mean", "brightness"]),
         "train/stripes/wide_strip.png": (draw_picture("stripes", rng, 400, 24), ["aspect_ratio", "width"]),
         "test/stripes/noise.png": (
             Image.fromarray((rng.random((64, 64, 3)) > 0.5).astype(np.uint8) * 255, "RGB"),

@@ -103,7 +103,7 @@ def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> st
 
         buffer = io.BytesIO()
         pacsv.write_csv(table, buffer)
-        return buffer.getvalue().decode()
+        return buffer.getvalue().decode().rstrip("\n")
     rows = table.slice(0, max_rows).to_pylist()
     names = table.column_names
     cells = [[_cell(row[n]) for n in names] for row in rows]
