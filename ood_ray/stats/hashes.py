@@ -48,48 +48,70 @@ def compute_hash_pixels(pixels: np.ndarray) -> str:
 
 
 def compute_luma(pixels: np.ndarray) -> np.ndarray:
-    """``(H, W)`` uint8 luma of an ``(H, W, C)`` uint8/uint16 image (DataEval's canonical grayscale)."""
+    """uint8 luma of ``(..., H, W, C)`` uint8/uint16 pixels (DataEval's canonical grayscale)."""
     if pixels.dtype == np.uint16:
         scaled = pixels.astype(np.float64) * (255.0 / 65535.0)
-        if pixels.shape[2] >= 3:
-            scaled = scaled[:, :, :3] @ _LUMA
-        else:
-            scaled = scaled[:, :, 0]
+        scaled = scaled[..., :3] @ _LUMA if pixels.shape[-1] >= 3 else scaled[..., 0]
         return np.clip(scaled, 0, 255).astype(np.uint8)
-    if pixels.shape[2] >= 3:
-        return np.clip(pixels[:, :, :3] @ _LUMA, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(pixels[:, :, 0])
+    if pixels.shape[-1] >= 3:
+        return np.clip(pixels[..., :3] @ _LUMA, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(pixels[..., 0])
 
 
-def _bits_to_uint64(bits: np.ndarray) -> int:
-    return int.from_bytes(np.packbits(bits.reshape(-1)).tobytes(), "big")
+def _pack_rows(bits: np.ndarray) -> np.ndarray:
+    """``(N, 64)`` booleans -> ``uint64[N]``, first bit most significant."""
+    return np.packbits(bits.reshape(len(bits), -1), axis=1).view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _resize(luma: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(luma).resize((size, size), Image.Resampling.LANCZOS), dtype=np.float64)
+def _with_constant_as_none(values: np.ndarray, small: np.ndarray) -> list[int | None]:
+    flat = small.reshape(len(small), -1)
+    constant = flat.min(axis=1) == flat.max(axis=1)
+    return [None if c else int(v) for v, c in zip(values, constant)]
+
+
+def _phash_of_resized(small: np.ndarray) -> list[int | None]:
+    coefficients = dct(dct(small, axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE].reshape(len(small), -1)
+    bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
+    return _with_constant_as_none(_pack_rows(bits), small)
+
+
+def _dhash_of_resized(small: np.ndarray) -> list[int | None]:
+    small = small[:, :HASH_SIZE, :]
+    return _with_constant_as_none(_pack_rows(small[:, :, :-1] > small[:, :, 1:]), small)
+
+
+def compute_batch_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int | None]]:
+    """``(phash, dhash)`` of ``N`` same-shape uint8 luma images ``(N, H, W)``.
+
+    Each luma image is wrapped once as a Pillow image and resized twice with Lanczos (``s x s``
+    for phash, 9 x 9 for dhash); the DCTs, medians and bit packing run on the whole stack.
+    ``None`` below 9 px on a side or for a constant image (see module docstring).
+    """
+    n, height, width = lumas.shape
+    min_dim = min(height, width)
+    if min_dim < HASH_SIZE + 1:
+        return [None] * n, [None] * n
+    size = HASH_SIZE * min((min_dim - 1) // HASH_SIZE, _MAX_FACTOR)
+    lanczos = Image.Resampling.LANCZOS
+    for_phash = np.empty((n, size * size), np.uint8)
+    for_dhash = np.empty((n, (HASH_SIZE + 1) ** 2), np.uint8)
+    for i, luma in enumerate(lumas):
+        image = Image.frombuffer("L", (width, height), np.ascontiguousarray(luma).tobytes(), "raw", "L", 0, 1)
+        for_phash[i] = np.frombuffer(image.resize((size, size), lanczos).tobytes(), np.uint8)
+        for_dhash[i] = np.frombuffer(image.resize((HASH_SIZE + 1, HASH_SIZE + 1), lanczos).tobytes(), np.uint8)
+    phash = _phash_of_resized(for_phash.reshape(n, size, size).astype(np.float64))
+    dhash = _dhash_of_resized(for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64))
+    return phash, dhash
 
 
 def compute_phash(luma: np.ndarray) -> int | None:
-    """64-bit DCT perceptual hash of a uint8 luma image; ``None`` below 9 px or when constant."""
-    min_dim = min(luma.shape)
-    if min_dim < HASH_SIZE + 1:
-        return None
-    size = HASH_SIZE * min((min_dim - 1) // HASH_SIZE, _MAX_FACTOR)
-    small = _resize(luma, size)
-    if small.min() == small.max():
-        return None
-    coefficients = dct(dct(small, axis=0), axis=1)[:HASH_SIZE, :HASH_SIZE]
-    return _bits_to_uint64(coefficients > np.median(coefficients))
+    """64-bit DCT perceptual hash of one ``(H, W)`` uint8 luma image (see module docstring)."""
+    return compute_batch_hashes(luma[None])[0][0]
 
 
 def compute_dhash(luma: np.ndarray) -> int | None:
-    """64-bit horizontal-gradient hash of a uint8 luma image; ``None`` below 9 px or when constant."""
-    if min(luma.shape) < HASH_SIZE + 1:
-        return None
-    small = _resize(luma, HASH_SIZE + 1)[:HASH_SIZE, :]
-    if small.min() == small.max():
-        return None
-    return _bits_to_uint64(small[:, :-1] > small[:, 1:])
+    """64-bit horizontal-gradient hash of one ``(H, W)`` uint8 luma image."""
+    return compute_batch_hashes(luma[None])[1][0]
 
 
 def hamming_distance(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:

@@ -36,6 +36,7 @@ DataEval's whole-image view reduces over); per-channel statistics use each row.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 PERCENTILES: tuple[int, ...] = (0, 25, 50, 75, 100)
 PERCENTILE_NAMES: tuple[str, ...] = tuple(f"p{q}" for q in PERCENTILES)
@@ -70,32 +71,61 @@ def levels_for_dtype(dtype: np.dtype) -> int:
     raise ValueError(f"pixel dtype must be uint8 or uint16, got {dtype}")
 
 
+_PIL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
 def compute_channel_histograms(pixels: np.ndarray) -> np.ndarray:
     """Count every level in every channel of an ``(H, W, C)`` uint8/uint16 image.
 
-    Returns an ``int64`` array of shape ``(C, L)``. One vectorised ``bincount`` over the whole
-    image: channel ``c``'s levels are offset by ``c * L`` so all channels count in one pass.
+    Returns an ``int64`` array of shape ``(C, L)``. For 8-bit images Pillow's C histogram counts
+    all bands in one pass over the interleaved pixels (about 5x faster than a NumPy ``bincount``
+    per channel, which must first copy each strided channel); 16-bit images use one ``bincount``
+    over 65536 levels.
     """
     if pixels.ndim != 3:
         raise ValueError(f"pixels must be (H, W, C), got shape {pixels.shape}")
     levels = levels_for_dtype(pixels.dtype)
     channels = pixels.shape[2]
-    if channels == 1:
-        return np.bincount(pixels.reshape(-1), minlength=levels)[None, :].astype(np.int64)
-    index_dtype = np.uint16 if levels * channels <= 65536 else np.uint32
-    offsets = (np.arange(channels, dtype=index_dtype) * levels)[None, None, :]
-    flat = (pixels.astype(index_dtype) + offsets).reshape(-1)
-    return np.bincount(flat, minlength=levels * channels).reshape(channels, levels).astype(np.int64)
+    if levels == 256 and channels in _PIL_MODES:
+        plane = pixels[:, :, 0] if channels == 1 else pixels
+        image = Image.fromarray(np.ascontiguousarray(plane), _PIL_MODES[channels])
+        return np.asarray(image.histogram(), dtype=np.int64).reshape(channels, levels)
+    counts = [np.bincount(pixels[:, :, c].reshape(-1), minlength=levels) for c in range(channels)]
+    return np.stack(counts).astype(np.int64)
+
+
+def compute_batch_histograms(stack: np.ndarray) -> np.ndarray:
+    """``int64[N, C, 256]`` level counts of ``N`` same-shape uint8 images ``(N, H, W, C)``.
+
+    One ``bincount`` over the whole stack, each (image, channel) offset into its own 256 levels:
+    the per-call overhead is paid once per block instead of once per image.
+    """
+    n, _, _, channels = stack.shape
+    offsets = (np.arange(n, dtype=np.intp)[:, None, None, None] * channels
+               + np.arange(channels, dtype=np.intp)[None, None, None, :]) * 256
+    flat = (stack.astype(np.intp) + offsets).reshape(-1)
+    return np.bincount(flat, minlength=n * channels * 256).reshape(n, channels, 256).astype(np.int64)
 
 
 def _percentiles_from_counts(counts: np.ndarray, scale: float) -> np.ndarray:
-    """NumPy-linear percentiles of the values ``k * scale`` given per-level counts (one row)."""
-    cumulative = np.cumsum(counts)
-    n = cumulative[-1]
-    virtual = np.asarray(PERCENTILES, dtype=np.float64) / 100.0 * (n - 1)
+    """NumPy-linear percentiles of the values ``k * scale`` given per-level counts, per row.
+
+    ``counts`` is ``(R, L)``; the k-th smallest value is the first level whose running total
+    exceeds k (``searchsorted(..., side="right")``), vectorised over rows for 256 levels.
+    """
+    cumulative = np.cumsum(counts, axis=1)
+    n = cumulative[:, -1]
+    virtual = np.asarray(PERCENTILES, dtype=np.float64)[None, :] / 100.0 * (n[:, None] - 1)
     below = np.floor(virtual)
-    lower = np.searchsorted(cumulative, below, side="right").astype(np.float64)
-    upper = np.searchsorted(cumulative, np.ceil(virtual), side="right").astype(np.float64)
+    above = np.ceil(virtual)
+    # One searchsorted for all rows: shifting row r by r * (max count + 1) keeps the flattened
+    # running totals sorted, and each row's targets fall inside its own segment.
+    rows, levels = cumulative.shape
+    shift = (np.arange(rows, dtype=np.float64) * (float(n.max()) + 1.0))[:, None]
+    flat = (cumulative + shift).reshape(-1)
+    base = (np.arange(rows) * levels)[:, None]
+    lower = np.searchsorted(flat, (below + shift).reshape(-1), side="right").reshape(rows, -1) - base
+    upper = np.searchsorted(flat, (above + shift).reshape(-1), side="right").reshape(rows, -1) - base
     return (lower + (virtual - below) * (upper - lower)) * scale
 
 
@@ -149,10 +179,12 @@ def compute_histogram_stats(counts: np.ndarray) -> dict[str, np.ndarray]:
         for r in range(rows):
             binned[r] = np.bincount(bin_map, weights=counts[r], minlength=_ENTROPY_BINS)
     p = binned / n[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1) + 0.0
+    plogp = np.zeros_like(p)
+    nonzero = p > 0
+    plogp[nonzero] = p[nonzero] * np.log(p[nonzero])
+    entropy = -plogp.sum(axis=1) + 0.0
 
-    percentiles = np.stack([_percentiles_from_counts(counts[r], scale) for r in range(rows)])
+    percentiles = _percentiles_from_counts(counts, scale)
     contrast = (percentiles.max(axis=1) - percentiles.min(axis=1)) / (percentiles.mean(axis=1) + _EPSILON)
 
     out: dict[str, np.ndarray] = {

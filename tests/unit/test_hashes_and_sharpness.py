@@ -79,7 +79,7 @@ def test_hamming_distance_is_a_popcount():
 def test_sharpness_equals_dataeval_edge_filter():
     edge_filter = pytest.importorskip("dataeval.utils.preprocessing").edge_filter
     pixels = textured(3)
-    whole, per_channel = compute_sharpness(pixels)
+    whole, per_channel = compute_sharpness(pixels, per_channel=True)
     gray = pixels.astype(np.float64).mean(axis=2)
     assert whole * 255 == pytest.approx(np.std(edge_filter(gray)), rel=1e-9)
     for c in range(3):
@@ -95,3 +95,21 @@ def test_sharpness_known_answers():
     assert whole == pytest.approx(127.5 / 255, abs=0.01)
     sixteen = compute_sharpness((board.astype(np.uint16) * 257)[:, :, None])[0]
     assert sixteen == pytest.approx(whole, rel=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(37, 41, 1), (37, 41, 2), (20, 30, 3), (9, 12, 4), (1, 7, 3), (7, 1, 1), (2, 2, 3)])
+def test_integer_sharpness_equals_the_float_filter(shape):
+    """The exact-integer 8-bit path against SciPy's float64 convolution (DataEval's definition)."""
+    from scipy.ndimage import convolve
+
+    kernel = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=np.float64)
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+    def reference(plane):
+        return np.std(np.clip(convolve(plane, kernel, mode="reflect") + 0.5, 0, 255)) / 255
+
+    whole, per = compute_sharpness(pixels, per_channel=True)
+    assert whole == pytest.approx(reference(pixels.astype(np.float64).mean(axis=2)), rel=1e-9, abs=1e-12)
+    for c in range(shape[2]):
+        assert per[c] == pytest.approx(reference(pixels[:, :, c].astype(np.float64)), rel=1e-9, abs=1e-12)

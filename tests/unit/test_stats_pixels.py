@@ -129,3 +129,24 @@ def test_empty_histogram_row_is_refused():
 )
 def test_aspect_ratio_is_dataeval_signed_ratio(width, height, expected):
     assert compute_aspect_ratio(width, height) == pytest.approx(expected)
+
+
+def test_grouped_statistics_equal_one_image_at_a_time():
+    """compute_images_stats stacks small same-shape images; the values must not change."""
+    from ood_ray.stats.image import compute_images_stats
+
+    rng = np.random.default_rng(9)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+    images += [rng.integers(0, 256, (28, 28, 1), dtype=np.uint8) for _ in range(3)]
+    images += [rng.integers(0, 65536, (20, 24, 1), dtype=np.uint16), rng.integers(0, 256, (200, 150, 4), dtype=np.uint8)]
+    images.insert(2, np.full((32, 32, 3), 40, np.uint8))
+    depths = [16 if im.dtype == np.uint16 else 8 for im in images]
+    grouped = compute_images_stats(images, depths, per_channel_sharpness=True)
+    for image, depth, together in zip(images, depths, grouped):
+        alone = compute_image_stats(image, depth, per_channel_sharpness=True)
+        assert together.hash_pixels == alone.hash_pixels
+        assert (together.phash, together.dhash) == (alone.phash, alone.dhash)
+        for name, value in alone.image.items():
+            assert together.image[name] == pytest.approx(value, rel=1e-12, abs=1e-15), name
+        for name, values in alone.channels.items():
+            np.testing.assert_allclose(together.channels[name], values, rtol=1e-12, atol=1e-15, err_msg=name)
