@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from ood_ray.io import storage
 from ood_ray.io.decode import BAND_NAMES, MISSING, OK, UNDECODABLE, Decoded, decode_image, short_error
 from ood_ray.stats.hashes import compute_hash_file
-from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES, ImageStats, compute_images_stats
+from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES, StatsColumns, compute_images_stats
 from ood_ray.tables import CHANNEL_LIST_PREFIX, scan_schema
 
 
@@ -40,91 +41,110 @@ def _fetch(uri: str) -> tuple[bytes | None, str | None]:
         return None, short_error(exc)
 
 
-def _empty_row() -> dict[str, Any]:
-    row: dict[str, Any] = {name: None for name in IMAGE_STAT_NAMES}
-    row.update(
-        file_size=None, hash_file=None, status=None, error=None, format=None, mode=None, frames=None,
-        hash_pixels=None, phash=None, dhash=None,
-    )
-    for name in CHANNEL_STAT_NAMES:
-        row[f"{CHANNEL_LIST_PREFIX}{name}"] = None
-    row[f"{CHANNEL_LIST_PREFIX}band"] = None
-    return row
-
-
 #: Decoded pixel values held at once before their statistics are computed (bounds worker memory).
 STATS_BUDGET_VALUES = 1 << 26
 
+#: Columns known from the bytes and the header, for every row (``width``/``height`` also for
+#: rows that fail after the header was read).
+_META = ("file_size", "hash_file", "status", "error", "format", "mode", "frames", "width", "height")
+_STATS = tuple(name for name in IMAGE_STAT_NAMES if name not in ("width", "height"))
 
-def _decode_row(data: bytes | None, fetch_error: str | None, settings: ScanSettings) -> tuple[dict[str, Any], Decoded | None]:
-    row = _empty_row()
+
+class ScanColumns:
+    """The scan output of one block, column by column (filled row by row, then by groups)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.meta: dict[str, list[Any]] = {name: [None] * n for name in _META}
+        self.valid = np.zeros(n, dtype=bool)
+        self.stats: dict[str, np.ndarray] = {name: np.zeros(n) for name in _STATS}
+        self.lists: dict[str, list[Any]] = {f"{CHANNEL_LIST_PREFIX}{name}": [None] * n for name in (*CHANNEL_STAT_NAMES, "band")}
+        self.hashes: dict[str, list[Any]] = {"hash_pixels": [None] * n, "phash": [None] * n, "dhash": [None] * n}
+
+    def set_stats(self, rows: list[int], columns: StatsColumns, decoded: list[Decoded]) -> None:
+        index = np.asarray(rows)
+        self.valid[index] = True
+        for name in _STATS:
+            self.stats[name][index] = columns.image[name]
+        for k, (row, image) in enumerate(zip(rows, decoded)):
+            for name in CHANNEL_STAT_NAMES:
+                self.lists[f"{CHANNEL_LIST_PREFIX}{name}"][row] = columns.channels[name][k]
+            self.lists[f"{CHANNEL_LIST_PREFIX}band"][row] = BAND_NAMES[image.decoded_mode]
+            self.hashes["hash_pixels"][row] = columns.hash_pixels[k]
+            self.hashes["phash"][row] = columns.phash[k]
+            self.hashes["dhash"][row] = columns.dhash[k]
+
+    def array(self, field: pa.Field) -> pa.Array:
+        """The column ``field.name`` as an Arrow array of ``field.type`` (nulls where failed)."""
+        if field.name in self.stats:
+            values = self.stats[field.name]
+            return pa.array(values.astype(np.int64) if pa.types.is_integer(field.type) else values,
+                            type=field.type, mask=~self.valid)
+        for group in (self.meta, self.lists, self.hashes):
+            if field.name in group:
+                return pa.array(group[field.name], type=field.type)
+        raise KeyError(field.name)
+
+    def statuses(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in self.meta["status"]:
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+
+def _decode_row(columns: ScanColumns, row: int, data: bytes | None, fetch_error: str | None,
+                settings: ScanSettings) -> Decoded | None:
+    meta = columns.meta
     if data is None:
-        row.update(status=MISSING, error=fetch_error)
-        return row, None
-    row["file_size"] = len(data)
-    row["hash_file"] = compute_hash_file(data)
+        meta["status"][row], meta["error"][row] = MISSING, fetch_error
+        return None
+    meta["file_size"][row] = len(data)
+    meta["hash_file"][row] = compute_hash_file(data)
     decoded = decode_image(data, settings.max_pixels, settings.max_file_bytes)
-    row.update(
-        status=decoded.status, error=decoded.error, format=decoded.format, mode=decoded.mode,
-        frames=decoded.frames, width=decoded.width, height=decoded.height,
-    )
-    return row, (decoded if decoded.status == OK else None)
+    for name in ("status", "error", "format", "mode", "frames", "width", "height"):
+        meta[name][row] = getattr(decoded, name)
+    return decoded if decoded.status == OK else None
 
 
-def _fill_stats(row: dict[str, Any], stats: ImageStats, decoded: Decoded) -> None:
-    row.update(stats.image)
-    row.update(hash_pixels=stats.hash_pixels, phash=stats.phash, dhash=stats.dhash)
-    for name, values in stats.channels.items():
-        row[f"{CHANNEL_LIST_PREFIX}{name}"] = values
-    row[f"{CHANNEL_LIST_PREFIX}band"] = list(BAND_NAMES[decoded.decoded_mode])
-
-
-def _compute_pending(rows: list[dict[str, Any]], pending: list[tuple[int, Decoded]], settings: ScanSettings) -> None:
+def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], settings: ScanSettings) -> None:
     """Statistics of the decoded images waiting in ``pending`` (grouped; see compute_images_stats)."""
     if not pending:
         return
+    rows = [row for row, _ in pending]
+    decoded = [d for _, d in pending]
     try:
-        results = compute_images_stats([d.pixels for _, d in pending], [d.depth for _, d in pending],
-                                       settings.per_channel_sharpness)
+        stats = compute_images_stats([d.pixels for d in decoded], [d.depth for d in decoded], settings.per_channel_sharpness)
+        columns.set_stats(rows, stats, decoded)
     except Exception:  # noqa: BLE001 - find the image that failed, keep the others
-        results = []
-        for index, decoded in pending:
+        for row, image in pending:
             try:
-                results.append(compute_images_stats([decoded.pixels], [decoded.depth], settings.per_channel_sharpness)[0])
+                one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness)
+                columns.set_stats([row], one, [image])
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
-                rows[index].update(status=UNDECODABLE, error=f"statistics failed: {short_error(exc)}")
-                results.append(None)
-    for (index, decoded), stats in zip(pending, results):
-        if stats is not None:
-            _fill_stats(rows[index], stats, decoded)
+                columns.meta["status"][row] = UNDECODABLE
+                columns.meta["error"][row] = f"statistics failed: {short_error(exc)}"
     pending.clear()
 
 
-def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSettings) -> list[dict[str, Any]]:
+def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSettings) -> ScanColumns:
     """All scan columns for each object, given its bytes (or why they could not be read).
 
     Each object is decoded once; decoded images wait until :data:`STATS_BUDGET_VALUES` pixel
     values are held, then their statistics are computed together and the pixels released.
     """
-    rows: list[dict[str, Any]] = []
+    columns = ScanColumns(len(fetched))
     pending: list[tuple[int, Decoded]] = []
     held = 0
-    for data, fetch_error in fetched:
-        row, decoded = _decode_row(data, fetch_error, settings)
-        rows.append(row)
+    for row, (data, fetch_error) in enumerate(fetched):
+        decoded = _decode_row(columns, row, data, fetch_error, settings)
         if decoded is not None:
-            pending.append((len(rows) - 1, decoded))
+            pending.append((row, decoded))
             held += decoded.pixels.size
             if held >= STATS_BUDGET_VALUES:
-                _compute_pending(rows, pending, settings)
+                _compute_pending(columns, pending, settings)
                 held = 0
-    _compute_pending(rows, pending, settings)
-    return rows
-
-
-def scan_one(data: bytes | None, fetch_error: str | None, settings: ScanSettings) -> dict[str, Any]:
-    """All scan columns for one object (see :func:`scan_blobs`)."""
-    return scan_blobs([(data, fetch_error)], settings)[0]
+    _compute_pending(columns, pending, settings)
+    return columns
 
 
 def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) -> pa.Table:
@@ -138,20 +158,12 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
         fetched = [_fetch(uri) for uri in uris]
     fetch_seconds = time.perf_counter() - started
 
-    rows = scan_blobs(fetched, settings)
+    scanned = scan_blobs(fetched, settings)
     scan_seconds = time.perf_counter() - started - fetch_seconds
 
     schema = scan_schema(batch.schema)
-    columns = [batch.column(name) for name in batch.column_names]
-    for field in schema:
-        if field.name in batch.column_names:
-            continue
-        columns.append(pa.array([row[field.name] for row in rows], type=field.type))
-    out = pa.Table.from_arrays(columns, schema=schema)
-
+    arrays = [batch.column(f.name) if f.name in batch.column_names else scanned.array(f) for f in schema]
+    out = pa.Table.from_arrays(arrays, schema=schema)
     if progress is not None:
-        statuses: dict[str, int] = {}
-        for row in rows:
-            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
-        progress.add.remote(len(rows), statuses, fetch_seconds, scan_seconds)
+        progress.add.remote(scanned.n, scanned.statuses(), fetch_seconds, scan_seconds)
     return out

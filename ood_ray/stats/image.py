@@ -41,6 +41,8 @@ IMAGE_STAT_NAMES: tuple[str, ...] = (
     "sharpness",
 )
 
+_INTEGER_STATS = {"width", "height", "size", "channels", "depth"}
+
 #: Per-channel statistics (the ``channels`` table columns besides ``image_id``/``channel``/``band``).
 CHANNEL_STAT_NAMES: tuple[str, ...] = (*HISTOGRAM_STAT_NAMES, "sharpness")
 
@@ -54,6 +56,27 @@ class ImageStats:
     hash_pixels: str
     phash: int | None
     dhash: int | None
+
+
+@dataclass
+class StatsColumns:
+    """Statistics of ``N`` images as columns: what the scan writes, without per-image objects.
+
+    ``image[name]`` is ``float64[N]`` (integers for geometry); ``channels[name][i]`` is image
+    ``i``'s list with one value per channel (``None`` where not computed).
+    """
+
+    image: dict[str, np.ndarray]
+    channels: dict[str, list[list[float | None]]]
+    hash_pixels: list[str]
+    phash: list[int | None]
+    dhash: list[int | None]
+
+    def row(self, i: int) -> ImageStats:
+        """Image ``i`` as an :class:`ImageStats`."""
+        image = {name: (int(v[i]) if v.dtype.kind in "iu" else float(v[i])) for name, v in self.image.items()}
+        channels = {name: values[i] for name, values in self.channels.items()}
+        return ImageStats(image, channels, self.hash_pixels[i], self.phash[i], self.dhash[i])
 
 
 def compute_aspect_ratio(width: int, height: int) -> float:
@@ -78,9 +101,7 @@ def _group_by_shape(pixels: list[np.ndarray]) -> dict[tuple, list[int]]:
     return groups
 
 
-def _stats_of_group(
-    stack: np.ndarray, depths: list[int], per_channel_sharpness: bool
-) -> list[ImageStats]:
+def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness: bool) -> StatsColumns:
     n, height, width, channels = stack.shape
     if n == 1 or stack.dtype != np.uint8:
         counts = np.stack([compute_channel_histograms(image) for image in stack])
@@ -94,31 +115,28 @@ def _stats_of_group(
     sharpness, channel_sharpness = compute_batch_sharpness(stack, per_channel_sharpness)
     phashes, dhashes = compute_batch_hashes(compute_luma(stack))
 
-    geometry = {
-        "width": width,
-        "height": height,
-        "size": width * height,
-        "aspect_ratio": compute_aspect_ratio(width, height),
-        "channels": channels,
+    whole = slice(n * channels, None) if channels > 1 else slice(None)
+    image: dict[str, np.ndarray] = {
+        "width": np.full(n, width, np.int64),
+        "height": np.full(n, height, np.int64),
+        "size": np.full(n, width * height, np.int64),
+        "aspect_ratio": np.full(n, compute_aspect_ratio(width, height)),
+        "channels": np.full(n, channels, np.int64),
+        "depth": np.asarray(depths, np.int64),
     }
-    results = []
-    for i in range(n):
-        whole_row = n * channels + i if channels > 1 else i
-        channel_rows = slice(i * channels, (i + 1) * channels)
-        image: dict[str, float] = {**geometry, "depth": depths[i]}
-        for name in HISTOGRAM_STAT_NAMES:
-            image[name] = float(stats[name][whole_row])
-        image["sharpness"] = float(sharpness[i])
-        per_channel = {name: stats[name][channel_rows].tolist() for name in HISTOGRAM_STAT_NAMES}
-        per_channel["sharpness"] = channel_sharpness[i].tolist() if channel_sharpness is not None else [None] * channels
-        results.append(ImageStats(image=image, channels=per_channel, hash_pixels=compute_hash_pixels(stack[i]),
-                                  phash=phashes[i], dhash=dhashes[i]))
-    return results
+    per_channel: dict[str, list] = {}
+    for name in HISTOGRAM_STAT_NAMES:
+        image[name] = stats[name][whole]
+        per_channel[name] = stats[name][: n * channels].reshape(n, channels).tolist()
+    image["sharpness"] = sharpness
+    per_channel["sharpness"] = channel_sharpness.tolist() if channel_sharpness is not None else [[None] * channels] * n
+    return StatsColumns(image=image, channels=per_channel, hash_pixels=[compute_hash_pixels(x) for x in stack],
+                        phash=phashes, dhash=dhashes)
 
 
 def compute_images_stats(
     pixels: list[np.ndarray], depths: list[int], per_channel_sharpness: bool = False
-) -> list[ImageStats]:
+) -> StatsColumns:
     """Every statistic and hash of several ``(H, W, C)`` uint8/uint16 images, in input order.
 
     Small images of one shape and dtype are stacked and computed together (one histogram call,
@@ -126,12 +144,23 @@ def compute_images_stats(
     otherwise costs several times the decode. Larger images are computed one at a time.
     The values are identical either way.
     """
-    results: list[ImageStats | None] = [None] * len(pixels)
+    n = len(pixels)
+    out = StatsColumns(
+        image={name: np.zeros(n, np.int64 if name in _INTEGER_STATS else np.float64) for name in IMAGE_STAT_NAMES},
+        channels={name: [None] * n for name in CHANNEL_STAT_NAMES},
+        hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n,
+    )
     for indices in _group_by_shape(pixels).values():
         stack = np.stack([pixels[i] for i in indices])
-        for i, result in zip(indices, _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness)):
-            results[i] = result
-    return results  # type: ignore[return-value]
+        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness)
+        for name, values in group.image.items():
+            out.image[name][indices] = values
+        for name, lists in group.channels.items():
+            for i, value in zip(indices, lists):
+                out.channels[name][i] = value
+        for i, k in zip(indices, range(len(indices))):
+            out.hash_pixels[i], out.phash[i], out.dhash[i] = group.hash_pixels[k], group.phash[k], group.dhash[k]
+    return out
 
 
 def compute_image_stats(pixels: np.ndarray, depth: int, per_channel_sharpness: bool = False) -> ImageStats:
@@ -146,4 +175,4 @@ def compute_image_stats(pixels: np.ndarray, depth: int, per_channel_sharpness: b
     per_channel_sharpness
         Compute sharpness per channel too (one filter pass per channel).
     """
-    return _stats_of_group(pixels[None], [depth], per_channel_sharpness)[0]
+    return _stats_of_group(pixels[None], [depth], per_channel_sharpness).row(0)

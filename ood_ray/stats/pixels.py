@@ -101,9 +101,10 @@ def compute_batch_histograms(stack: np.ndarray) -> np.ndarray:
     the per-call overhead is paid once per block instead of once per image.
     """
     n, _, _, channels = stack.shape
-    offsets = (np.arange(n, dtype=np.intp)[:, None, None, None] * channels
-               + np.arange(channels, dtype=np.intp)[None, None, None, :]) * 256
-    flat = (stack.astype(np.intp) + offsets).reshape(-1)
+    index_dtype = np.uint16 if n * channels * 256 <= 65536 else np.uint32
+    offsets = (np.arange(n, dtype=index_dtype)[:, None, None, None] * channels
+               + np.arange(channels, dtype=index_dtype)[None, None, None, :]) * 256
+    flat = (stack + offsets).reshape(-1)
     return np.bincount(flat, minlength=n * channels * 256).reshape(n, channels, 256).astype(np.int64)
 
 
@@ -179,10 +180,9 @@ def compute_histogram_stats(counts: np.ndarray) -> dict[str, np.ndarray]:
         for r in range(rows):
             binned[r] = np.bincount(bin_map, weights=counts[r], minlength=_ENTROPY_BINS)
     p = binned / n[:, None]
-    plogp = np.zeros_like(p)
-    nonzero = p > 0
-    plogp[nonzero] = p[nonzero] * np.log(p[nonzero])
-    entropy = -plogp.sum(axis=1) + 0.0
+    log_p = np.zeros_like(p)
+    np.log(p, out=log_p, where=p > 0)
+    entropy = -np.einsum("rk,rk->r", p, log_p) + 0.0
 
     percentiles = _percentiles_from_counts(counts, scale)
     contrast = (percentiles.max(axis=1) - percentiles.min(axis=1)) / (percentiles.mean(axis=1) + _EPSILON)

@@ -141,8 +141,9 @@ def test_grouped_statistics_equal_one_image_at_a_time():
     images += [rng.integers(0, 65536, (20, 24, 1), dtype=np.uint16), rng.integers(0, 256, (200, 150, 4), dtype=np.uint8)]
     images.insert(2, np.full((32, 32, 3), 40, np.uint8))
     depths = [16 if im.dtype == np.uint16 else 8 for im in images]
-    grouped = compute_images_stats(images, depths, per_channel_sharpness=True)
-    for image, depth, together in zip(images, depths, grouped):
+    columns = compute_images_stats(images, depths, per_channel_sharpness=True)
+    for i, (image, depth) in enumerate(zip(images, depths)):
+        together = columns.row(i)
         alone = compute_image_stats(image, depth, per_channel_sharpness=True)
         assert together.hash_pixels == alone.hash_pixels
         assert (together.phash, together.dhash) == (alone.phash, alone.dhash)
