@@ -161,13 +161,20 @@ class DedupConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Ray resources. ``num_cpus``/``object_store_memory_mb`` apply only to a local Ray."""
+    """Ray resources. ``num_cpus``/``object_store_memory_mb`` apply only to a local Ray.
+
+    ``op_resource_reservation``: Ray Data's per-operator reservation (it holds back half of the
+    cluster for other operators). The scan is one map stage feeding a sink, and on a small
+    machine the reservation halves its throughput (measured 7.2 s vs 3.2 s for 20,000 images on
+    2 CPUs), so it is off by default.
+    """
 
     num_cpus: int | None = None
     object_store_memory_mb: int | None = None
     task_num_cpus: float = 1.0
     no_progress_timeout_s: float = 900.0
     progress_interval_s: float = 10.0
+    op_resource_reservation: bool = False
 
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.num_cpus", self.num_cpus)

@@ -94,6 +94,7 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory) -> 
 
     context = ray.data.DataContext.get_current()
     context.execution_no_progress_timeout_s = config.ray.no_progress_timeout_s
+    context.op_resource_reservation_enabled = config.ray.op_resource_reservation
     context.enable_progress_bars = False
     context.print_on_execution_start = False
 

@@ -32,6 +32,16 @@ class ScanSettings:
     per_channel_sharpness: bool
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _fetch_pool(threads: int) -> ThreadPoolExecutor:
+    """One reusable pool per worker process for concurrent object-store reads."""
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ood-ray-fetch")
+    return _POOLS[threads]
+
+
 def _fetch(uri: str) -> tuple[bytes | None, str | None]:
     if not uri:
         return None, "empty uri"
@@ -151,10 +161,10 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     """Scan every row of a manifest block; returns the block with the scan columns appended."""
     started = time.perf_counter()
     uris = batch.column("uri").to_pylist()
-    if settings.fetch_threads > 1 and len(uris) > 1:
-        with ThreadPoolExecutor(max_workers=min(settings.fetch_threads, len(uris))) as pool:
-            fetched = list(pool.map(_fetch, uris))
+    if settings.fetch_threads > 1 and len(uris) > 1 and any(storage.is_s3(uri) for uri in uris):
+        fetched = list(_fetch_pool(settings.fetch_threads).map(_fetch, uris))
     else:
+        # Local reads take microseconds: threads would only add contention.
         fetched = [_fetch(uri) for uri in uris]
     fetch_seconds = time.perf_counter() - started
 
