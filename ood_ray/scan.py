@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.io import storage
-from ood_ray.io.decode import BAND_NAMES, MISSING, OK, UNDECODABLE, Decoded, decode_image, short_error
+from ood_ray.io.decode import BAND_NAMES, MISSING, OK, TOO_LARGE, UNDECODABLE, Decoded, decode_image, short_error
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES, StatsColumns, compute_images_stats
 from ood_ray.tables import CHANNEL_LIST_PREFIX, scan_schema
@@ -42,11 +42,13 @@ def _fetch_pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-def _fetch(uri: str) -> tuple[bytes | None, str | None]:
+def _fetch(uri: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:
+    """Read at most ``max_file_bytes + 1`` bytes: a larger object is ``too_large`` without
+    downloading all of it (the decoder sees the extra byte and refuses it)."""
     if not uri:
         return None, "empty uri"
     try:
-        return storage.read_bytes(uri), None
+        return storage.read_bytes(uri, limit=max_file_bytes + 1), None
     except Exception as exc:  # noqa: BLE001 - an unreadable object is a 'missing' row
         return None, short_error(exc)
 
@@ -108,6 +110,10 @@ def _decode_row(columns: ScanColumns, row: int, data: bytes | None, fetch_error:
     if data is None:
         meta["status"][row], meta["error"][row] = MISSING, fetch_error
         return None
+    if len(data) > settings.max_file_bytes:
+        # Only the first max_file_bytes + 1 bytes were read: neither size nor hash is known.
+        meta["status"][row], meta["error"][row] = TOO_LARGE, f"more than max_file_bytes={settings.max_file_bytes} bytes"
+        return None
     meta["file_size"][row] = len(data)
     meta["hash_file"][row] = compute_hash_file(data)
     decoded = decode_image(data, settings.max_pixels, settings.max_file_bytes)
@@ -162,10 +168,10 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     started = time.perf_counter()
     uris = batch.column("uri").to_pylist()
     if settings.fetch_threads > 1 and len(uris) > 1 and any(storage.is_s3(uri) for uri in uris):
-        fetched = list(_fetch_pool(settings.fetch_threads).map(_fetch, uris))
+        fetched = list(_fetch_pool(settings.fetch_threads).map(lambda uri: _fetch(uri, settings.max_file_bytes), uris))
     else:
         # Local reads take microseconds: threads would only add contention.
-        fetched = [_fetch(uri) for uri in uris]
+        fetched = [_fetch(uri, settings.max_file_bytes) for uri in uris]
     fetch_seconds = time.perf_counter() - started
 
     scanned = scan_blobs(fetched, settings)

@@ -111,7 +111,7 @@ def decode_image(data: bytes, max_pixels: int, max_file_bytes: int | None = None
     if len(data) == 0:
         return Decoded(EMPTY, "zero bytes")
     if max_file_bytes is not None and len(data) > max_file_bytes:
-        return Decoded(TOO_LARGE, f"{len(data)} bytes > max_file_bytes={max_file_bytes}")
+        return Decoded(TOO_LARGE, f"more than max_file_bytes={max_file_bytes} bytes")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     # Our own header check below replaces Pillow's global bomb guard, so the row can say how
     # large the image claims to be; nothing is decoded before that check.

@@ -75,10 +75,11 @@ def normalize_uri(uri: str) -> str:
     return resolve(uri)[1]
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, limit: int | None = None) -> bytes:
+    """The object's bytes; with ``limit``, at most ``limit`` bytes are read (and returned)."""
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as stream:
-        return stream.read()
+        return stream.read() if limit is None else stream.read(limit)
 
 
 def exists(uri: str) -> bool:

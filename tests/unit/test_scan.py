@@ -1,0 +1,50 @@
+"""The per-block scan without Ray: one row per object, statuses, columns, bounded reads."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from ood_ray.io.sink import split_scan_block
+from ood_ray.scan import ScanSettings, scan_batch
+
+SETTINGS = ScanSettings(max_pixels=10**8, max_file_bytes=10_000, fetch_threads=1, per_channel_sharpness=False)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_scan_batch_rows_statuses_and_channel_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    files = {
+        "rgb.png": png(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)),
+        "gray.png": png(rng.integers(0, 256, (20, 30), dtype=np.uint8)),
+        "big.png": png(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)),  # > 10,000 bytes
+        "junk.png": b"not an image",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    uris = [str(tmp_path / n) for n in files] + [str(tmp_path / "gone.png")]
+    manifest = pa.table({"image_id": [f"id{i}" for i in range(5)], "uri": uris, "split": [None] * 5,
+                         "label": ["a"] * 5, "listed_size": pa.array([None, None, len(files["big.png"]), None, None], pa.int64())})
+    block = scan_batch(manifest, SETTINGS)
+    assert block.num_rows == 5
+    assert block.column("status").to_pylist() == ["ok", "ok", "too_large", "undecodable", "missing"]
+    images, channels = split_scan_block(block)
+    rows = images.to_pylist()
+    assert [r["channels"] for r in rows[:2]] == [3, 1]
+    assert rows[2]["file_size"] == len(files["big.png"])  # from the listing: the read stopped early
+    assert rows[2]["hash_file"] is None and rows[2]["mean"] is None
+    assert rows[3]["file_size"] == len(b"not an image") and rows[3]["mean"] is None
+    assert rows[4]["error"] and rows[4]["file_size"] is None
+    assert "listed_size" not in images.column_names and not any(c.startswith("_ch_") for c in images.column_names)
+    assert channels.num_rows == 4
+    assert channels.column("band").to_pylist() == ["R", "G", "B", "L"]
+    assert channels.column("channel").to_pylist() == [0, 1, 2, 0]
+    assert channels.column("image_id").to_pylist() == ["id0"] * 3 + ["id1"]
