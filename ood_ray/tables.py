@@ -83,9 +83,3 @@ RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "liste
 def scan_schema(manifest_schema: pa.Schema) -> pa.Schema:
     """Schema of one scan output block: manifest columns, scan columns, channel lists."""
     return pa.schema(list(manifest_schema) + SCAN_FIELDS + CHANNEL_LIST_FIELDS)
-
-
-def images_schema(manifest_schema: pa.Schema) -> pa.Schema:
-    """Schema of the ``images`` table (``listed_size`` is folded into ``file_size``)."""
-    fields = [f for f in manifest_schema if f.name != "listed_size"]
-    return pa.schema(fields + SCAN_FIELDS)

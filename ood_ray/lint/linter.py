@@ -31,41 +31,49 @@ def _group_expression(per_class: bool) -> str:
     return f"coalesce(label, '{UNLABELLED_SCOPE}')" if per_class else f"'{ALL_SCOPE}'"
 
 
-def summarize_metrics(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
-    """``{(group, metric): MetricSummary}`` over the ``ok`` rows of ``images``."""
-    group = _group_expression(per_class)
+def _create_values_view(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> None:
     values = ", ".join(f'CAST("{m}" AS DOUBLE) AS "{m}"' for m in metrics)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW _lint_values AS SELECT {group} AS grp, {values} FROM images WHERE status = 'ok'")
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _lint_values AS "
+        f"SELECT image_id, {_group_expression(per_class)} AS grp, {values} FROM images WHERE status = 'ok'"
+    )
+
+
+def summarize_metrics(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
+    """``{(group, metric): MetricSummary}`` over the ``ok`` rows of ``images``.
+
+    Two scans whatever the number of metrics: the moments, medians and quartiles of every metric
+    in one aggregation, then the absolute deviations from those medians in a second.
+    """
+    _create_values_view(con, metrics, per_class)
     first = ", ".join(
         f'count("{m}"), avg("{m}"), stddev_pop("{m}"), median("{m}"), quantile_cont("{m}", 0.25), quantile_cont("{m}", 0.75)'
         for m in metrics
     )
     base = con.execute(f"SELECT grp, {first} FROM _lint_values GROUP BY grp").fetchall()
-    medians = {(row[0], m): row[1 + 6 * i + 3] for row in base for i, m in enumerate(metrics)}
-    con.register("_lint_medians", pa.table({
-        "grp": [g for g, _ in medians], "metric": [m for _, m in medians], "med": [medians[k] for k in medians],
-    }))
-    unpivot = " UNION ALL ".join(
-        f"""SELECT grp, '{m}' AS metric, "{m}" AS value FROM _lint_values""" for m in metrics
+    medians = {"grp": [row[0] for row in base]}
+    for i in range(len(metrics)):
+        medians[f"med_{i}"] = [row[1 + 6 * i + 3] for row in base]
+    con.register("_lint_medians", pa.table(medians))
+    deviations = ", ".join(
+        f'median(abs(v."{m}" - d.med_{i})), avg(abs(v."{m}" - d.med_{i}))' for i, m in enumerate(metrics)
     )
-    spread = con.sql(
-        f"""SELECT v.grp, v.metric, median(abs(v.value - d.med)), avg(abs(v.value - d.med))
-            FROM ({unpivot}) v JOIN _lint_medians d ON v.grp = d.grp AND v.metric = d.metric
-            GROUP BY v.grp, v.metric"""
-    ).fetchall()
-    deviations = {(g, m): (mad, meanad) for g, m, mad, meanad in spread}
+    spread = {
+        row[0]: row[1:]
+        for row in con.execute(f"SELECT v.grp, {deviations} FROM _lint_values v JOIN _lint_medians d USING (grp) GROUP BY v.grp").fetchall()
+    }
+    con.unregister("_lint_medians")
     summaries = {}
     for row in base:
         for i, metric in enumerate(metrics):
             n, mean, std, median, q1, q3 = row[1 + 6 * i : 7 + 6 * i]
             if not n:
                 continue
-            mad, meanad = deviations.get((row[0], metric), (0.0, 0.0))
+            mad, mean_abs_dev = spread[row[0]][2 * i : 2 * i + 2]
             summaries[(row[0], metric)] = MetricSummary(
                 n=int(n), mean=mean, std=std or 0.0, median=median, mad=mad or 0.0,
-                mean_abs_dev=meanad or 0.0, q1=q1, q3=q3,
+                mean_abs_dev=mean_abs_dev or 0.0, q1=q1, q3=q3,
             )
-    con.unregister("_lint_medians")
     return summaries
 
 
@@ -73,37 +81,48 @@ def run_lint(con: duckdb.DuckDBPyConnection, config: LintConfig) -> tuple[pa.Tab
     """Flags of every metric as a ``lint`` table, and the thresholds used (for ``run.json``).
 
     The thresholds are ``{metric: {scope: {method, threshold, n, lower, upper | skipped}}}`` where
-    ``scope`` is ``"all"``, or each label when ``per_class``.
+    ``scope`` is ``"all"``, or each label when ``per_class``. The flags come from one more scan:
+    each row is tested against every metric's bounds at once and only the flags are kept.
     """
     metrics = list(config.metrics or IMAGE_STAT_NAMES)
     summaries = summarize_metrics(con, metrics, config.per_class)
-    rows: dict[str, list] = {k: [] for k in ("grp", "metric", "lower", "upper", "method", "threshold")}
+    groups = sorted({group for group, _ in summaries})
+    bounds: dict[str, list] = {"grp": groups}
     used: dict[str, Any] = {}
-    for (group, metric), summary in sorted(summaries.items()):
+    flagged_metrics = []
+    for i, metric in enumerate(metrics):
         method, multiplier = config.rule_for(metric)
-        bounds = compute_bounds(summary, method, multiplier)
-        entry: dict[str, Any] = {"method": method, "threshold": multiplier, "n": summary.n}
-        if bounds is None:
-            entry["skipped"] = "zero spread"
-        else:
-            entry["lower"], entry["upper"] = bounds
-            for key, value in zip(rows, (group, metric, bounds[0], bounds[1], method, multiplier)):
-                rows[key].append(value)
-        used.setdefault(metric, {})[group] = entry
+        lower, upper = [None] * len(groups), [None] * len(groups)
+        for g, group in enumerate(groups):
+            summary = summaries.get((group, metric))
+            if summary is None:
+                continue
+            entry: dict[str, Any] = {"method": method, "threshold": multiplier, "n": summary.n}
+            found = compute_bounds(summary, method, multiplier)
+            if found is None:
+                entry["skipped"] = "zero spread"
+            else:
+                entry["lower"], entry["upper"] = lower[g], upper[g] = found
+            used.setdefault(metric, {})[group] = entry
+        if any(value is not None for value in lower):
+            bounds[f"lo_{i}"], bounds[f"hi_{i}"] = lower, upper
+            flagged_metrics.append((i, metric, method, multiplier))
 
-    if not rows["metric"]:
+    if not flagged_metrics:
         return LINT_SCHEMA.empty_table(), used
-    con.register("_lint_bounds", pa.table(rows))
-    unpivot = " UNION ALL ".join(
-        f"""SELECT image_id, {_group_expression(config.per_class)} AS grp, '{m}' AS metric,
-                   CAST("{m}" AS DOUBLE) AS value FROM images WHERE status = 'ok' AND "{m}" IS NOT NULL"""
-        for m in sorted(set(rows["metric"]))
+    con.register("_lint_bounds", pa.table({k: pa.array(v, pa.float64() if k != "grp" else pa.string()) for k, v in bounds.items()}))
+    tests = ", ".join(
+        f"""{{'metric': '{m}', 'value': v."{m}", 'lower': b.lo_{i}, 'upper': b.hi_{i},
+             'method': '{method}', 'threshold': {float(multiplier)!r}}}"""
+        for i, m, method, multiplier in flagged_metrics
     )
     flags = con.sql(
-        f"""SELECT v.image_id, v.metric, v.value, b.lower, b.upper, b.method, b.threshold, v.grp AS scope
-            FROM ({unpivot}) v JOIN _lint_bounds b ON v.grp = b.grp AND v.metric = b.metric
-            WHERE v.value < b.lower OR v.value > b.upper
-            ORDER BY v.metric, v.image_id""").to_arrow_table()
+        f"""SELECT image_id, f.metric, f.value, f.lower, f.upper, f.method, f.threshold, scope FROM (
+                SELECT v.image_id, v.grp AS scope, unnest([{tests}]) AS f
+                FROM _lint_values v JOIN _lint_bounds b USING (grp))
+            WHERE f.value < f.lower OR f.value > f.upper
+            ORDER BY f.metric, image_id"""
+    ).to_arrow_table()
     con.unregister("_lint_bounds")
     log.info("lint: %d flags on %d images", flags.num_rows, len(set(flags.column("image_id").to_pylist())))
     return flags.cast(LINT_SCHEMA), used
