@@ -31,6 +31,8 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set lint.method=iqr (repeatable)")
+    parser.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
+                        help="add a model: a timm name or package.module:function (repeatable)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace a committed run in OUT")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -39,7 +41,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
 def audit_from_args(args: argparse.Namespace) -> int:
     """Validate, run and report an audit; returns the exit code."""
     try:
-        config = load_config(args.config, args.overrides, source=args.source, out=args.out,
+        config = load_config(args.config, args.overrides, args.models, source=args.source, out=args.out,
                              overwrite=args.overwrite, address=args.address)
     except ConfigError as exc:
         print(f"ood-ray: configuration error: {exc}", file=sys.stderr)

@@ -184,6 +184,117 @@ class RayConfig:
         _check_positive(f"{prefix}.progress_interval_s", self.progress_interval_s)
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One model. ``name`` is a timm model name, or ``package.module:function`` (a value with a
+    colon) whose function returns a ``torch.nn.Module`` with timm's interface.
+
+    ``checkpoint``: local or ``s3://`` weights (``.safetensors``, or a torch file loaded with
+    ``weights_only=True``; a ``module.`` prefix is stripped). ``pretrained``: timm's own weights
+    (needs the hub). ``num_classes``: passed to timm (e.g. 10 for a CIFAR checkpoint).
+    ``input_size``/``mean``/``std``/``interpolation``/``crop_pct`` override the model's
+    ``pretrained_cfg``. ``alias`` names the model in tables and column names (default: the timm
+    name, or the function name of an import path, with other characters than letters and digits
+    replaced by ``_``).
+    """
+
+    name: str = ""
+    alias: str | None = None
+    pretrained: bool = False
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    input_size: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    interpolation: str | None = None
+    crop_pct: float | None = None
+
+    def validate(self, prefix: str) -> None:
+        if not self.name:
+            _fail(f"{prefix}.name", self.name, "a timm model name or package.module:function is required")
+        if self.alias is not None and not self.alias.replace("_", "").isalnum():
+            _fail(f"{prefix}.alias", self.alias, "letters, digits and underscores only")
+        if self.input_size is not None and (len(self.input_size) not in (2, 3) or min(self.input_size) <= 0):
+            _fail(f"{prefix}.input_size", self.input_size, "must be [H, W] or [3, H, W] with positive sizes")
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None and len(value) != 3:
+                _fail(f"{prefix}.{key}", value, "must have 3 values (R, G, B)")
+        if self.std is not None and min(self.std) <= 0:
+            _fail(f"{prefix}.std", self.std, "must be > 0")
+        if self.interpolation is not None and self.interpolation not in INTERPOLATIONS:
+            _fail(f"{prefix}.interpolation", self.interpolation, f"must be one of {', '.join(INTERPOLATIONS)}")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 1:
+            _fail(f"{prefix}.crop_pct", self.crop_pct, "must be in (0, 1]")
+        _check_positive(f"{prefix}.num_classes", self.num_classes, allow_zero=True)
+
+    @property
+    def column_alias(self) -> str:
+        """The name used in tables and columns: ``alias``, else the name made identifier-safe."""
+        if self.alias:
+            return self.alias
+        base = self.name.rsplit(":", 1)[1] if ":" in self.name else self.name
+        return "".join(ch if ch.isalnum() else "_" for ch in base.lower()).strip("_")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """The embedding stage: an actor pool, each actor loading every model once.
+
+    ``num_cpus_per_actor`` also sets torch's threads in the actor. On a 2-CPU machine keep
+    ``num_actors * num_cpus_per_actor`` below the CPU count so the decode tasks keep a CPU.
+    """
+
+    batch_size: int = 64
+    num_actors: int = 1
+    num_cpus_per_actor: float = 1.0
+    num_gpus_per_actor: float = 0.0
+    top_k: int = 5
+    max_full_probabilities: int = 1000
+
+    def validate(self, prefix: str) -> None:
+        _check_positive(f"{prefix}.batch_size", self.batch_size)
+        _check_positive(f"{prefix}.num_actors", self.num_actors)
+        _check_positive(f"{prefix}.num_cpus_per_actor", self.num_cpus_per_actor)
+        _check_positive(f"{prefix}.num_gpus_per_actor", self.num_gpus_per_actor, allow_zero=True)
+        _check_positive(f"{prefix}.top_k", self.top_k)
+        _check_positive(f"{prefix}.max_full_probabilities", self.max_full_probabilities, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class OODConfig:
+    """Model-based OOD scores and their flags.
+
+    Flags: ``score > quantile(reference scores, in_distribution_quantile)``, the reference being
+    the rows of split ``reference_split`` (all rows when no row has that split).
+    ``clf_entropy``: the OoD Tool's logistic-regression probes for models without a classifier
+    head, fitted on at most ``clf_max_per_class`` x classes (and ``clf_max_samples``) labelled
+    reference embeddings, with regularisation strengths ``clf_c``.
+    """
+
+    reference_split: str = "train"
+    in_distribution_quantile: float = 0.95
+    clf_entropy: bool = True
+    clf_c: list[float] = field(default_factory=lambda: [1e-5, 1.0, 1e5])
+    clf_max_per_class: int = 1000
+    clf_max_samples: int = 20000
+    threshold_sample: int = 20000
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if not 0 < self.in_distribution_quantile < 1:
+            _fail(f"{prefix}.in_distribution_quantile", self.in_distribution_quantile, "must be in (0, 1)")
+        for c in self.clf_c:
+            if c <= 0:
+                _fail(f"{prefix}.clf_c", self.clf_c, "every regularisation strength must be > 0")
+        _check_positive(f"{prefix}.clf_max_per_class", self.clf_max_per_class)
+        _check_positive(f"{prefix}.clf_max_samples", self.clf_max_samples)
+        _check_positive(f"{prefix}.threshold_sample", self.threshold_sample)
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The whole audit. ``source`` and ``out`` are required (CLI or YAML)."""
@@ -197,6 +308,9 @@ class AuditConfig:
     lint: LintConfig = field(default_factory=LintConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    models: list[ModelConfig] = field(default_factory=list)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    ood: OODConfig = field(default_factory=OODConfig)
 
     def validate(self) -> None:
         if not self.source:
@@ -207,6 +321,13 @@ class AuditConfig:
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):
                 value.validate(f.name)
+        seen: dict[str, int] = {}
+        for i, model in enumerate(self.models):
+            model.validate(f"models[{i}]")
+            if model.column_alias in seen:
+                _fail(f"models[{i}].alias", model.column_alias,
+                      f"models[{seen[model.column_alias]}] already has this name; give one an alias")
+            seen[model.column_alias] = i
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -309,9 +430,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(
     path: str | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    models: list[str] | tuple[str, ...] = (),
     **explicit: Any,
 ) -> AuditConfig:
-    """Build the validated config from a YAML file, ``--set`` overrides and explicit values."""
+    """Build the validated config from a YAML file, ``--set`` overrides and explicit values.
+
+    ``models`` (``--model NAME``, repeatable) appends ``{name: NAME}`` entries to ``models``.
+    """
     tree: dict[str, Any] = {}
     if path:
         try:
@@ -330,6 +455,10 @@ def load_config(
     for key, value in explicit.items():
         if value is not None:
             tree[key] = value
+    if models:
+        if not isinstance(tree.get("models", []), list):
+            raise ConfigError(f"models={tree['models']!r}: must be a list")
+        tree["models"] = list(tree.get("models", [])) + [{"name": name} for name in models]
     config = _build(AuditConfig, tree)
     config.validate()
     return config

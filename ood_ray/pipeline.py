@@ -84,25 +84,36 @@ def _manifest_blocks(manifest: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [manifest.slice(i, rows_per_block) for i in range(0, manifest.num_rows, rows_per_block)] or [manifest]
 
 
-def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory) -> dict[str, Any]:
-    """The distributed pass; returns written files, status counts and worker-side seconds."""
+def _configure_ray_data(config: AuditConfig) -> None:
     import ray
-
-    from ood_ray.io.sink import ScanDatasink
-    from ood_ray.progress import ProgressLogger, ProgressTracker
-    from ood_ray.scan import ScanSettings, scan_batch
 
     context = ray.data.DataContext.get_current()
     context.execution_no_progress_timeout_s = config.ray.no_progress_timeout_s
+    context.wait_for_min_actors_s = config.ray.no_progress_timeout_s
     context.op_resource_reservation_enabled = config.ray.op_resource_reservation
     context.enable_progress_bars = False
     context.print_on_execution_start = False
 
+
+def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory, infos: list | None = None) -> dict[str, Any]:
+    """The distributed pass (decode + statistics, then embeddings when there are models);
+    returns written files, status counts and worker-side seconds."""
+    import ray
+
+    from ood_ray.embed.preprocess import preprocessing_key
+    from ood_ray.io.sink import ScanDatasink
+    from ood_ray.progress import ProgressLogger, ProgressTracker
+    from ood_ray.scan import ScanSettings, scan_batch
+
+    _configure_ray_data(config)
+    infos = infos or []
+    model_inputs = {preprocessing_key(info.data_config): info.data_config for info in infos}
     settings = ScanSettings(
         max_pixels=config.io.max_pixels,
         max_file_bytes=config.io.max_file_bytes,
         fetch_threads=config.io.fetch_threads,
         per_channel_sharpness=config.stats.per_channel_sharpness,
+        model_inputs=tuple(model_inputs.items()),
     )
     tracker = ProgressTracker.remote()
     dataset = ray.data.from_arrow(_manifest_blocks(manifest, config.io.rows_per_block))
@@ -113,13 +124,45 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory) -> 
         fn_kwargs={"settings": settings, "progress": tracker},
         num_cpus=config.ray.task_num_cpus,
     )
-    sink = ScanDatasink(run_dir.out, run_dir.run_id)
+    if infos:
+        from ood_ray.embed.actor import EmbedActor, EmbedSettings
+
+        embed = config.embed
+        dataset = dataset.map_batches(
+            EmbedActor,
+            batch_format="pyarrow",
+            batch_size=embed.batch_size,
+            fn_constructor_kwargs={"infos": infos, "settings": EmbedSettings(
+                top_k=embed.top_k, max_full_probabilities=embed.max_full_probabilities,
+                num_cpus=embed.num_cpus_per_actor, num_gpus=embed.num_gpus_per_actor)},
+            compute=ray.data.ActorPoolStrategy(size=embed.num_actors),
+            num_cpus=embed.num_cpus_per_actor,
+            num_gpus=embed.num_gpus_per_actor or None,
+        )
+    sink = ScanDatasink(run_dir.out, run_dir.run_id, staged=bool(infos))
     with ProgressLogger(tracker, manifest.num_rows, config.ray.progress_interval_s):
         dataset.write_datasink(sink)
     totals = ray.get(tracker.totals.remote())
     ray.kill(tracker)
     return {"files": sink.files, "statuses": sink.statuses, "worker_seconds": {
         "fetch": round(totals["fetch_seconds"], 3), "decode_and_stats": round(totals["scan_seconds"], 3)}}
+
+
+def run_finalize(config: AuditConfig, run_dir: RunDirectory, staged: list[str], settings: Any) -> dict[str, list]:
+    """Scores that needed a fit, and flags, over the staged rows; writes images + embeddings."""
+    import ray
+
+    from ood_ray.finalize import FinalizeDatasink, finalize_batch
+    from ood_ray.io import storage
+
+    _configure_ray_data(config)
+    fs, _ = storage.resolve(staged[0])
+    dataset = ray.data.read_parquet([storage.resolve(uri)[1] for uri in staged], filesystem=fs)
+    dataset = dataset.map_batches(finalize_batch, batch_format="pyarrow", batch_size=None,
+                                  fn_kwargs={"settings": settings}, num_cpus=config.ray.task_num_cpus)
+    sink = FinalizeDatasink(run_dir.out, run_dir.run_id)
+    dataset.write_datasink(sink)
+    return sink.files
 
 
 def run_audit(config: AuditConfig) -> dict[str, Any]:
@@ -136,18 +179,40 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     run_dir.check_writable(config.overwrite)
     with timer.stage("manifest"):
         manifest = build_manifest(config, RESERVED_COLUMNS)
+    infos = []
+    if config.models:
+        from ood_ray.embed.models import inspect_models
+
+        with timer.stage("models"):
+            infos = inspect_models(config.models)
     log.info("run %s: %d objects from %s -> %s", run_dir.run_id, manifest.num_rows, config.source, run_dir.out)
     init_ray(config)
 
     with timer.stage("scan"):
-        scan = run_scan(config, manifest, run_dir)
-    files: dict[str, list[tuple[str, int]]] = dict(scan["files"])
+        scan = run_scan(config, manifest, run_dir, infos)
+    files: dict[str, list[tuple[str, int]]] = {table: entries for table, entries in scan["files"].items() if entries}
     rows_out = sum(rows for _, rows in files["images"])
     if rows_out != manifest.num_rows:
         raise RuntimeError(f"counts do not reconcile: {manifest.num_rows} objects in, {rows_out} image rows out")
 
     con = duckdb.connect()
     register_table(con, "images", [uri for uri, _ in files["images"]])
+    ood_report: dict[str, Any] = {}
+    if infos:
+        from ood_ray.embed.actor import score_columns
+        from ood_ray.finalize import FinalizeSettings
+        from ood_ray.ood_fit import fit_ood
+
+        with timer.stage("ood_fit"):
+            fit = fit_ood(con, infos, score_columns(infos), config.ood)
+        with timer.stage("finalize"):
+            staged = [uri for uri, _ in files.pop("images")]
+            files.update(run_finalize(config, run_dir, staged, FinalizeSettings(fit.thresholds, fit.probes)))
+        ood_report = {**fit.report, "detectors": fit.probes,
+                      "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
+                                  "preprocessing": i.data_config, **i.provenance} for i in infos]}
+        if sum(rows for _, rows in files["images"]) != manifest.num_rows:
+            raise RuntimeError("counts do not reconcile after the finalize pass")
     thresholds: dict[str, Any] = {}
     dedup_summary: dict[str, Any] = {}
     if config.lint.enabled:
@@ -171,6 +236,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "images_per_second": round(manifest.num_rows / timer.seconds["scan"], 2) if timer.seconds.get("scan") else None,
         "lint_thresholds": thresholds,
         "dedup": dedup_summary,
+        "ood": ood_report,
         "config": config.to_dict(),
         "versions": package_versions(),
     }

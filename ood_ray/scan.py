@@ -19,6 +19,7 @@ from ood_ray.io import storage
 from ood_ray.io.decode import BAND_NAMES, MISSING, OK, TOO_LARGE, UNDECODABLE, Decoded, decode_image, short_error
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES, StatsColumns, compute_images_stats
+from ood_ray.embed.preprocess import PIXELS_PREFIX, prepare_model_input
 from ood_ray.tables import CHANNEL_LIST_PREFIX, scan_schema
 
 
@@ -30,6 +31,8 @@ class ScanSettings:
     max_file_bytes: int
     fetch_threads: int
     per_channel_sharpness: bool
+    #: ``(key, timm data config)`` per distinct model preprocessing (see ood_ray.embed.preprocess).
+    model_inputs: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -72,6 +75,15 @@ class ScanColumns:
         self.stats: dict[str, np.ndarray] = {name: np.zeros(n) for name in _STATS}
         self.lists: dict[str, list[Any]] = {f"{CHANNEL_LIST_PREFIX}{name}": [None] * n for name in (*CHANNEL_STAT_NAMES, "band")}
         self.hashes: dict[str, list[Any]] = {"hash_pixels": [None] * n, "phash": [None] * n, "dhash": [None] * n}
+        self.inputs: dict[str, list[Any]] = {}
+
+    def fail(self, row: int, error: str) -> None:
+        """Mark a decoded row as failed after all (its statistics become null)."""
+        self.meta["status"][row], self.meta["error"][row] = UNDECODABLE, error
+        self.valid[row] = False
+        for group in (self.lists, self.hashes, self.inputs):
+            for values in group.values():
+                values[row] = None
 
     def set_stats(self, rows: list[int], columns: StatsColumns, decoded: list[Decoded]) -> None:
         index = np.asarray(rows)
@@ -92,7 +104,7 @@ class ScanColumns:
             values = self.stats[field.name]
             return pa.array(values.astype(np.int64) if pa.types.is_integer(field.type) else values,
                             type=field.type, mask=~self.valid)
-        for group in (self.meta, self.lists, self.hashes):
+        for group in (self.meta, self.lists, self.hashes, self.inputs):
             if field.name in group:
                 return pa.array(group[field.name], type=field.type)
         raise KeyError(field.name)
@@ -137,8 +149,16 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
                 one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness)
                 columns.set_stats([row], one, [image])
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
-                columns.meta["status"][row] = UNDECODABLE
-                columns.meta["error"][row] = f"statistics failed: {short_error(exc)}"
+                columns.fail(row, f"statistics failed: {short_error(exc)}")
+    for key, data_config in settings.model_inputs:
+        values = columns.inputs.setdefault(f"{PIXELS_PREFIX}{key}", [None] * columns.n)
+        for row, image in pending:
+            if columns.meta["status"][row] != OK:
+                continue
+            try:
+                values[row] = prepare_model_input(image.pixels, data_config)
+            except Exception as exc:  # noqa: BLE001 - one image the model cannot take is that row's error
+                columns.fail(row, f"model input failed: {short_error(exc)}")
     pending.clear()
 
 
@@ -149,6 +169,8 @@ def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSet
     values are held, then their statistics are computed together and the pixels released.
     """
     columns = ScanColumns(len(fetched))
+    for key, _ in settings.model_inputs:
+        columns.inputs[f"{PIXELS_PREFIX}{key}"] = [None] * columns.n
     pending: list[tuple[int, Decoded]] = []
     held = 0
     for row, (data, fetch_error) in enumerate(fetched):
@@ -177,7 +199,7 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     scanned = scan_blobs(fetched, settings)
     scan_seconds = time.perf_counter() - started - fetch_seconds
 
-    schema = scan_schema(batch.schema)
+    schema = scan_schema(batch.schema, [key for key, _ in settings.model_inputs])
     arrays = [batch.column(f.name) if f.name in batch.column_names else scanned.array(f) for f in schema]
     out = pa.Table.from_arrays(arrays, schema=schema)
     if progress is not None:

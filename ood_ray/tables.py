@@ -76,10 +76,31 @@ LINT_SCHEMA = pa.schema(
     ]
 )
 
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("top_classes", pa.list_(pa.int32())),
+        pa.field("top_probabilities", pa.list_(pa.float32())),
+        pa.field("probabilities", pa.list_(pa.float32())),
+    ]
+)
+
+EMBEDDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("dim", pa.int32()),
+        pa.field("embedding", pa.list_(pa.float32())),
+    ]
+)
+
 #: Names the scan writes; a manifest column with one of these names is refused.
 RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size"}
 
 
-def scan_schema(manifest_schema: pa.Schema) -> pa.Schema:
-    """Schema of one scan output block: manifest columns, scan columns, channel lists."""
-    return pa.schema(list(manifest_schema) + SCAN_FIELDS + CHANNEL_LIST_FIELDS)
+def scan_schema(manifest_schema: pa.Schema, model_input_keys: list[str] = ()) -> pa.Schema:
+    """Schema of one scan output block: manifest columns, scan columns, channel lists, and one
+    ``_px_<key>`` column of model-ready pixels per distinct model preprocessing."""
+    pixels = [pa.field(f"_px_{key}", pa.binary()) for key in model_input_keys]
+    return pa.schema(list(manifest_schema) + SCAN_FIELDS + CHANNEL_LIST_FIELDS + pixels)

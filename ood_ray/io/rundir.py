@@ -5,7 +5,8 @@ Layout of ``OUT`` (local path or ``s3://``)::
     OUT/run.json                       the commit: config, versions, counts, timings, thresholds,
                                        and the exact list of files of every table
     OUT/images/part-<run_id>-*.parquet
-    OUT/channels/... OUT/duplicates/... OUT/lint/...
+    OUT/channels/... OUT/duplicates/... OUT/lint/... OUT/embeddings/... OUT/predictions/...
+    OUT/_staging/<run_id>/...          intermediate files of a run in progress (removed at commit)
 
 Every file a run writes carries its ``run_id``. ``run.json`` is written last and atomically
 (temp file + rename locally; one PUT on S3), so a reader sees either the previous committed run
@@ -32,7 +33,8 @@ from ood_ray.io import storage
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-TABLES = ("images", "channels", "duplicates", "lint")
+TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions")
+STAGING = "_staging"
 
 
 def new_run_id() -> str:
@@ -87,6 +89,12 @@ class RunDirectory:
         write_table(uri, data)
         return uri
 
+    def write_staged_part(self, table: str, part: str, data: pa.Table) -> str:
+        """A part file of an intermediate table, under ``_staging/<run_id>/`` (never committed)."""
+        uri = storage.join(self.out, STAGING, self.run_id, table, f"part-{part}.parquet")
+        write_table(uri, data)
+        return uri
+
     def commit(self, files: dict[str, list[tuple[str, int]]], run_info: dict[str, Any]) -> dict[str, Any]:
         """Write ``run.json`` (listing ``files``: ``{table: [(uri, rows)]}``), then clean up."""
         tables = {}
@@ -109,3 +117,4 @@ class RunDirectory:
         if stale:
             log.info("removing %d files of earlier or failed runs from %s", len(stale), self.out)
             storage.delete_files(stale)
+        storage.delete_tree(storage.join(self.out, STAGING))

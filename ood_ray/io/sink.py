@@ -20,12 +20,38 @@ from ray.data.block import Block, BlockAccessor
 
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
-from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA
+from ood_ray.embed.actor import PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX
+from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA, PREDICTIONS_SCHEMA
 
 
-def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """``(images, channels)`` tables from one scan output block."""
-    list_columns = [name for name in block.column_names if name.startswith(CHANNEL_LIST_PREFIX)]
+def predictions_of(block: pa.Table) -> pa.Table:
+    """The ``predictions`` rows (one per image and classifier) carried by an embedded block."""
+    parts = []
+    for name in block.column_names:
+        if not name.startswith(TOPK_CLASS_PREFIX):
+            continue
+        alias = name[len(TOPK_CLASS_PREFIX):]
+        keep = pc.is_valid(block.column(name))
+        rows = block.filter(keep)
+        full = f"{PROBABILITIES_PREFIX}{alias}"
+        parts.append(pa.Table.from_pydict({
+            "image_id": rows.column("image_id"),
+            "model": pa.array([alias] * rows.num_rows, pa.string()),
+            "top_classes": rows.column(name),
+            "top_probabilities": rows.column(f"{TOPK_PROB_PREFIX}{alias}"),
+            "probabilities": rows.column(full) if full in rows.column_names else pa.nulls(rows.num_rows, pa.list_(pa.float32())),
+        }, schema=PREDICTIONS_SCHEMA))
+    return pa.concat_tables(parts) if parts else PREDICTIONS_SCHEMA.empty_table()
+
+
+def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """``(images, channels, predictions)`` tables from one scan (or embedded) output block.
+
+    ``images`` keeps the ``_emb_`` columns (the finalize pass turns them into ``embeddings``).
+    """
+    predictions = predictions_of(block)
+    list_columns = [name for name in block.column_names
+                    if name.startswith((CHANNEL_LIST_PREFIX, PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX))]
     images = block.drop_columns(list_columns)
     if "listed_size" in images.column_names:
         # A missing object has no fetched size; the listing's size (when listed) stands in.
@@ -47,43 +73,53 @@ def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table]:
     for name in CHANNEL_STAT_NAMES:
         columns[name] = pc.list_flatten(block.column(f"{CHANNEL_LIST_PREFIX}{name}").combine_chunks())
     channels = pa.Table.from_pydict(columns, schema=CHANNELS_SCHEMA)
-    return images, channels
+    return images, channels, predictions
 
 
 class ScanDatasink(Datasink):
-    """Writes ``images`` and ``channels`` part files of one run; returns what it wrote."""
+    """Writes one run's ``channels``, ``predictions`` and ``images`` part files.
 
-    def __init__(self, out: str, run_id: str) -> None:
+    With ``staged=True`` (a run with models) the ``images`` parts go to the run's staging folder,
+    still holding the ``_emb_`` columns, for the finalize pass; otherwise straight to ``images``.
+    """
+
+    TABLES = ("images", "channels", "predictions")
+
+    def __init__(self, out: str, run_id: str, staged: bool = False) -> None:
         self.out = out
         self.run_id = run_id
-        self.files: dict[str, list[tuple[str, int]]] = {"images": [], "channels": []}
+        self.staged = staged
+        self.files: dict[str, list[tuple[str, int]]] = {table: [] for table in self.TABLES}
         self.statuses: dict[str, int] = {}
 
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         run_dir = RunDirectory(self.out, self.run_id)
-        images_parts, channels_parts = [], []
+        parts: dict[str, list[pa.Table]] = {table: [] for table in self.TABLES}
         for block in blocks:
             table = BlockAccessor.for_block(block).to_arrow()
             if table.num_rows == 0:
                 continue
-            images, channels = split_scan_block(table)
-            images_parts.append(images)
-            channels_parts.append(channels)
-        written: dict[str, Any] = {"images": [], "channels": [], "statuses": {}}
-        if not images_parts:
+            for name, part in zip(self.TABLES, split_scan_block(table)):
+                parts[name].append(part)
+        written: dict[str, Any] = {table: [] for table in self.TABLES}
+        written["statuses"] = {}
+        if not parts["images"]:
             return written
         part = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        images = pa.concat_tables(images_parts)
-        channels = pa.concat_tables(channels_parts)
-        written["images"].append((run_dir.write_part("images", part, images), images.num_rows))
-        written["channels"].append((run_dir.write_part("channels", part, channels), channels.num_rows))
+        for name in self.TABLES:
+            data = pa.concat_tables(parts[name])
+            if name == "predictions" and data.num_rows == 0:
+                continue
+            uri = run_dir.write_staged_part(name, part, data) if name == "images" and self.staged else run_dir.write_part(name, part, data)
+            written[name].append((uri, data.num_rows))
+        images = pa.concat_tables(parts["images"])
         for status, count in zip(*pc.value_counts(images.column("status")).flatten()):
             written["statuses"][status.as_py()] = count.as_py()
         return written
 
     def on_write_complete(self, write_result: Any) -> None:
         for written in write_result.write_returns:
-            for table in ("images", "channels"):
+            for table in self.TABLES:
                 self.files[table].extend(written[table])
             for status, count in written["statuses"].items():
                 self.statuses[status] = self.statuses.get(status, 0) + count

@@ -145,3 +145,14 @@ def make_parent_dirs(uri: str) -> None:
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def delete_tree(uri: str) -> None:
+    """Remove everything under ``uri`` (a local folder, or every object under an S3 prefix)."""
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    delete_files([u for u, _ in list_files(uri)])

@@ -36,7 +36,8 @@ def test_scan_batch_rows_statuses_and_channel_rows(tmp_path):
     block = scan_batch(manifest, SETTINGS)
     assert block.num_rows == 5
     assert block.column("status").to_pylist() == ["ok", "ok", "too_large", "undecodable", "missing"]
-    images, channels = split_scan_block(block)
+    images, channels, predictions = split_scan_block(block)
+    assert predictions.num_rows == 0  # no models
     rows = images.to_pylist()
     assert [r["channels"] for r in rows[:2]] == [3, 1]
     assert rows[2]["file_size"] == len(files["big.png"])  # from the listing: the read stopped early

@@ -1,0 +1,20 @@
+"""OOD detectors behind one contract (see :mod:`ood_ray.detectors.base`), registered explicitly."""
+
+from ood_ray.detectors.base import Detector, NotFittedError, Registry
+from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.detectors.energy import Energy
+from ood_ray.detectors.ensemble import EnsembleEntropy, MutualInformation
+from ood_ray.detectors.entropy import Entropy
+from ood_ray.detectors.maxlogit import MaxLogit
+from ood_ray.detectors.msp import MSP
+
+REGISTRY = Registry()
+for _cls in (MSP, MaxLogit, Energy, Entropy, EnsembleEntropy, MutualInformation, ClassifierEntropy):
+    REGISTRY.register(_cls)
+
+#: Per-model scores computed from one classifier's logits, in column order.
+LOGIT_DETECTORS = ("msp", "maxlogit", "energy", "entropy")
+#: Scores over all classifiers of the run (they must share a class space).
+ENSEMBLE_DETECTORS = ("ensemble_entropy", "mutual_information")
+
+__all__ = ["REGISTRY", "LOGIT_DETECTORS", "ENSEMBLE_DETECTORS", "Detector", "NotFittedError", "Registry"]

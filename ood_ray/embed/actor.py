@@ -1,0 +1,163 @@
+"""The embedding stage: a callable class run by a Ray Data actor pool.
+
+Each actor loads every model once (``__init__``), on CUDA when the actor was given a GPU, else on
+CPU with torch's threads set to the actor's CPUs. ``__call__`` takes a block of scan rows with
+model-ready pixels (``_px_<key>`` uint8 bytes, from :mod:`ood_ray.embed.preprocess`) and adds,
+per model ``<alias>``:
+
+- ``_emb_<alias>``: the pooled penultimate embedding (``float32[D]``; null for rows that did not
+  decode), written to ``embeddings`` by the finalize pass;
+- for classifiers, ``_prob_<alias>`` (the softmax, when ``C <= max_full_probabilities``),
+  ``_topk_class_<alias>``/``_topk_prob_<alias>``, written to ``predictions``; and the logit scores
+  ``score_<detector>_<alias>`` of :data:`ood_ray.detectors.LOGIT_DETECTORS`;
+- across two or more classifiers with one class count: ``score_ensemble_entropy`` and
+  ``score_mutual_information``.
+
+The pixel columns are dropped: they never reach storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ood_ray.detectors import ENSEMBLE_DETECTORS, LOGIT_DETECTORS, REGISTRY
+from ood_ray.detectors.base import softmax
+from ood_ray.embed.models import ModelInfo, build_model, embed_and_logits
+from ood_ray.embed.preprocess import PIXELS_PREFIX, normalize_batch, preprocessing_key
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_PREFIX = "_emb_"
+PROBABILITIES_PREFIX = "_prob_"
+TOPK_CLASS_PREFIX = "_topk_class_"
+TOPK_PROB_PREFIX = "_topk_prob_"
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    top_k: int
+    max_full_probabilities: int
+    num_cpus: float
+    num_gpus: float
+
+
+def ensemble_members(infos: list[ModelInfo]) -> list[ModelInfo]:
+    """The classifiers that form the ensemble: two or more sharing one class count, else none."""
+    classifiers = [info for info in infos if info.num_classes > 0]
+    if len(classifiers) < 2:
+        return []
+    if len({info.num_classes for info in classifiers}) > 1:
+        log.warning("classifiers have different class counts (%s): no ensemble scores",
+                    {info.alias: info.num_classes for info in classifiers})
+        return []
+    return classifiers
+
+
+def score_columns(infos: list[ModelInfo]) -> list[str]:
+    """Names of the score columns the actor adds (thresholds are fitted for each)."""
+    names = [f"score_{detector}_{info.alias}" for info in infos if info.num_classes > 0 for detector in LOGIT_DETECTORS]
+    if ensemble_members(infos):
+        names += [f"score_{detector}" for detector in ENSEMBLE_DETECTORS]
+    return names
+
+
+def output_fields(infos: list[ModelInfo], settings: EmbedSettings) -> list[pa.Field]:
+    """The columns the actor adds, in order."""
+    fields = []
+    for info in infos:
+        fields.append(pa.field(f"{EMBEDDING_PREFIX}{info.alias}", pa.list_(pa.float32(), info.embedding_dim)))
+        if info.num_classes > 0:
+            if info.num_classes <= settings.max_full_probabilities:
+                fields.append(pa.field(f"{PROBABILITIES_PREFIX}{info.alias}", pa.list_(pa.float32())))
+            fields.append(pa.field(f"{TOPK_CLASS_PREFIX}{info.alias}", pa.list_(pa.int32())))
+            fields.append(pa.field(f"{TOPK_PROB_PREFIX}{info.alias}", pa.list_(pa.float32())))
+    fields += [pa.field(name, pa.float32()) for name in score_columns(infos)]
+    return fields
+
+
+def _scatter(values: np.ndarray, rows: np.ndarray, n: int, field: pa.Field) -> pa.Array:
+    """Rows ``rows`` get ``values``; every other row is null."""
+    if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
+        out: list[Any] = [None] * n
+        for row, value in zip(rows.tolist(), values.tolist()):
+            out[row] = value
+        return pa.array(out, type=field.type)
+    full = np.zeros(n, dtype=np.float32)
+    mask = np.ones(n, dtype=bool)
+    full[rows] = values
+    mask[rows] = False
+    return pa.array(full, type=field.type, mask=mask)
+
+
+class EmbedActor:
+    """Loads the models once; embeds, classifies and scores each block (see module docstring)."""
+
+    def __init__(self, infos: list[ModelInfo], settings: EmbedSettings) -> None:
+        import torch
+
+        self.infos = infos
+        self.settings = settings
+        use_cuda = settings.num_gpus > 0 and torch.cuda.is_available()
+        self.device = torch.device("cuda" if use_cuda else "cpu")
+        if not use_cuda:
+            torch.set_num_threads(max(1, int(round(settings.num_cpus))))
+        self.models = [build_model(info.spec, info.import_root).to(self.device) for info in infos]
+        self.fields = {f.name: f for f in output_fields(infos, settings)}
+        self.ensemble = ensemble_members(infos)
+        log.info("embedding actor: %d models on %s", len(self.models), self.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        n = batch.num_rows
+        columns: dict[str, pa.Array] = {}
+        probabilities: dict[str, np.ndarray] = {}
+        rows = None
+        for info, model in zip(self.infos, self.models):
+            key = preprocessing_key(info.data_config)
+            pixels = batch.column(f"{PIXELS_PREFIX}{key}")
+            valid = np.flatnonzero(~np.asarray(pixels.is_null()))
+            rows = valid
+            if len(valid) == 0:
+                embedding = np.zeros((0, info.embedding_dim), np.float32)
+                logits = np.zeros((0, info.num_classes), np.float32) if info.num_classes else None
+            else:
+                _, height, width = info.data_config["input_size"]
+                raw = b"".join(pixels.take(pa.array(valid)).to_pylist())
+                images = torch.from_numpy(np.frombuffer(raw, np.uint8).reshape(len(valid), height, width, 3).copy())
+                x = normalize_batch(images.to(self.device), info.data_config["mean"], info.data_config["std"])
+                with torch.inference_mode():
+                    emb_t, logits_t = embed_and_logits(model, x)
+                embedding = emb_t.float().cpu().numpy()
+                logits = logits_t.float().cpu().numpy() if logits_t is not None else None
+            name = f"{EMBEDDING_PREFIX}{info.alias}"
+            columns[name] = _scatter(embedding, valid, n, self.fields[name])
+            if logits is None:
+                continue
+            p = softmax(logits)
+            probabilities[info.alias] = p
+            if f"{PROBABILITIES_PREFIX}{info.alias}" in self.fields:
+                name = f"{PROBABILITIES_PREFIX}{info.alias}"
+                columns[name] = _scatter(p.astype(np.float32), valid, n, self.fields[name])
+            k = min(self.settings.top_k, info.num_classes)
+            top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+            for prefix, values in ((TOPK_CLASS_PREFIX, top.astype(np.int32)),
+                                   (TOPK_PROB_PREFIX, np.take_along_axis(p, top, axis=1).astype(np.float32))):
+                columns[f"{prefix}{info.alias}"] = _scatter(values, valid, n, self.fields[f"{prefix}{info.alias}"])
+            for detector in LOGIT_DETECTORS:
+                name = f"score_{detector}_{info.alias}"
+                columns[name] = _scatter(REGISTRY[detector]().score(logits), valid, n, self.fields[name])
+        if self.ensemble:
+            stacked = np.stack([probabilities[info.alias] for info in self.ensemble], axis=1)
+            for detector in ENSEMBLE_DETECTORS:
+                name = f"score_{detector}"
+                columns[name] = _scatter(REGISTRY[detector]().score(stacked), rows, n, self.fields[name])
+        out = batch.drop_columns([c for c in batch.column_names if c.startswith(PIXELS_PREFIX)])
+        for name in self.fields:
+            out = out.append_column(self.fields[name], columns[name])
+        return out

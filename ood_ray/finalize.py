@@ -1,0 +1,126 @@
+"""The finalize pass of a run with models (Ray Data over the staged rows, after the fits).
+
+Each staged block gets the fitted scores (``score_clf_entropy_<alias>`` from the probes) and a flag
+``is_ood_<score>`` (``score > threshold``; null where the score is null) for every thresholded
+score; :class:`FinalizeDatasink` then writes ``images`` (without the ``_emb_`` columns) and
+``embeddings`` (one row per image and model) part files.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+
+from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.embed.actor import EMBEDDING_PREFIX
+from ood_ray.io.rundir import RunDirectory
+from ood_ray.tables import EMBEDDINGS_SCHEMA
+
+
+@dataclass(frozen=True)
+class FinalizeSettings:
+    thresholds: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_PROBES: dict[int, dict[str, ClassifierEntropy]] = {}
+
+
+def _probes(settings: FinalizeSettings) -> dict[str, ClassifierEntropy]:
+    key = id(settings)
+    if key not in _PROBES:
+        _PROBES[key] = {alias: ClassifierEntropy.from_state_dict(state) for alias, state in settings.probes.items()}
+    return _PROBES[key]
+
+
+def flag_name(score_column: str) -> str:
+    """``score_msp_resnet18`` -> ``is_ood_msp_resnet18``."""
+    return "is_ood_" + score_column[len("score_"):]
+
+
+def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(row indices, float32[n, D])`` of the non-null vectors of an embedding column."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = np.flatnonzero(np.asarray(array.is_valid()))
+    if len(rows) == 0:
+        return rows, np.zeros((0, 0), np.float32)
+    valid = array.take(pa.array(rows))
+    dim = valid.type.list_size if pa.types.is_fixed_size_list(valid.type) else len(valid[0])
+    return rows, valid.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), dim).astype(np.float32)
+
+
+def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
+    """Add the probe scores and every flag to one staged block."""
+    n = batch.num_rows
+    for alias, detector in _probes(settings).items():
+        rows, X = embedding_matrix(batch.column(f"{EMBEDDING_PREFIX}{alias}"))
+        values = np.zeros(n, np.float32)
+        mask = np.ones(n, bool)
+        if len(rows):
+            values[rows] = detector.score(X)
+            mask[rows] = False
+        batch = batch.append_column(pa.field(f"score_clf_entropy_{alias}", pa.float32()), pa.array(values, mask=mask))
+    for column, threshold in settings.thresholds.items():
+        if column in batch.column_names:
+            flags = pc.greater(pc.cast(batch.column(column), pa.float64()), pa.scalar(float(threshold)))
+            batch = batch.append_column(pa.field(flag_name(column), pa.bool_()), flags)
+    return batch
+
+
+def embeddings_of(block: pa.Table) -> pa.Table:
+    """Long-format ``embeddings`` rows of a block: one per image and model with a vector."""
+    parts = []
+    for name in block.column_names:
+        if not name.startswith(EMBEDDING_PREFIX):
+            continue
+        column = block.column(name).combine_chunks()
+        rows = np.flatnonzero(np.asarray(column.is_valid()))
+        if len(rows) == 0:
+            continue
+        vectors = column.take(pa.array(rows))
+        dim = vectors.type.list_size
+        parts.append(pa.Table.from_pydict({
+            "image_id": block.column("image_id").take(pa.array(rows)),
+            "model": pa.array([name[len(EMBEDDING_PREFIX):]] * len(rows), pa.string()),
+            "dim": pa.array(np.full(len(rows), dim, np.int32)),
+            "embedding": pa.ListArray.from_arrays(pa.array(np.arange(len(rows) + 1, dtype=np.int32) * dim), vectors.flatten()),
+        }, schema=EMBEDDINGS_SCHEMA))
+    return pa.concat_tables(parts) if parts else EMBEDDINGS_SCHEMA.empty_table()
+
+
+class FinalizeDatasink(Datasink):
+    """Writes the final ``images`` and ``embeddings`` part files of a run with models."""
+
+    def __init__(self, out: str, run_id: str) -> None:
+        self.out = out
+        self.run_id = run_id
+        self.files: dict[str, list[tuple[str, int]]] = {"images": [], "embeddings": []}
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, list[tuple[str, int]]]:
+        run_dir = RunDirectory(self.out, self.run_id)
+        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
+        tables = [t for t in tables if t.num_rows]
+        written: dict[str, list[tuple[str, int]]] = {"images": [], "embeddings": []}
+        if not tables:
+            return written
+        block = pa.concat_tables(tables)
+        part = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
+        images = block.drop_columns([c for c in block.column_names if c.startswith(EMBEDDING_PREFIX)])
+        written["images"].append((run_dir.write_part("images", part, images), images.num_rows))
+        embeddings = embeddings_of(block)
+        if embeddings.num_rows:
+            written["embeddings"].append((run_dir.write_part("embeddings", part, embeddings), embeddings.num_rows))
+        return written
+
+    def on_write_complete(self, write_result: Any) -> None:
+        for written in write_result.write_returns:
+            for table, entries in written.items():
+                self.files[table].extend(entries)

@@ -1,0 +1,128 @@
+"""Fitting the model-based OOD scores on the reference split (driver, DuckDB over staged rows).
+
+- **Thresholds**: for every score column, ``quantile_cont(score, q)`` over the reference rows
+  (split ``ood.reference_split``; all ``ok`` rows when no row has that split), computed by DuckDB
+  over all of them (NumPy's default linear quantile).
+- **clf_entropy probes** (models without a classifier head, when labels exist): a stratified
+  sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per label, at most
+  ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run is reproducible
+  -- fits :class:`ood_ray.detectors.clf_entropy.ClassifierEntropy`; its threshold is the quantile
+  over up to ``ood.threshold_sample`` *other* reference rows (held out from the fit, so the probes'
+  training fit does not lower it).
+
+Without labels, label-dependent scores are skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ood_ray.config import OODConfig
+from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.embed.actor import EMBEDDING_PREFIX
+from ood_ray.embed.models import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OODFit:
+    """Thresholds ``{score column: value}``, fitted probes ``{alias: state}`` and a report."""
+
+    thresholds: dict[str, float] = field(default_factory=dict)
+    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_filter(con: duckdb.DuckDBPyConnection, config: OODConfig) -> tuple[str, str]:
+    """SQL condition selecting the reference rows, and a description of it."""
+    split = config.reference_split.replace("'", "''")
+    count = con.execute(f"SELECT count(*) FROM images WHERE status = 'ok' AND split = '{split}'").fetchall()[0][0]
+    if count:
+        return f"status = 'ok' AND split = '{split}'", f"split = {config.reference_split!r} ({count} rows)"
+    log.info("no rows in reference split %r: thresholds use every ok row", config.reference_split)
+    return "status = 'ok'", "all ok rows (no reference split)"
+
+
+def _hash_order(seed: int) -> str:
+    return f"hash(image_id || '#{int(seed)}')"
+
+
+def stratified_sample(con: duckdb.DuckDBPyConnection, where: str, column: str, config: OODConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(image_ids, labels, embeddings)`` of a seeded, per-label-capped sample."""
+    table = con.sql(
+        f"""SELECT image_id, label, "{column}" AS v FROM (
+                SELECT image_id, label, "{column}",
+                       row_number() OVER (PARTITION BY label ORDER BY {_hash_order(config.seed)}) AS r
+                FROM images WHERE {where} AND label IS NOT NULL AND "{column}" IS NOT NULL)
+            WHERE r <= {int(config.clf_max_per_class)}
+            ORDER BY {_hash_order(config.seed)} LIMIT {int(config.clf_max_samples)}"""
+    ).to_arrow_table()
+    return _unpack(table)
+
+
+def _unpack(table: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
+    ids = table.column("image_id").to_pylist()
+    labels = np.asarray(table.column("label").to_pylist(), dtype=object) if "label" in table.column_names else np.array([])
+    vectors = table.column("v").combine_chunks()
+    dim = len(vectors[0]) if len(vectors) else 0
+    values = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), dim) if dim else np.zeros((0, 0))
+    return ids, labels, values
+
+
+def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig) -> OODFit:
+    """Thresholds for ``score_columns`` and the clf_entropy probes (see module docstring)."""
+    fit = OODFit()
+    where, described = reference_filter(con, config)
+    fit.report["reference"] = described
+    fit.report["in_distribution_quantile"] = config.in_distribution_quantile
+    q = config.in_distribution_quantile
+    for column in score_columns:
+        value, n = con.execute(f'SELECT quantile_cont("{column}", {q}), count("{column}") FROM images WHERE {where}').fetchall()[0]
+        if not n:
+            log.info("%s: no reference scores, no threshold", column)
+            continue
+        fit.thresholds[column] = float(value)
+        fit.report.setdefault("thresholds", {})[column] = {"threshold": float(value), "n_reference": int(n), "quantile": q}
+
+    for info in infos:
+        if info.num_classes > 0 or not config.clf_entropy:
+            continue
+        column = f"{EMBEDDING_PREFIX}{info.alias}"
+        name = f"score_clf_entropy_{info.alias}"
+        ids, labels, X = stratified_sample(con, where, column, config)
+        classes = sorted(set(labels.tolist()))
+        if len(classes) < 2:
+            log.info("%s: skipped -- the reference rows carry %d labels (needs 2 or more)", name, len(classes))
+            fit.report.setdefault("skipped", {})[name] = f"{len(classes)} labels in the reference rows"
+            continue
+        detector = ClassifierEntropy(tuple(config.clf_c), seed=config.seed).fit(X, labels)
+        con.register("_fit_ids", pa.table({"image_id": ids}))
+        held_out = con.sql(
+            f"""SELECT image_id, "{column}" AS v FROM images
+                WHERE {where} AND "{column}" IS NOT NULL AND image_id NOT IN (SELECT image_id FROM _fit_ids)
+                ORDER BY {_hash_order(config.seed + 1)} LIMIT {int(config.threshold_sample)}"""
+        ).to_arrow_table()
+        con.unregister("_fit_ids")
+        _, _, X_held = _unpack(held_out)
+        source = "held-out reference rows"
+        if len(X_held) == 0:
+            X_held, source = X, "the fitting sample (no other reference rows)"
+        scores = detector.score(X_held)
+        value = float(np.quantile(scores.astype(np.float64), q))
+        fit.thresholds[name] = value
+        fit.probes[info.alias] = detector.state_dict()
+        fit.report.setdefault("thresholds", {})[name] = {
+            "threshold": value, "n_reference": int(len(X_held)), "quantile": q, "from": source,
+        }
+        fit.report.setdefault("clf_entropy", {})[info.alias] = {
+            "n_fit": len(ids), "classes": len(classes), "c_values": list(config.clf_c),
+        }
+        log.info("%s: probes fitted on %d embeddings of %d classes; threshold %.4f", name, len(ids), len(classes), value)
+    return fit

@@ -1,0 +1,130 @@
+"""Detectors: one conformance test over the registry, and each score against its formula."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.special import softmax as scipy_softmax
+
+from ood_ray.detectors import REGISTRY, NotFittedError
+from ood_ray.detectors.base import Detector, Registry
+from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.detectors.thresholds import QuantileThreshold
+
+RNG = np.random.default_rng(0)
+LOGITS = RNG.normal(0, 3, size=(40, 7))
+MEMBERS = np.stack([scipy_softmax(RNG.normal(0, 2, size=(40, 7)), axis=1) for _ in range(3)], axis=1)
+EMBEDDINGS = np.concatenate([RNG.normal(-2, 1, (30, 5)), RNG.normal(2, 1, (30, 5))])
+LABELS = np.array(["a"] * 30 + ["b"] * 30)
+
+INPUT_FOR = {"logits": LOGITS, "member_probabilities": MEMBERS, "embeddings": EMBEDDINGS}
+
+
+def fitted(name: str) -> Detector:
+    detector = REGISTRY[name]()
+    if detector.requires_fit:
+        detector.fit(INPUT_FOR[detector.input], LABELS)
+    return detector
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_detector_conformance(name):
+    """Shape, dtype, finiteness, determinism, read-only input, state round trip, registry facts."""
+    cls = REGISTRY[name]
+    assert cls.name == name
+    X = INPUT_FOR[cls.input].copy()
+    X.setflags(write=False)
+    detector = fitted(name)
+    scores = detector.score(X)
+    assert scores.shape == (X.shape[0],) and scores.dtype == np.float32
+    assert np.all(np.isfinite(scores))
+    np.testing.assert_array_equal(scores, detector.score(X))
+    state = json.loads(json.dumps(detector.state_dict()))
+    np.testing.assert_allclose(cls.from_state_dict(state).score(X), scores, rtol=1e-6)
+    with pytest.raises(ValueError):
+        detector.score(X[0])
+    if cls.requires_fit:
+        with pytest.raises(NotFittedError):
+            cls().score(X)
+
+
+def test_registry_refuses_a_duplicate_name():
+    registry = Registry()
+    registry.register(REGISTRY["msp"])
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register(REGISTRY["msp"])
+
+
+def test_logit_scores_equal_their_formulas():
+    p = scipy_softmax(LOGITS, axis=1)
+    np.testing.assert_allclose(REGISTRY["msp"]().score(LOGITS), 1 - p.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(REGISTRY["maxlogit"]().score(LOGITS), -LOGITS.max(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(REGISTRY["energy"]().score(LOGITS), -logsumexp(LOGITS, axis=1), rtol=1e-6)
+    entropy = -(p * np.log(p)).sum(axis=1) / np.log(7)
+    np.testing.assert_allclose(REGISTRY["entropy"]().score(LOGITS), entropy, rtol=1e-5)
+
+
+def test_known_answers_for_uniform_and_confident_logits():
+    uniform = np.zeros((1, 4))
+    confident = np.array([[50.0, 0, 0, 0]])
+    assert REGISTRY["msp"]().score(uniform)[0] == pytest.approx(0.75)
+    assert REGISTRY["entropy"]().score(uniform)[0] == pytest.approx(1.0)
+    assert REGISTRY["entropy"]().score(confident)[0] == pytest.approx(0.0, abs=1e-6)
+    assert REGISTRY["energy"]().score(uniform)[0] == pytest.approx(-np.log(4))
+    # OOD-ward = higher: the uniform prediction scores above the confident one everywhere.
+    for name in ("msp", "maxlogit", "energy", "entropy"):
+        assert REGISTRY[name]().score(uniform)[0] > REGISTRY[name]().score(confident)[0]
+
+
+def test_ensemble_of_identical_members_is_the_single_model():
+    single = scipy_softmax(LOGITS, axis=1)
+    twins = np.stack([single, single], axis=1)
+    np.testing.assert_allclose(REGISTRY["ensemble_entropy"]().score(twins), REGISTRY["entropy"]().score(LOGITS), rtol=1e-5)
+    np.testing.assert_allclose(REGISTRY["mutual_information"]().score(twins), 0.0, atol=1e-6)
+
+
+def test_disagreeing_members_have_positive_mutual_information():
+    a = np.array([[0.98, 0.01, 0.01]])
+    b = np.array([[0.01, 0.98, 0.01]])
+    members = np.stack([a, b], axis=1)
+    mean = (a + b) / 2
+    h = lambda p: -(p * np.log(p)).sum() / np.log(3)  # noqa: E731
+    assert REGISTRY["ensemble_entropy"]().score(members)[0] == pytest.approx(h(mean), rel=1e-5)
+    assert REGISTRY["mutual_information"]().score(members)[0] == pytest.approx(h(mean) - (h(a) + h(b)) / 2, rel=1e-5)
+    assert REGISTRY["mutual_information"]().score(members)[0] > 0.4
+
+
+def test_clf_entropy_is_low_inside_classes_and_high_between_them():
+    detector = ClassifierEntropy().fit(EMBEDDINGS, LABELS)
+    inside = detector.score(np.array([[-2.0] * 5, [2.0] * 5]))
+    between = detector.score(np.zeros((1, 5)))
+    assert inside.max() < between.min()
+    probes = detector.predict_proba(EMBEDDINGS)
+    assert probes.shape == (60, 3, 2)
+    np.testing.assert_allclose(probes.sum(axis=2), 1.0)
+    with pytest.raises(ValueError, match="2 classes"):
+        ClassifierEntropy().fit(EMBEDDINGS, np.array(["a"] * 60))
+
+
+def test_clf_entropy_matches_sklearn_probabilities():
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.array(["a", "b", "c"] * 20)
+    X = RNG.normal(size=(60, 4)) + np.repeat(np.eye(3, 4) * 3, 20, axis=0)[np.argsort(np.tile(np.arange(3), 20), kind="stable")]
+    detector = ClassifierEntropy(c_values=(1.0,)).fit(X, labels)
+    Z = (X - X.mean(axis=0)) / X.std(axis=0)
+    reference = LogisticRegression(C=1.0, max_iter=2000, random_state=0).fit(Z, labels).predict_proba(Z)
+    np.testing.assert_allclose(detector.predict_proba(X)[:, 0, :], reference, rtol=1e-6, atol=1e-9)
+
+
+def test_quantile_threshold_keeps_the_stated_share_in_distribution():
+    scores = np.arange(1000, dtype=float)
+    threshold = QuantileThreshold(0.95).fit(scores)
+    assert threshold.threshold_ == pytest.approx(np.quantile(scores, 0.95))
+    assert threshold.flag(scores).mean() == pytest.approx(0.05, abs=0.002)
+    assert threshold.to_dict()["n_reference"] == 1000
+    with pytest.raises(ValueError):
+        QuantileThreshold().fit(np.array([np.nan]))
