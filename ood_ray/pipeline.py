@@ -208,7 +208,10 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         with timer.stage("finalize"):
             staged = [uri for uri, _ in files.pop("images")]
             files.update(run_finalize(config, run_dir, staged, FinalizeSettings(fit.thresholds, fit.probes)))
+        from ood_ray.embed.actor import ensemble_members
+
         ood_report = {**fit.report, "detectors": fit.probes,
+                      "ensemble_members": [info.alias for info in ensemble_members(infos)],
                       "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
                                   "preprocessing": i.data_config, **i.provenance} for i in infos]}
         if sum(rows for _, rows in files["images"]) != manifest.num_rows:

@@ -47,15 +47,14 @@ class EmbedSettings:
 
 
 def ensemble_members(infos: list[ModelInfo]) -> list[ModelInfo]:
-    """The classifiers that form the ensemble: two or more sharing one class count, else none."""
-    classifiers = [info for info in infos if info.num_classes > 0]
-    if len(classifiers) < 2:
-        return []
-    if len({info.num_classes for info in classifiers}) > 1:
-        log.warning("classifiers have different class counts (%s): no ensemble scores",
-                    {info.alias: info.num_classes for info in classifiers})
-        return []
-    return classifiers
+    """The classifiers that form the ensemble: the largest group (at least two) sharing one class
+    count -- the first such group in model order on a tie; none when no two classifiers match."""
+    groups: dict[int, list[ModelInfo]] = {}
+    for info in infos:
+        if info.num_classes > 0:
+            groups.setdefault(info.num_classes, []).append(info)
+    best = max(groups.values(), key=len, default=[])
+    return best if len(best) >= 2 else []
 
 
 def score_columns(infos: list[ModelInfo]) -> list[str]:

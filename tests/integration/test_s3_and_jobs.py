@@ -99,3 +99,24 @@ def test_submitted_job_writes_a_committed_run(ray_session, demo_dataset, tmp_pat
     run = read_run(str(out))
     assert run["rows_out"] == len(demo_dataset["planted"]["files"])
     assert run["config"]["io"]["rows_per_block"] == 25
+
+
+def test_checkpoint_read_back_from_s3(s3_server, s3_dataset, tmp_path):
+    import torch
+
+    from ood_ray.config import ModelConfig
+    from ood_ray.embed.models import build_model, inspect_models
+
+    model = build_model(ModelConfig(name="test_resnet", num_classes=5))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05)
+    local = tmp_path / "w.pth"
+    torch.save(model.state_dict(), local)
+    s3_server["client"].put_object(Bucket=RESULTS_BUCKET, Key="models/w.pth", Body=local.read_bytes())
+    uri = f"s3://{RESULTS_BUCKET}/models/w.pth"
+    info = inspect_models([ModelConfig(name="test_resnet", num_classes=5, checkpoint=uri)])[0]
+    assert info.provenance["checkpoint"] == uri and len(info.provenance["checkpoint_sha256"]) == 64
+    loaded = build_model(ModelConfig(name="test_resnet", num_classes=5, checkpoint=uri))
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded(x), model(x))

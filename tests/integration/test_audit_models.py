@@ -1,0 +1,178 @@
+"""Models in the audit on the session's local Ray: embeddings, predictions, every score recomputed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ood_ray.config import ConfigError, ModelConfig, load_config
+from ood_ray.embed.models import build_model, embed_and_logits, inspect_models
+from ood_ray.embed.preprocess import normalize_batch, prepare_model_input
+from ood_ray.io.decode import decode_image
+from ood_ray.io.rundir import read_run
+from ood_ray.pipeline import run_audit
+from ood_ray.query import run_query
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+@pytest.fixture(scope="module")
+def custom_checkpoint(tmp_path_factory):
+    """Weights for the custom import-path model, changed from its seeded initialisation."""
+    import sys
+
+    sys.path.insert(0, str(MODELS_DIR))
+    model = build_model(ModelConfig(name="custom_models:tiny_classifier"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(-1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_run(ray_session, demo_dataset, custom_checkpoint, tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(MODELS_DIR))
+    out = tmp_path_factory.mktemp("runs") / "models"
+    models = (
+        "models=[{name: test_resnet, alias: twin_a}, {name: test_resnet, alias: twin_b},"
+        " {name: test_vit, num_classes: 0, alias: vit},"
+        f" {{name: 'custom_models:tiny_classifier', checkpoint: '{custom_checkpoint}'}}]"
+    )
+    config = load_config(None, [models, "embed.batch_size=16", "io.rows_per_block=20", "embed.num_cpus_per_actor=1"],
+                         source=str(demo_dataset["images"]), out=str(out))
+    run = run_audit(config)
+    return {"out": str(out), "run": run, "config": config}
+
+
+def q(run, sql):
+    return run_query(run["out"], sql)
+
+
+def test_counts_and_tables(model_run):
+    run = model_run["run"]
+    ok = run["status_counts"]["ok"]
+    assert run["rows_out"] == run["objects_in"]
+    counts = {r["model"]: r["n"] for r in q(model_run, "SELECT model, count(*) AS n FROM embeddings GROUP BY 1").to_pylist()}
+    assert counts == {"twin_a": ok, "twin_b": ok, "vit": ok, "tiny_classifier": ok}
+    dims = {r["model"]: r["dim"] for r in q(model_run, "SELECT DISTINCT model, dim FROM embeddings").to_pylist()}
+    assert dims == {"twin_a": 96, "twin_b": 96, "vit": 64, "tiny_classifier": 8}
+    predicted = {r["model"] for r in q(model_run, "SELECT DISTINCT model FROM predictions").to_pylist()}
+    assert predicted == {"twin_a", "twin_b", "tiny_classifier"}  # the headless vit predicts nothing
+    failed = q(model_run, """SELECT count(*) FROM images i JOIN embeddings e USING (image_id) WHERE i.status <> 'ok'""")
+    assert failed.column(0)[0].as_py() == 0
+    assert not any(c.startswith("_") for c in q(model_run, "SELECT * FROM images LIMIT 1").column_names)
+
+
+def test_predictions_are_consistent_probabilities(model_run):
+    rows = q(model_run, "SELECT model, probabilities, top_classes, top_probabilities FROM predictions").to_pylist()
+    for r in rows:
+        p = np.asarray(r["probabilities"])
+        assert p.sum() == pytest.approx(1.0, abs=1e-4)
+        top = np.argsort(-p, kind="stable")[: len(r["top_classes"])]
+        assert list(top) == r["top_classes"]
+        np.testing.assert_allclose(r["top_probabilities"], p[top], rtol=1e-6)
+
+
+def _probabilities(model_run, alias):
+    rows = q(model_run, f"SELECT image_id, probabilities FROM predictions WHERE model = '{alias}' ORDER BY image_id").to_pylist()
+    return [r["image_id"] for r in rows], np.asarray([r["probabilities"] for r in rows], dtype=np.float64)
+
+
+def _scores(model_run, ids, column):
+    rows = q(model_run, f"SELECT image_id, {column} FROM images WHERE status = 'ok' ORDER BY image_id").to_pylist()
+    by_id = {r["image_id"]: r[column] for r in rows}
+    return np.asarray([by_id[i] for i in ids], dtype=np.float64)
+
+
+def test_probability_scores_recomputed_from_stored_predictions(model_run):
+    for alias in ("twin_a", "tiny_classifier"):
+        ids, p = _probabilities(model_run, alias)
+        classes = p.shape[1]
+        np.testing.assert_allclose(_scores(model_run, ids, f"score_msp_{alias}"), 1 - p.max(axis=1), atol=2e-6)
+        entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1) / np.log(classes)
+        np.testing.assert_allclose(_scores(model_run, ids, f"score_entropy_{alias}"), entropy, atol=2e-5)
+
+
+def test_ensemble_of_twins_equals_one_member_and_has_no_mutual_information(model_run):
+    assert model_run["run"]["ood"]["ensemble_members"] == ["twin_a", "twin_b"]
+    ids, pa_ = _probabilities(model_run, "twin_a")
+    _, pb = _probabilities(model_run, "twin_b")
+    np.testing.assert_allclose(pa_, pb, atol=1e-6)
+    mean = (pa_ + pb) / 2
+    ensemble = -(mean * np.log(mean)).sum(axis=1) / np.log(mean.shape[1])
+    np.testing.assert_allclose(_scores(model_run, ids, "score_ensemble_entropy"), ensemble, atol=2e-5)
+    np.testing.assert_allclose(_scores(model_run, ids, "score_ensemble_entropy"), _scores(model_run, ids, "score_entropy_twin_a"), atol=2e-5)
+    np.testing.assert_allclose(_scores(model_run, ids, "score_mutual_information"), 0.0, atol=2e-5)
+
+
+def test_logit_scores_and_embeddings_recomputed_by_running_the_models(model_run, demo_dataset, custom_checkpoint):
+    """maxlogit and energy need the logits: rebuild each model here and run it on a few images."""
+    from scipy.special import logsumexp
+
+    rows = q(model_run, "SELECT image_id, uri, score_maxlogit_twin_a, score_energy_twin_a, score_maxlogit_tiny_classifier "
+                        "FROM images WHERE status = 'ok' ORDER BY image_id LIMIT 6").to_pylist()
+    specs = {"twin_a": ModelConfig(name="test_resnet"),
+             "tiny_classifier": ModelConfig(name="custom_models:tiny_classifier", checkpoint=str(custom_checkpoint))}
+    stored = {r["image_id"]: r for r in q(model_run, "SELECT image_id, embedding FROM embeddings WHERE model = 'tiny_classifier'").to_pylist()}
+    for alias, spec in specs.items():
+        info = inspect_models([spec])[0]
+        model = build_model(spec, info.import_root)
+        _, h, w = info.data_config["input_size"]
+        batch = np.stack([np.frombuffer(prepare_model_input(decode_image(Path(r["uri"]).read_bytes(), 10**8).pixels,
+                                                            info.data_config), np.uint8).reshape(h, w, 3) for r in rows])
+        with torch.no_grad():
+            embedding, logits = embed_and_logits(model, normalize_batch(torch.from_numpy(batch.copy()), info.data_config["mean"], info.data_config["std"]))
+        logits = logits.numpy().astype(np.float64)
+        np.testing.assert_allclose([r[f"score_maxlogit_{alias}"] for r in rows], -logits.max(axis=1), rtol=1e-4, atol=1e-4)
+        if alias == "twin_a":
+            np.testing.assert_allclose([r["score_energy_twin_a"] for r in rows], -logsumexp(logits, axis=1), rtol=1e-4, atol=1e-4)
+        else:  # the checkpoint, not the seeded initialisation, produced the stored embeddings
+            np.testing.assert_allclose([stored[r["image_id"]]["embedding"] for r in rows], embedding.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_flags_follow_the_recorded_reference_thresholds(model_run):
+    run = read_run(model_run["out"])
+    thresholds = run["ood"]["thresholds"]
+    assert run["ood"]["reference"].startswith("split = 'train'")
+    for column in ("score_msp_twin_a", "score_energy_twin_a", "score_ensemble_entropy", "score_clf_entropy_vit"):
+        flag = "is_ood_" + column[len("score_"):]
+        rows = q(model_run, f"SELECT split, {column} AS s, {flag} AS f FROM images WHERE status = 'ok'").to_pylist()
+        t = thresholds[column]["threshold"]
+        assert all(r["f"] == (r["s"] > t) for r in rows), column
+        if column != "score_clf_entropy_vit":
+            reference = [r["s"] for r in rows if r["split"] == "train"]
+            assert t == pytest.approx(np.quantile(reference, 0.95), rel=1e-5)
+            # At most 5% of the reference (plus one row of interpolation) lies above its 95% quantile.
+            assert np.mean([r["f"] for r in rows if r["split"] == "train"]) <= 0.05 + 1 / len(reference)
+
+
+def test_clf_entropy_for_the_headless_embedder(model_run):
+    ood = read_run(model_run["out"])["ood"]
+    assert ood["clf_entropy"]["vit"]["classes"] == 3
+    assert ood["clf_entropy"]["vit"]["c_values"] == [1e-5, 1.0, 1e5]
+    assert "vit" in ood["detectors"] and ood["detectors"]["vit"]["name"] == "clf_entropy"
+    values = q(model_run, "SELECT score_clf_entropy_vit AS s FROM images WHERE status = 'ok'").column("s").to_pylist()
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert "score_msp_vit" not in q(model_run, "SELECT * FROM images LIMIT 0").column_names
+
+
+def test_no_labels_skips_label_dependent_scores(ray_session, demo_dataset, workdir):
+    run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]"],
+                                source=str(demo_dataset["images"]), out=str(workdir / "flat")))
+    assert "score_clf_entropy_test_vit" in run["ood"]["skipped"]
+    assert run["ood"]["reference"] == "all ok rows (no reference split)"
+    assert run["tables"]["embeddings"]["rows"] == run["status_counts"]["ok"]
+
+
+def test_a_bad_model_fails_before_the_pipeline(demo_dataset, workdir):
+    with pytest.raises(ConfigError, match="not a timm model name"):
+        run_audit(load_config(None, [], ["no_such_net"], source=str(demo_dataset["images"]), out=str(workdir / "bad")))
+    assert not (workdir / "bad" / "images").exists()
