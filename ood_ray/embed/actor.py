@@ -80,17 +80,40 @@ def output_fields(infos: list[ModelInfo], settings: EmbedSettings) -> list[pa.Fi
 
 
 def _scatter(values: np.ndarray, rows: np.ndarray, n: int, field: pa.Field) -> pa.Array:
-    """Rows ``rows`` get ``values``; every other row is null."""
-    if pa.types.is_fixed_size_list(field.type) or pa.types.is_list(field.type):
-        out: list[Any] = [None] * n
-        for row, value in zip(rows.tolist(), values.tolist()):
-            out[row] = value
-        return pa.array(out, type=field.type)
-    full = np.zeros(n, dtype=np.float32)
+    """An Arrow column of ``n`` rows: rows ``rows`` get ``values``, every other row is null.
+
+    Built from NumPy buffers (no per-row Python objects): lists of 1000 probabilities per image
+    would otherwise cost more than the forward pass of a small model.
+    """
     mask = np.ones(n, dtype=bool)
-    full[rows] = values
     mask[rows] = False
-    return pa.array(full, type=field.type, mask=mask)
+    if values.ndim == 1:
+        full = np.zeros(n, dtype=values.dtype)
+        full[rows] = values
+        return pa.array(full, type=field.type, mask=mask)
+    width = values.shape[1]
+    full = np.zeros((n, width), dtype=values.dtype)
+    full[rows] = values
+    flat = pa.array(full.reshape(-1))
+    null_mask = pa.array(mask) if mask.any() else None
+    if pa.types.is_fixed_size_list(field.type):
+        return pa.FixedSizeListArray.from_arrays(flat, width, mask=null_mask).cast(field.type)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * width)
+    return pa.ListArray.from_arrays(offsets, flat, mask=null_mask).cast(field.type)
+
+
+def _pixel_matrix(column: pa.ChunkedArray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid row indices, uint8[n_valid, H, W, 3])`` from a binary pixel column, copy-free when
+    every row is present."""
+    array = column.combine_chunks()
+    rows = np.flatnonzero(np.asarray(array.is_valid()))
+    if len(rows) < len(array):
+        array = array.take(pa.array(rows))
+    if len(rows) == 0:
+        return rows, np.zeros((0, height, width, 3), np.uint8)
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32, count=len(array) + 1, offset=array.offset * 4)
+    data = np.frombuffer(array.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
+    return rows, data.reshape(len(rows), height, width, 3)
 
 
 class EmbedActor:
@@ -119,16 +142,14 @@ class EmbedActor:
         rows = None
         for info, model in zip(self.infos, self.models):
             key = preprocessing_key(info.data_config)
-            pixels = batch.column(f"{PIXELS_PREFIX}{key}")
-            valid = np.flatnonzero(~np.asarray(pixels.is_null()))
+            _, height, width = info.data_config["input_size"]
+            valid, pixels = _pixel_matrix(batch.column(f"{PIXELS_PREFIX}{key}"), height, width)
             rows = valid
             if len(valid) == 0:
                 embedding = np.zeros((0, info.embedding_dim), np.float32)
                 logits = np.zeros((0, info.num_classes), np.float32) if info.num_classes else None
             else:
-                _, height, width = info.data_config["input_size"]
-                raw = b"".join(pixels.take(pa.array(valid)).to_pylist())
-                images = torch.from_numpy(np.frombuffer(raw, np.uint8).reshape(len(valid), height, width, 3).copy())
+                images = torch.from_numpy(pixels.copy())
                 x = normalize_batch(images.to(self.device), info.data_config["mean"], info.data_config["std"])
                 with torch.inference_mode():
                     emb_t, logits_t = embed_and_logits(model, x)
