@@ -5,11 +5,12 @@ from ood_ray.detectors.clf_entropy import ClassifierEntropy
 from ood_ray.detectors.energy import Energy
 from ood_ray.detectors.ensemble import EnsembleEntropy, MutualInformation
 from ood_ray.detectors.entropy import Entropy
+from ood_ray.detectors.knn import KNN, KNNMean
 from ood_ray.detectors.maxlogit import MaxLogit
 from ood_ray.detectors.msp import MSP
 
 REGISTRY = Registry()
-for _cls in (MSP, MaxLogit, Energy, Entropy, EnsembleEntropy, MutualInformation, ClassifierEntropy):
+for _cls in (MSP, MaxLogit, Energy, Entropy, EnsembleEntropy, MutualInformation, ClassifierEntropy, KNN, KNNMean):
     REGISTRY.register(_cls)
 
 #: Per-model scores computed from one classifier's logits, in column order.

@@ -24,7 +24,7 @@ INPUT_FOR = {"logits": LOGITS, "member_probabilities": MEMBERS, "embeddings": EM
 
 
 def fitted(name: str) -> Detector:
-    detector = REGISTRY[name]()
+    detector = REGISTRY[name](k=5) if name in ("knn", "knn_mean") else REGISTRY[name]()
     if detector.requires_fit:
         detector.fit(INPUT_FOR[detector.input], LABELS)
     return detector
@@ -49,6 +49,20 @@ def test_detector_conformance(name):
     if cls.requires_fit:
         with pytest.raises(NotFittedError):
             cls().score(X)
+
+
+def test_knn_scores_equal_numpy_brute_force():
+    reference, queries = RNG.normal(size=(200, 8)), RNG.normal(size=(30, 8))
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    s = np.sort(unit(queries) @ unit(reference).T, axis=1)[:, ::-1]
+    knn = REGISTRY["knn"](k=7).fit(reference)
+    np.testing.assert_allclose(knn.score(queries), np.sqrt(2 - 2 * s[:, 6]), rtol=1e-5)
+    # the Euclidean distance of unit vectors, not FAISS's squared one
+    d = np.sort(np.linalg.norm(unit(queries)[:, None] - unit(reference)[None], axis=2), axis=1)[:, 6]
+    np.testing.assert_allclose(knn.score(queries), d, rtol=1e-5)
+    np.testing.assert_allclose(REGISTRY["knn_mean"](k=7).fit(reference).score(queries), (1 - s[:, :7]).mean(axis=1), rtol=1e-5)
+    far = -unit(reference[:1]) * 3  # opposite of a reference point: farther than any in-distribution query
+    assert knn.score(far)[0] > np.median(knn.score(reference[1:50]))
 
 
 def test_registry_refuses_a_duplicate_name():
