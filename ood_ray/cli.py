@@ -34,6 +34,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
                         help="add a model: a timm name or package.module:function (repeatable)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace a committed run in OUT")
+    parser.add_argument("--reference", help="a committed run to score against (its models, index and thresholds)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("-v", "--verbose", action="store_true")
 
@@ -42,7 +43,7 @@ def audit_from_args(args: argparse.Namespace) -> int:
     """Validate, run and report an audit; returns the exit code."""
     try:
         config = load_config(args.config, args.overrides, args.models, source=args.source, out=args.out,
-                             overwrite=args.overwrite, address=args.address)
+                             overwrite=args.overwrite, address=args.address, reference=args.reference)
     except ConfigError as exc:
         print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
         return 2

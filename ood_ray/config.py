@@ -295,9 +295,56 @@ class OODConfig:
         _check_positive(f"{prefix}.threshold_sample", self.threshold_sample)
 
 
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq")
+
+
+@dataclass(frozen=True)
+class KNNConfig:
+    """The sharded FAISS stage: KNN-OOD scores, neighbours, embedding near-duplicates.
+
+    ``k``: the neighbour whose distance is ``score_knn`` (KNN-OOD uses 50 for CIFAR-size reference
+    sets and 1000 for ImageNet-size). ``index``: ``auto`` (see ood_ray.index.planner), ``flat``
+    (exact), ``ivf``, ``ivfpq``. ``shards``: actors holding the reference, ``num_cpus_per_shard``
+    each. ``neighbors_stored``: neighbours per image written to ``neighbors``.
+    ``duplicate_similarity``: cosine similarity at or above which two images are near duplicates
+    (``duplicate_neighbors`` candidates per image).
+    """
+
+    enabled: bool = True
+    k: int = 50
+    index: str = "auto"
+    shards: int = 1
+    num_cpus_per_shard: float = 0.5
+    memory_budget_gb: float = 8.0
+    exact_max_vectors: int = 1_000_000
+    nlist: int | None = None
+    nprobe: int = 16
+    train_sample: int = 200_000
+    neighbors_stored: int = 10
+    duplicate_similarity: float = 0.98
+    duplicate_neighbors: int = 5
+    query_rows: int = 512
+
+    def validate(self, prefix: str) -> None:
+        for key in ("k", "shards", "num_cpus_per_shard", "memory_budget_gb", "exact_max_vectors", "nprobe",
+                    "train_sample", "query_rows"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+        _check_positive(f"{prefix}.nlist", self.nlist)
+        _check_positive(f"{prefix}.neighbors_stored", self.neighbors_stored, allow_zero=True)
+        _check_positive(f"{prefix}.duplicate_neighbors", self.duplicate_neighbors, allow_zero=True)
+        if self.index not in INDEX_KINDS:
+            _fail(f"{prefix}.index", self.index, f"must be one of {', '.join(INDEX_KINDS)}")
+        if not -1.0 <= self.duplicate_similarity <= 1.0:
+            _fail(f"{prefix}.duplicate_similarity", self.duplicate_similarity, "must be a cosine similarity in [-1, 1]")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
-    """The whole audit. ``source`` and ``out`` are required (CLI or YAML)."""
+    """The whole audit. ``source`` and ``out`` are required (CLI or YAML).
+
+    ``reference``: a committed run directory to score this data against -- its models, saved
+    index, fitted probes and thresholds -- instead of fitting on this data (``--reference``).
+    """
 
     source: str = ""
     out: str = ""
@@ -311,6 +358,8 @@ class AuditConfig:
     models: list[ModelConfig] = field(default_factory=list)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ood: OODConfig = field(default_factory=OODConfig)
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    reference: str | None = None
 
     def validate(self) -> None:
         if not self.source:

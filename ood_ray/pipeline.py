@@ -180,11 +180,16 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     with timer.stage("manifest"):
         manifest = build_manifest(config, RESERVED_COLUMNS)
     infos = []
-    if config.models:
+    reference_run = None
+    if config.models or config.reference:
         from ood_ray.embed.models import inspect_models
+        from ood_ray.model_passes import check_reference_weights, reference_models
 
         with timer.stage("models"):
-            infos = inspect_models(config.models)
+            specs, reference_run = reference_models(config)
+            infos = inspect_models(specs)
+            if reference_run is not None:
+                check_reference_weights(infos, reference_run)
     log.info("run %s: %d objects from %s -> %s", run_dir.run_id, manifest.num_rows, config.source, run_dir.out)
     init_ray(config)
 
@@ -198,24 +203,25 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     con = duckdb.connect()
     register_table(con, "images", [uri for uri, _ in files["images"]])
     ood_report: dict[str, Any] = {}
+    knn_report: dict[str, Any] = {}
+    embedding_groups = None
+    artifacts: list[str] = []
     if infos:
-        from ood_ray.embed.actor import score_columns
-        from ood_ray.finalize import FinalizeSettings
-        from ood_ray.ood_fit import fit_ood
+        from ood_ray.model_passes import run_model_passes
 
-        with timer.stage("ood_fit"):
-            fit = fit_ood(con, infos, score_columns(infos), config.ood)
-        with timer.stage("finalize"):
-            staged = [uri for uri, _ in files.pop("images")]
-            files.update(run_finalize(config, run_dir, staged, FinalizeSettings(fit.thresholds, fit.probes)))
-        from ood_ray.embed.actor import ensemble_members
-
-        ood_report = {**fit.report, "detectors": fit.probes,
-                      "ensemble_members": [info.alias for info in ensemble_members(infos)],
-                      "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
-                                  "preprocessing": i.data_config, **i.provenance} for i in infos]}
+        passes = run_model_passes(config, con, infos, run_dir, [uri for uri, _ in files.pop("images")], reference_run, timer)
+        files.update(passes.files)
+        ood_report, knn_report, artifacts = passes.ood, passes.knn, passes.artifacts
         if sum(rows for _, rows in files["images"]) != manifest.num_rows:
-            raise RuntimeError("counts do not reconcile after the finalize pass")
+            raise RuntimeError("counts do not reconcile after the model passes")
+        if passes.pairs and config.dedup.enabled:
+            from ood_ray.dedup.embedding_groups import embedding_groups as group_pairs
+            from ood_ray.dedup.embedding_groups import unique_pairs
+
+            register_table(con, "_pairs", passes.pairs)
+            pairs = unique_pairs(con)
+            files["duplicate_pairs"] = [(run_dir.write_part("duplicate_pairs", "00000", pairs), pairs.num_rows)]
+            embedding_groups = group_pairs(pairs)
     thresholds: dict[str, Any] = {}
     dedup_summary: dict[str, Any] = {}
     if config.lint.enabled:
@@ -224,7 +230,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
             files["lint"] = [(run_dir.write_part("lint", "00000", lint), lint.num_rows)]
     if config.dedup.enabled:
         with timer.stage("dedup"):
-            duplicates, dedup_summary = run_dedup(con, config.dedup)
+            duplicates, dedup_summary = run_dedup(con, config.dedup, embedding_groups)
             files["duplicates"] = [(run_dir.write_part("duplicates", "00000", duplicates), duplicates.num_rows)]
     con.close()
 
@@ -240,9 +246,10 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "lint_thresholds": thresholds,
         "dedup": dedup_summary,
         "ood": ood_report,
+        "knn": knn_report,
         "config": config.to_dict(),
         "versions": package_versions(),
     }
-    run = run_dir.commit(files, run_info)
+    run = run_dir.commit(files, run_info, artifacts)
     log.info("committed run %s: %d images, statuses %s", run_dir.run_id, rows_out, run["status_counts"])
     return run

@@ -60,6 +60,16 @@ DUPLICATES_SCHEMA = pa.schema(
         pa.field("method", pa.string()),
         pa.field("distance", pa.float64()),
         pa.field("group_size", pa.int64()),
+        pa.field("model", pa.string()),
+    ]
+)
+
+DUPLICATE_PAIRS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string()),
+        pa.field("other_id", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("cosine_similarity", pa.float32()),
     ]
 )
 

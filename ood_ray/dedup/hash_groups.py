@@ -58,7 +58,8 @@ def find_exact_groups(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Groups of images with identical ``hash_pixels``."""
     return con.sql(
         """SELECT 'exact-pixel-' || substr(hash_pixels, 1, 16) AS group_id, image_id, 'exact' AS kind,
-                  'pixel' AS method, 0.0 AS distance, count(*) OVER (PARTITION BY hash_pixels) AS group_size
+                  'pixel' AS method, 0.0 AS distance, count(*) OVER (PARTITION BY hash_pixels) AS group_size,
+                  NULL::VARCHAR AS model
            FROM images
            WHERE status = 'ok' AND hash_pixels IN (
                SELECT hash_pixels FROM images WHERE status = 'ok' GROUP BY hash_pixels HAVING count(*) > 1)
@@ -139,11 +140,13 @@ def find_near_groups(con: duckdb.DuckDBPyConnection, method: str, config: DedupC
             rows["method"].append(method)
             rows["distance"].append(float(nearest[node[i]]))
             rows["group_size"].append(len(indices))
+            rows["model"].append(None)
     return pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA), skipped
 
 
-def run_dedup(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """The ``duplicates`` table (exact, then near per method) and a summary for ``run.json``."""
+def run_dedup(con: duckdb.DuckDBPyConnection, config: DedupConfig, embedding_groups: pa.Table | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """The ``duplicates`` table (exact, near per hash method, then embedding groups when given)
+    and a summary for ``run.json``."""
     parts = [find_exact_groups(con).cast(DUPLICATES_SCHEMA)]
     summary: dict[str, Any] = {
         "near_distance": config.near_distance, "bands": config.effective_bands,
@@ -153,6 +156,8 @@ def run_dedup(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.T
         table, skipped = find_near_groups(con, method, config)
         parts.append(table)
         summary["skipped_buckets"].extend(skipped)
+    if embedding_groups is not None:
+        parts.append(embedding_groups)
     duplicates = pa.concat_tables(parts)
     groups = {}
     for kind, method, group_id in zip(*(duplicates.column(c).to_pylist() for c in ("kind", "method", "group_id"))):

@@ -33,7 +33,9 @@ from ood_ray.io import storage
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions")
+TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions", "neighbors", "duplicate_pairs")
+#: Folders of non-table files a run commits (saved FAISS shards), listed in ``run.json``.
+ARTIFACT_DIRS = ("index",)
 STAGING = "_staging"
 
 
@@ -95,20 +97,27 @@ class RunDirectory:
         write_table(uri, data)
         return uri
 
-    def commit(self, files: dict[str, list[tuple[str, int]]], run_info: dict[str, Any]) -> dict[str, Any]:
-        """Write ``run.json`` (listing ``files``: ``{table: [(uri, rows)]}``), then clean up."""
+    def commit(self, files: dict[str, list[tuple[str, int]]], run_info: dict[str, Any],
+               artifacts: list[str] = ()) -> dict[str, Any]:
+        """Write ``run.json`` (listing ``files``: ``{table: [(uri, rows)]}`` and the ``artifacts``),
+        then clean up."""
         tables = {}
         for table, entries in files.items():
             names = sorted(uri.replace("\\", "/").rsplit("/", 1)[1] for uri, _ in entries)
             tables[table] = {"files": names, "rows": int(sum(rows for _, rows in entries))}
         run = {"run_id": self.run_id, "committed_at": datetime.now(timezone.utc).isoformat(), **run_info}
         run["tables"] = tables
+        prefix = self.out.rstrip("/") + "/"
+        run["artifacts"] = sorted(uri[len(prefix):] if uri.startswith(prefix) else uri for uri in artifacts)
         storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), json.dumps(run, indent=2, default=str).encode())
-        self._remove_uncommitted(tables)
+        self._remove_uncommitted(tables, run["artifacts"])
         return run
 
-    def _remove_uncommitted(self, tables: dict[str, dict[str, Any]]) -> None:
+    def _remove_uncommitted(self, tables: dict[str, dict[str, Any]], artifacts: list[str]) -> None:
         stale = []
+        keep_artifacts = {storage.join(self.out, name) for name in artifacts}
+        for folder in ARTIFACT_DIRS:
+            stale += [uri for uri, _ in storage.list_files(storage.join(self.out, folder)) if uri not in keep_artifacts]
         for table in set(TABLES) | set(tables):
             keep = set(tables.get(table, {}).get("files", []))
             for uri, _ in storage.list_files(self.table_dir(table)):

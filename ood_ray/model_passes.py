@@ -1,0 +1,140 @@
+"""The passes of a run with models, after the scan/embedding stage has staged its rows.
+
+1. **kNN** (``knn.enabled``): shard actors over the reference embeddings (or the saved index of
+   ``--reference``), then a Ray Data pass adding ``score_knn_*``/``score_knn_mean_*`` and writing
+   ``neighbors`` and the embedding near-duplicate candidates.
+2. **Fit** (driver, DuckDB): reference-split thresholds for every score, the clf_entropy probes --
+   or, with ``--reference``, the thresholds and probes of that run, so new data is judged by the
+   reference's rules.
+3. **Finalize** (Ray Data): probe scores, ``is_ood_*`` flags; ``images`` and ``embeddings``.
+
+With ``--reference RUN_DIR`` the models are those of the reference run (their checkpoints must
+hash the same), no row of the new data is treated as reference, and the reference is never
+re-embedded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ood_ray.config import AuditConfig, ConfigError, ModelConfig, _build
+from ood_ray.io.rundir import RunDirectory, read_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelPassResult:
+    files: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    pairs: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+    ood: dict[str, Any] = field(default_factory=dict)
+    knn: dict[str, Any] = field(default_factory=dict)
+
+
+def reference_models(config: AuditConfig) -> tuple[list[ModelConfig], dict[str, Any] | None]:
+    """The models to run and the reference run (``--reference``), checked before any work."""
+    if not config.reference:
+        return list(config.models), None
+    try:
+        run = read_run(config.reference)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"reference={config.reference!r}: {exc}") from None
+    saved = [_build(ModelConfig, m, f"reference.models[{i}]") for i, m in enumerate(run["config"].get("models", []))]
+    if not saved:
+        raise ConfigError(f"reference={config.reference!r}: that run has no models to score against")
+    if config.models and [(m.name, m.column_alias) for m in config.models] != [(m.name, m.column_alias) for m in saved]:
+        raise ConfigError(f"models: must be the reference run's models {[m.name for m in saved]} (or left out)")
+    return saved, run
+
+
+def check_reference_weights(infos: list, run: dict[str, Any]) -> None:
+    """Refuse to compare embeddings made with other weights than the reference's."""
+    saved = {m["alias"]: m for m in run.get("ood", {}).get("models", [])}
+    for info in infos:
+        before = saved.get(info.alias, {}).get("checkpoint_sha256")
+        now = info.provenance.get("checkpoint_sha256")
+        if before != now:
+            raise ConfigError(f"model {info.alias!r}: checkpoint differs from the reference run's ({before} vs {now})")
+
+
+def _staged_images_view(con: Any, uris: list[str]) -> None:
+    from ood_ray.query import register_table
+
+    register_table(con, "images", uris)
+
+
+def run_knn(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, staged: list[str],
+            reference_run: dict | None, result: ModelPassResult) -> list[str]:
+    """The kNN stage; returns the staged files of ``images`` with the kNN scores."""
+    import ray
+
+    from ood_ray.index.knn_pass import KNNDatasink, KNNSettings, build_shards, knn_batch, load_saved_shards, save_shards
+    from ood_ray.io import storage
+    from ood_ray.ood_fit import reference_filter
+    from ood_ray.pipeline import _configure_ray_data
+
+    knn = config.knn
+    if reference_run is not None:
+        models, result.knn = load_saved_shards(infos, reference_run, config.reference, staged, knn)
+        reference_split, all_reference = None, False
+    else:
+        where, _ = reference_filter(con, config.ood)
+        all_reference = "split =" not in where
+        reference_split = None if all_reference else config.ood.reference_split
+        models, result.knn = build_shards(con, infos, staged, where, reference_split, all_reference, knn)
+    if not models:
+        return staged
+    settings = KNNSettings(tuple(models), reference_split, all_reference, knn.neighbors_stored,
+                           knn.duplicate_neighbors, knn.duplicate_similarity)
+    _configure_ray_data(config)
+    fs, _ = storage.resolve(staged[0])
+    dataset = ray.data.read_parquet([storage.resolve(uri)[1] for uri in staged], filesystem=fs)
+    dataset = dataset.map_batches(knn_batch, batch_format="pyarrow", batch_size=knn.query_rows,
+                                  fn_kwargs={"settings": settings}, num_cpus=config.ray.task_num_cpus)
+    sink = KNNDatasink(run_dir.out, run_dir.run_id, [m.alias for m in models])
+    dataset.write_datasink(sink)
+    if reference_run is None:
+        result.artifacts += save_shards(models, run_dir, result.knn)
+    for model in models:
+        for shard in model.shards:
+            ray.kill(shard)
+    if sink.files["neighbors"]:
+        result.files["neighbors"] = sink.files["neighbors"]
+    result.pairs = [uri for uri, _ in sink.files["pairs"]]
+    return [uri for uri, _ in sink.files["images"]]
+
+
+def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, staged: list[str],
+                     reference_run: dict | None, timer: Any) -> ModelPassResult:
+    """kNN, fit (or reuse), finalize -- see module docstring."""
+    from ood_ray.embed.actor import ensemble_members, score_columns
+    from ood_ray.finalize import FinalizeSettings
+    from ood_ray.index.knn_pass import knn_score_columns
+    from ood_ray.ood_fit import fit_ood
+    from ood_ray.pipeline import run_finalize
+
+    result = ModelPassResult()
+    if config.knn.enabled:
+        with timer.stage("knn"):
+            staged = run_knn(config, con, infos, run_dir, staged, reference_run, result)
+        _staged_images_view(con, staged)
+    columns = score_columns(infos) + knn_score_columns([alias for alias, entry in result.knn.items() if "k" in entry])
+    if reference_run is None:
+        with timer.stage("ood_fit"):
+            fit = fit_ood(con, infos, columns, config.ood)
+        thresholds, probes, report = fit.thresholds, fit.probes, fit.report
+    else:
+        saved = reference_run.get("ood", {})
+        thresholds = {name: entry["threshold"] for name, entry in saved.get("thresholds", {}).items()}
+        probes = saved.get("detectors", {})
+        report = {"reference": f"run {reference_run['run_id']} in {config.reference}", "thresholds": saved.get("thresholds", {}),
+                  "in_distribution_quantile": saved.get("in_distribution_quantile")}
+    with timer.stage("finalize"):
+        result.files.update(run_finalize(config, run_dir, staged, FinalizeSettings(thresholds, probes)))
+    result.ood = {**report, "detectors": probes, "ensemble_members": [info.alias for info in ensemble_members(infos)],
+                  "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
+                              "preprocessing": i.data_config, **i.provenance} for i in infos]}
+    return result
