@@ -305,7 +305,9 @@ class KNNConfig:
     ``k``: the neighbour whose distance is ``score_knn`` (KNN-OOD uses 50 for CIFAR-size reference
     sets and 1000 for ImageNet-size). ``index``: ``auto`` (see ood_ray.index.planner), ``flat``
     (exact), ``ivf``, ``ivfpq``. ``shards``: actors holding the reference, ``num_cpus_per_shard``
-    each. ``neighbors_stored``: neighbours per image written to ``neighbors``.
+    each; the query tasks mostly wait on the shards and take ``query_num_cpus``. The shards and one
+    query task must fit the cluster's CPUs (checked before the shards start).
+    ``neighbors_stored``: neighbours per image written to ``neighbors``.
     ``duplicate_similarity``: cosine similarity at or above which two images are near duplicates
     (``duplicate_neighbors`` candidates per image).
     """
@@ -324,10 +326,11 @@ class KNNConfig:
     duplicate_similarity: float = 0.98
     duplicate_neighbors: int = 5
     query_rows: int = 512
+    query_num_cpus: float = 0.25
 
     def validate(self, prefix: str) -> None:
         for key in ("k", "shards", "num_cpus_per_shard", "memory_budget_gb", "exact_max_vectors", "nprobe",
-                    "train_sample", "query_rows"):
+                    "train_sample", "query_rows", "query_num_cpus"):
             _check_positive(f"{prefix}.{key}", getattr(self, key))
         _check_positive(f"{prefix}.nlist", self.nlist)
         _check_positive(f"{prefix}.neighbors_stored", self.neighbors_stored, allow_zero=True)

@@ -71,35 +71,49 @@ def run_knn(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, s
     """The kNN stage; returns the staged files of ``images`` with the kNN scores."""
     import ray
 
-    from ood_ray.index.knn_pass import KNNDatasink, KNNSettings, build_shards, knn_batch, load_saved_shards, save_shards
-    from ood_ray.io import storage
+    from ood_ray.index.knn_pass import (
+        KNNDatasink,
+        KNNSettings,
+        build_shards,
+        load_saved_shards,
+        query_staged_files,
+        save_shards,
+        saved_shard_count,
+        start_shards,
+    )
     from ood_ray.ood_fit import reference_filter
     from ood_ray.pipeline import _configure_ray_data
 
     knn = config.knn
-    if reference_run is not None:
-        models, result.knn = load_saved_shards(infos, reference_run, config.reference, staged, knn)
-        reference_split, all_reference = None, False
-    else:
-        where, _ = reference_filter(con, config.ood)
-        all_reference = "split =" not in where
-        reference_split = None if all_reference else config.ood.reference_split
-        models, result.knn = build_shards(con, infos, staged, where, reference_split, all_reference, knn)
-    if not models:
+    count = saved_shard_count(infos, reference_run) if reference_run is not None else knn.shards
+    if count == 0:
         return staged
-    settings = KNNSettings(tuple(models), reference_split, all_reference, knn.neighbors_stored,
-                           knn.duplicate_neighbors, knn.duplicate_similarity)
-    _configure_ray_data(config)
-    fs, _ = storage.resolve(staged[0])
-    dataset = ray.data.read_parquet([storage.resolve(uri)[1] for uri in staged], filesystem=fs)
-    dataset = dataset.map_batches(knn_batch, batch_format="pyarrow", batch_size=knn.query_rows,
-                                  fn_kwargs={"settings": settings}, num_cpus=config.ray.task_num_cpus)
-    sink = KNNDatasink(run_dir.out, run_dir.run_id, [m.alias for m in models])
-    dataset.write_datasink(sink)
-    if reference_run is None:
-        result.artifacts += save_shards(models, run_dir, result.knn)
-    for model in models:
-        for shard in model.shards:
+    shards = start_shards(count, knn)
+    try:
+        if reference_run is not None:
+            models, result.knn = load_saved_shards(infos, reference_run, config.reference, staged, shards)
+            reference_split, all_reference = None, False
+        else:
+            where, _ = reference_filter(con, config.ood)
+            all_reference = "split =" not in where
+            reference_split = None if all_reference else config.ood.reference_split
+            models, result.knn = build_shards(con, infos, staged, where, reference_split, all_reference, knn, shards)
+        if not models:
+            return staged
+        settings = KNNSettings(tuple(models), reference_split, all_reference, knn.neighbors_stored,
+                               knn.duplicate_neighbors, knn.duplicate_similarity)
+        _configure_ray_data(config)
+        # One task per staged file, reading it itself: no listing task, and a fraction of a CPU each,
+        # since the shard actors hold the rest while they serve.
+        dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(
+            query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
+            fn_kwargs={"settings": settings, "rows": knn.query_rows})
+        sink = KNNDatasink(run_dir.out, run_dir.run_id, [m.alias for m in models])
+        dataset.write_datasink(sink, ray_remote_args={"num_cpus": knn.query_num_cpus})
+        if reference_run is None:
+            result.artifacts += save_shards(models, run_dir, result.knn)
+    finally:
+        for shard in shards:
             ray.kill(shard)
     if sink.files["neighbors"]:
         result.files["neighbors"] = sink.files["neighbors"]

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
@@ -108,7 +109,7 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
         if len(rows):
             queries = ray.put(l2_normalize(X))
             k_dup = settings.duplicate_neighbors + 1 if settings.duplicate_neighbors else 0
-            answers = ray.get([shard.search.remote(queries, model.k + 1, k_dup) for shard in model.shards])
+            answers = ray.get([shard.search.remote(model.alias, queries, model.k + 1, k_dup) for shard in model.shards])
             sims, ids = merge_topk([a[0] for a in answers], model.k + 1)
             own = image_ids[rows]
             is_reference = np.ones(len(rows), bool) if settings.all_reference else np.asarray(
@@ -135,6 +136,16 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
         batch = batch.append_column(f"{DUPLICATE_ID_PREFIX}{model.alias}", _lists(duplicate_ids, n, rows if duplicate_ids else rows[:0], pa.string()))
         batch = batch.append_column(f"{DUPLICATE_SIM_PREFIX}{model.alias}", _lists(duplicate_sims, n, rows if duplicate_sims else rows[:0], pa.float32()))
     return batch
+
+
+def query_staged_files(batch: pa.Table, settings: KNNSettings, rows: int) -> pa.Table:
+    """Read the staged files named in ``batch`` and run :func:`knn_batch` on chunks of ``rows``."""
+    parts = []
+    for uri in batch.column("uri").to_pylist():
+        fs, path = storage.resolve(uri)
+        table = pq.read_table(path, filesystem=fs)
+        parts += [knn_batch(table.slice(start, rows), settings) for start in range(0, table.num_rows, rows)]
+    return pa.concat_tables(parts)
 
 
 def _explode(block: pa.Table, alias: str, id_prefix: str, sim_prefix: str) -> tuple[list, list, list, list]:
@@ -198,20 +209,27 @@ class KNNDatasink(Datasink):
                 self.files[table].extend(entries)
 
 
-def _start_shards(count: int, dim: int, template: bytes | None, config: KNNConfig) -> list:
+def start_shards(count: int, config: KNNConfig) -> list:
+    """``count`` shard actors (one set for every model), after checking they leave a query CPU."""
     import ray
 
+    from ood_ray.config import ConfigError
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    needed = count * config.num_cpus_per_shard + config.query_num_cpus
+    if needed > cpus:
+        raise ConfigError(f"knn.shards={count} x knn.num_cpus_per_shard={config.num_cpus_per_shard} + "
+                          f"knn.query_num_cpus={config.query_num_cpus} needs {needed} CPUs; the cluster has {cpus}")
     actor = ray.remote(IndexShard).options(num_cpus=config.num_cpus_per_shard)
-    return [actor.remote(dim, template, config.nprobe) for _ in range(count)]
+    return [actor.remote(config.nprobe) for _ in range(count)]
 
 
 def build_shards(con: Any, infos: list, staged: list[str], reference_where: str, reference_split: str | None,
-                 all_reference: bool, config: KNNConfig) -> tuple[list[ModelShards], dict[str, Any]]:
-    """Plan, (train,) start and fill the shard actors of every model from the staged files."""
+                 all_reference: bool, config: KNNConfig, shards: list) -> tuple[list[ModelShards], dict[str, Any]]:
+    """Plan (and train) each model's index and fill the shard actors from the staged files."""
     import ray
 
     models, report = [], {}
-    shard_count = max(1, min(config.shards, len(staged)))
     for info in infos:
         column = f"{EMBEDDING_PREFIX}{info.alias}"
         n_reference = con.execute(f'SELECT count(*) FROM images WHERE {reference_where} AND "{column}" IS NOT NULL').fetchall()[0][0]
@@ -222,15 +240,15 @@ def build_shards(con: Any, infos: list, staged: list[str], reference_where: str,
         plan = plan_index(n_reference, info.embedding_dim, config.index, config.memory_budget_gb,
                           config.exact_max_vectors, config.nlist)
         log.info("knn %s: %d reference vectors of dimension %d -> %s (%s; ~%.1f MiB in %d shards)", info.alias,
-                 n_reference, info.embedding_dim, plan.factory, plan.reason, plan.memory_bytes / 2**20, shard_count)
+                 n_reference, info.embedding_dim, plan.factory, plan.reason, plan.memory_bytes / 2**20, len(shards))
         template = None
         if plan.kind != "flat":
             sample = con.sql(f'SELECT "{column}" AS v FROM images WHERE {reference_where} AND "{column}" IS NOT NULL '
                              f"USING SAMPLE {int(config.train_sample)} ROWS (reservoir, 0)").to_arrow_table()
             vectors = sample.column("v").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(sample.num_rows, -1)
             template = train_template(plan, l2_normalize(vectors), config.nprobe)
-        shards = _start_shards(shard_count, info.embedding_dim, template, config)
-        sizes = ray.get([shard.load_rows.remote(staged[i::shard_count], column, reference_split, all_reference)
+        ray.get([shard.add_model.remote(info.alias, info.embedding_dim, template) for shard in shards])
+        sizes = ray.get([shard.load_rows.remote(info.alias, staged[i::len(shards)], column, reference_split, all_reference)
                          for i, shard in enumerate(shards)])
         k = min(config.k, n_reference - 1)
         if k < config.k:
@@ -240,8 +258,14 @@ def build_shards(con: Any, infos: list, staged: list[str], reference_where: str,
     return models, report
 
 
-def load_saved_shards(infos: list, reference_run: dict, reference_out: str, staged: list[str], config: KNNConfig) -> tuple[list[ModelShards], dict]:
-    """Shards holding a committed run's saved reference index (and this run's rows as ``others``)."""
+def saved_shard_count(infos: list, reference_run: dict) -> int:
+    """How many shards the saved index of ``reference_run`` was written from."""
+    return max([len(reference_run.get("knn", {}).get(info.alias, {}).get("files", [])) for info in infos] + [0])
+
+
+def load_saved_shards(infos: list, reference_run: dict, reference_out: str, staged: list[str],
+                      shards: list) -> tuple[list[ModelShards], dict]:
+    """Fill ``shards`` with a committed run's saved reference index (and this run's rows as ``others``)."""
     import ray
 
     models, report = [], {}
@@ -250,12 +274,12 @@ def load_saved_shards(infos: list, reference_run: dict, reference_out: str, stag
         entry = saved.get(info.alias)
         if not entry or "files" not in entry:
             continue
-        files = entry["files"]
-        shards = _start_shards(len(files), info.embedding_dim, None, config)
-        ray.get([shard.load_saved.remote(storage.join(reference_out, f["index"]), storage.join(reference_out, f["ids"]))
-                 for shard, f in zip(shards, files)])
+        ray.get([shard.add_model.remote(info.alias, info.embedding_dim) for shard in shards])
+        ray.get([shard.load_saved.remote(info.alias, info.embedding_dim, storage.join(reference_out, f["index"]),
+                                         storage.join(reference_out, f["ids"])) for shard, f in zip(shards, entry["files"])])
         column = f"{EMBEDDING_PREFIX}{info.alias}"
-        sizes = ray.get([shard.load_rows.remote(staged[i::len(shards)], column, None, False) for i, shard in enumerate(shards)])
+        sizes = ray.get([shard.load_rows.remote(info.alias, staged[i::len(shards)], column, None, False)
+                         for i, shard in enumerate(shards)])
         models.append(ModelShards(info.alias, info.embedding_dim, entry["k"], tuple(shards)))
         report[info.alias] = {**{k: v for k, v in entry.items() if k != "files"}, "shard_sizes": sizes,
                               "reference_run": reference_run["run_id"]}
@@ -272,7 +296,7 @@ def save_shards(models: list[ModelShards], run_dir: RunDirectory, report: dict) 
         for i, shard in enumerate(model.shards):
             index_name = f"index/{model.alias}/shard-{i:04d}-{run_dir.run_id}.faiss"
             ids_name = f"index/{model.alias}/shard-{i:04d}-{run_dir.run_id}.ids.parquet"
-            ray.get(shard.save.remote(storage.join(run_dir.out, index_name), storage.join(run_dir.out, ids_name)))
+            ray.get(shard.save.remote(model.alias, storage.join(run_dir.out, index_name), storage.join(run_dir.out, ids_name)))
             files.append({"index": index_name, "ids": ids_name})
             uris += [storage.join(run_dir.out, index_name), storage.join(run_dir.out, ids_name)]
         report[model.alias]["files"] = files

@@ -42,3 +42,32 @@ def tiny_classifier() -> TinyClassifier:
 
 def not_a_module() -> str:
     return "not a module"
+
+
+class ChannelStatsEmbedder(nn.Module):
+    """A deterministic, weight-free embedder: per channel the mean, the standard deviation and the
+    mean absolute horizontal and vertical gradients (12 values). Smooth pictures and their near
+    copies land close together; pixel noise lands far away. No classifier head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.num_classes = 0
+        self.pretrained_cfg = {
+            "input_size": (3, 48, 48), "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "crop_mode": "center",
+        }
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean(dim=(2, 3))
+        dy = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean(dim=(2, 3))
+        return torch.cat([x.mean(dim=(2, 3)) + 2.0, x.std(dim=(2, 3)), dx, dy], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+
+def channel_stats_embedder() -> ChannelStatsEmbedder:
+    return ChannelStatsEmbedder()

@@ -23,12 +23,13 @@ def sharded_search(vectors: np.ndarray, sizes: list[int], queries: np.ndarray, k
     assert sum(sizes) == len(vectors)
     shards, start = [], 0
     for size in sizes:
-        shard = IndexShard(DIM, template, nprobe=16)
+        shard = IndexShard(nprobe=16)
+        shard.add_model("m", DIM, template)
         if size:
-            shard.add(vectors[start : start + size], ids_for(size, start))
+            shard.add("m", vectors[start : start + size], ids_for(size, start))
         shards.append(shard)
         start += size
-    return merge_topk([shard.search(queries, k)[0] for shard in shards], k)
+    return merge_topk([shard.search("m", queries, k)[0] for shard in shards], k)
 
 
 @pytest.mark.parametrize("sizes", [[500], [250, 250], [100, 300, 100], [0, 420, 80], [1, 1, 498], [3, 0, 497, 0]])
@@ -68,10 +69,11 @@ def test_leave_one_out_drops_the_query_itself():
 
 def test_others_are_searched_for_near_duplicates():
     vectors = l2_normalize(RNG.normal(size=(60, DIM)))
-    shard = IndexShard(DIM)
-    shard.add(vectors[:40], ids_for(40))
-    shard.add(vectors[40:], ids_for(20, 40), reference=False)
-    (ref_sims, ref_ids), (all_sims, all_ids) = shard.search(vectors[45:46], 3, 2)
+    shard = IndexShard()
+    shard.add_model("m", DIM)
+    shard.add("m", vectors[:40], ids_for(40))
+    shard.add("m", vectors[40:], ids_for(20, 40), reference=False)
+    (ref_sims, ref_ids), (all_sims, all_ids) = shard.search("m", vectors[45:46], 3, 2)
     assert all_ids[0, 0] == ids_for(60)[45] and all_sims[0, 0] == pytest.approx(1.0, abs=1e-5)
     assert not np.isin(ref_ids, ids_for(20, 40)).any()
 
