@@ -80,6 +80,10 @@ def init_ray(config: AuditConfig) -> None:
     ray.init(**kwargs)
 
 
+def _no_extra_remote_args() -> dict[str, Any]:
+    return {}
+
+
 def _manifest_blocks(manifest: pa.Table, rows_per_block: int) -> list[pa.Table]:
     return [manifest.slice(i, rows_per_block) for i in range(0, manifest.num_rows, rows_per_block)] or [manifest]
 
@@ -123,6 +127,10 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory, inf
         batch_size=None,
         fn_kwargs={"settings": settings, "progress": tracker},
         num_cpus=config.ray.task_num_cpus,
+        # Ray Data fuses a task map into a following actor map when their remote args match,
+        # which would move decoding into the (few) embedding actors. An op with a
+        # ray_remote_args_fn is never fused: decoding stays in parallel CPU tasks.
+        ray_remote_args_fn=_no_extra_remote_args,
     )
     if infos:
         from ood_ray.embed.actor import EmbedActor, EmbedSettings
