@@ -6,11 +6,11 @@ Vectors: dimension 512, generated here, L2-normalised. Exact search (``IndexFlat
 - ``sharded``: ``S`` :class:`ood_ray.index.shards.IndexShard` Ray actors splitting the vectors and
   the threads (``num_cpus = threads / S`` each); queries sent in blocks of 1,024 to every shard,
   answers merged exactly (``merge_topk``), blocks pipelined. Ratio = sharded / single queries/s
-  (target >= 0.8 on one machine). Peak memory: resident memory of this process (single) and the
-  sum over the shard actors (sharded), each minus its resident memory before the vectors.
+  (target >= 0.8 on one machine). Memory: the unique memory (USS) of this process (single) and the
+  sum over the shard actors (sharded), each minus its own before the vectors were added.
 - Growth: 10^5, 3 x 10^5 and 10^6 reference vectors (isotropic random).
-- IVF at 10^6 (clustered random vectors: 1,000 Gaussian clusters, since IVF on isotropic noise is
-  near chance by construction): ``IVF4096,Flat`` trained on 100,000 vectors, nprobe 16 and 64;
+- IVF at 10^6 (clustered random vectors: 1,000 unit centres with noise of norm ~0.5, since IVF on
+  isotropic noise is near chance by construction): ``IVF4096,Flat`` trained on 100,000 vectors, nprobe 16 and 64;
   recall@10 against exact and the speed-up.
 
 Usage: ``python benchmarks/bench_knn.py [--json PATH]``
@@ -40,9 +40,10 @@ BLOCK = 1024
 
 
 def rss_bytes() -> int:
+    """Memory the process owns (USS: not the object-store pages it has mapped)."""
     import psutil
 
-    return psutil.Process().memory_info().rss
+    return psutil.Process().memory_full_info().uss
 
 
 class MeasuredShard(IndexShard):
@@ -65,7 +66,9 @@ def clustered(n: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarr
     out = np.empty((n, DIM), np.float32)
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
-        out[start : start + m] = unit(centres[rng.integers(0, len(centres), m)] + 0.35 * rng.standard_normal((m, DIM), dtype=np.float32))
+        # noise of norm ~0.5 around unit centres (per coordinate 0.5 / sqrt(d))
+        noise = (0.5 / np.sqrt(DIM)) * rng.standard_normal((m, DIM), dtype=np.float32)
+        out[start : start + m] = unit(centres[rng.integers(0, len(centres), m)] + noise)
     return out
 
 

@@ -133,8 +133,8 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
         batch = batch.append_column(pa.field(f"score_knn_mean_{model.alias}", pa.float32()), pa.array(knn_mean, mask=missing))
         batch = batch.append_column(f"{NEIGHBOR_ID_PREFIX}{model.alias}", _lists(neighbor_ids, n, rows, pa.string()))
         batch = batch.append_column(f"{NEIGHBOR_SIM_PREFIX}{model.alias}", _lists(neighbor_sims, n, rows, pa.float32()))
-        batch = batch.append_column(f"{DUPLICATE_ID_PREFIX}{model.alias}", _lists(duplicate_ids, n, rows if duplicate_ids else rows[:0], pa.string()))
-        batch = batch.append_column(f"{DUPLICATE_SIM_PREFIX}{model.alias}", _lists(duplicate_sims, n, rows if duplicate_sims else rows[:0], pa.float32()))
+        batch = batch.append_column(f"{DUPLICATE_ID_PREFIX}{model.alias}", _lists(duplicate_ids, n, rows, pa.string()))
+        batch = batch.append_column(f"{DUPLICATE_SIM_PREFIX}{model.alias}", _lists(duplicate_sims, n, rows, pa.float32()))
     return batch
 
 
