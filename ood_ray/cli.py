@@ -59,6 +59,29 @@ def audit_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def holdout_from_args(args: argparse.Namespace) -> int:
+    """``ood-ray holdout``: validate, hold out, audit, evaluate, print the evaluation."""
+    try:
+        config = load_config(args.config, args.overrides, args.models, source=args.source, out=args.out,
+                             overwrite=args.overwrite, address=args.address)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.verbose)
+    from ood_ray.holdout import run_holdout
+    from ood_ray.query import format_table, run_query
+
+    classes = args.holdout_classes.split(",") if args.holdout_classes else None
+    try:
+        run = run_holdout(config, classes, args.holdout_count, args.seed, args.id_split)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"held out {run['holdout']['classes']} (seed {args.seed})")
+    print(format_table(run_query(config.out, "SELECT * FROM evaluation ORDER BY auroc DESC"), max_rows=1000))
+    return 0
+
+
 def format_summary(run: dict) -> str:
     """Human summary of a committed run: counts per status, duplicates, lint, timings."""
     lines = [f"run {run['run_id']}  source {run.get('source')}",
@@ -93,6 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("out", help="run directory")
     summary.add_argument("--json", action="store_true", help="print run.json")
 
+    evaluate = sub.add_parser("evaluate", help="OOD metrics of every score of a run against known OOD images")
+    evaluate.add_argument("out", help="run directory")
+    truth = evaluate.add_mutually_exclusive_group(required=True)
+    truth.add_argument("--ood-column", help="a boolean column of images (from the manifest): true = OOD")
+    truth.add_argument("--ood-split", dest="ood_splits", action="append", help="a split whose images are OOD (repeatable)")
+    truth.add_argument("--ood-labels", help="comma-separated labels whose images are OOD")
+    evaluate.add_argument("--id-split", dest="id_splits", action="append", default=[],
+                          help="in-distribution split(s); default: every row neither OOD nor reference")
+    evaluate.add_argument("--score", dest="scores", action="append", default=[], help="only these score columns")
+    evaluate.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    holdout = sub.add_parser("holdout", help="hold out classes as OOD, audit, and evaluate every score (MixOE)")
+    add_audit_arguments(holdout)
+    chosen = holdout.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--holdout-classes", help="comma-separated labels to hold out")
+    chosen.add_argument("--holdout-count", type=int, help="hold out this many labels, drawn under --seed")
+    holdout.add_argument("--seed", type=int, default=0)
+    holdout.add_argument("--id-split", default="test", help="the in-distribution split of the evaluation")
+
     demo = sub.add_parser("demo", help="write the example dataset (planted defects) into a folder")
     demo.add_argument("folder")
     demo.add_argument("--seed", type=int, default=0)
@@ -100,6 +142,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "audit":
         return audit_from_args(args)
+    if args.command == "evaluate":
+        _setup_logging(False)
+        from ood_ray.evaluate import evaluate as run_evaluate
+        from ood_ray.query import format_table
+
+        try:
+            table = run_evaluate(args.out, args.ood_column, args.ood_splits or [],
+                                 (args.ood_labels or "").split(",") if args.ood_labels else [], args.id_splits, args.scores)
+        except (ConfigError, FileNotFoundError) as exc:
+            print(f"ood-ray: {exc}", file=sys.stderr)
+            return 2
+        print(format_table(table, args.format, max_rows=1000))
+        return 0
+    if args.command == "holdout":
+        return holdout_from_args(args)
     if args.command == "query":
         from ood_ray.query import format_table, run_query
 

@@ -270,14 +270,18 @@ class OODConfig:
 
     Flags: ``score > quantile(reference scores, in_distribution_quantile)``, the reference being
     the rows of split ``reference_split`` (all rows when no row has that split).
-    ``clf_entropy``: the OoD Tool's logistic-regression probes for models without a classifier
-    head, fitted on at most ``clf_max_per_class`` x classes (and ``clf_max_samples``) labelled
-    reference embeddings, with regularisation strengths ``clf_c``.
+    Fitted on labelled reference embeddings -- at most ``clf_max_per_class`` per class and
+    ``clf_max_samples`` in all (a seeded, stratified sample) -- and thresholded on up to
+    ``threshold_sample`` other reference rows: ``clf_entropy`` (the OoD Tool's logistic-regression
+    probes with strengths ``clf_c``; ``headless``: for models without a classifier head, ``all``,
+    or ``none``), ``mahalanobis`` and ``rmd`` (every model).
     """
 
     reference_split: str = "train"
     in_distribution_quantile: float = 0.95
-    clf_entropy: bool = True
+    clf_entropy: str = "headless"
+    mahalanobis: bool = True
+    rmd: bool = True
     clf_c: list[float] = field(default_factory=lambda: [1e-5, 1.0, 1e5])
     clf_max_per_class: int = 1000
     clf_max_samples: int = 20000
@@ -285,6 +289,8 @@ class OODConfig:
     seed: int = 0
 
     def validate(self, prefix: str) -> None:
+        if self.clf_entropy not in ("headless", "all", "none"):
+            _fail(f"{prefix}.clf_entropy", self.clf_entropy, "must be headless, all or none")
         if not 0 < self.in_distribution_quantile < 1:
             _fail(f"{prefix}.in_distribution_quantile", self.in_distribution_quantile, "must be in (0, 1)")
         for c in self.clf_c:

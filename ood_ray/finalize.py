@@ -1,6 +1,7 @@
 """The finalize pass of a run with models (Ray Data over the staged rows, after the fits).
 
-Each staged block gets the fitted scores (``score_clf_entropy_<alias>`` from the probes) and a flag
+Each staged block gets the fitted scores (``score_<detector>_<alias>`` of clf_entropy, Mahalanobis,
+RMD) and a flag
 ``is_ood_<score>`` (``score > threshold``; null where the score is null) for every thresholded
 score; :class:`FinalizeDatasink` then writes ``images`` (without the ``_emb_`` columns) and
 ``embeddings`` (one row per image and model) part files.
@@ -19,7 +20,7 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.detectors import REGISTRY
 from ood_ray.embed.actor import EMBEDDING_PREFIX
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.tables import EMBEDDINGS_SCHEMA
@@ -28,17 +29,20 @@ from ood_ray.tables import EMBEDDINGS_SCHEMA
 @dataclass(frozen=True)
 class FinalizeSettings:
     thresholds: dict[str, float] = field(default_factory=dict)
-    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``{score column: {"detector": name, "model": alias, "state": state_dict}}``
+    fitted: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-_PROBES: dict[int, dict[str, ClassifierEntropy]] = {}
+_FITTED: dict[int, dict[str, tuple[str, Any]]] = {}
 
 
-def _probes(settings: FinalizeSettings) -> dict[str, ClassifierEntropy]:
+def _fitted(settings: FinalizeSettings) -> dict[str, tuple[str, Any]]:
+    """``{score column: (model alias, detector)}``, rebuilt once per worker process."""
     key = id(settings)
-    if key not in _PROBES:
-        _PROBES[key] = {alias: ClassifierEntropy.from_state_dict(state) for alias, state in settings.probes.items()}
-    return _PROBES[key]
+    if key not in _FITTED:
+        _FITTED[key] = {column: (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]))
+                        for column, entry in settings.fitted.items()}
+    return _FITTED[key]
 
 
 def flag_name(score_column: str) -> str:
@@ -60,14 +64,14 @@ def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np
 def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     """Add the probe scores and every flag to one staged block."""
     n = batch.num_rows
-    for alias, detector in _probes(settings).items():
+    for column, (alias, detector) in _fitted(settings).items():
         rows, X = embedding_matrix(batch.column(f"{EMBEDDING_PREFIX}{alias}"))
         values = np.zeros(n, np.float32)
         mask = np.ones(n, bool)
         if len(rows):
             values[rows] = detector.score(X)
             mask[rows] = False
-        batch = batch.append_column(pa.field(f"score_clf_entropy_{alias}", pa.float32()), pa.array(values, mask=mask))
+        batch = batch.append_column(pa.field(column, pa.float32()), pa.array(values, mask=mask))
     for column, threshold in settings.thresholds.items():
         if column in batch.column_names:
             flags = pc.greater(pc.cast(batch.column(column), pa.float64()), pa.scalar(float(threshold)))

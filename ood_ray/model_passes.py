@@ -3,8 +3,9 @@
 1. **kNN** (``knn.enabled``): shard actors over the reference embeddings (or the saved index of
    ``--reference``), then a Ray Data pass adding ``score_knn_*``/``score_knn_mean_*`` and writing
    ``neighbors`` and the embedding near-duplicate candidates.
-2. **Fit** (driver, DuckDB): reference-split thresholds for every score, the clf_entropy probes --
-   or, with ``--reference``, the thresholds and probes of that run, so new data is judged by the
+2. **Fit** (driver, DuckDB): reference-split thresholds for every score and the fitted embedding
+   detectors (clf_entropy, Mahalanobis, RMD; states saved under ``OUT/detectors/``) -- or, with
+   ``--reference``, the thresholds and detectors of that run, so new data is judged by the
    reference's rules.
 3. **Finalize** (Ray Data): probe scores, ``is_ood_*`` flags; ``images`` and ``embeddings``.
 
@@ -121,6 +122,33 @@ def run_knn(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, s
     return [uri for uri, _ in sink.files["images"]]
 
 
+def save_fitted(fitted: dict[str, dict[str, Any]], run_dir: RunDirectory, result: ModelPassResult) -> dict[str, Any]:
+    """Write each fitted detector's state to ``OUT/detectors/`` (an artifact of the run)."""
+    import json
+
+    from ood_ray.io import storage
+
+    listed = {}
+    for column, entry in fitted.items():
+        name = f"detectors/{column}-{run_dir.run_id}.json"
+        uri = storage.join(run_dir.out, name)
+        storage.write_bytes_atomic(uri, json.dumps(entry["state"]).encode())
+        result.artifacts.append(uri)
+        listed[column] = {"detector": entry["detector"], "model": entry["model"], "file": name}
+    return listed
+
+
+def load_fitted(detectors: dict[str, Any], out: str) -> dict[str, dict[str, Any]]:
+    """The fitted detectors of a committed run, read back from its artifacts."""
+    import json
+
+    from ood_ray.io import storage
+
+    return {column: {"detector": e["detector"], "model": e["model"],
+                     "state": json.loads(storage.read_bytes(storage.join(out, e["file"])))}
+            for column, e in detectors.items()}
+
+
 def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, staged: list[str],
                      reference_run: dict | None, timer: Any) -> ModelPassResult:
     """kNN, fit (or reuse), finalize -- see module docstring."""
@@ -139,16 +167,18 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
     if reference_run is None:
         with timer.stage("ood_fit"):
             fit = fit_ood(con, infos, columns, config.ood)
-        thresholds, probes, report = fit.thresholds, fit.probes, fit.report
+        thresholds, fitted, report = fit.thresholds, fit.fitted, fit.report
+        detectors = save_fitted(fitted, run_dir, result)
     else:
         saved = reference_run.get("ood", {})
         thresholds = {name: entry["threshold"] for name, entry in saved.get("thresholds", {}).items()}
-        probes = saved.get("detectors", {})
+        detectors = saved.get("detectors", {})
+        fitted = load_fitted(detectors, config.reference)
         report = {"reference": f"run {reference_run['run_id']} in {config.reference}", "thresholds": saved.get("thresholds", {}),
                   "in_distribution_quantile": saved.get("in_distribution_quantile")}
     with timer.stage("finalize"):
-        result.files.update(run_finalize(config, run_dir, staged, FinalizeSettings(thresholds, probes)))
-    result.ood = {**report, "detectors": probes, "ensemble_members": [info.alias for info in ensemble_members(infos)],
+        result.files.update(run_finalize(config, run_dir, staged, FinalizeSettings(thresholds, fitted)))
+    result.ood = {**report, "detectors": detectors, "ensemble_members": [info.alias for info in ensemble_members(infos)],
                   "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
                               "preprocessing": i.data_config, **i.provenance} for i in infos]}
     return result

@@ -3,12 +3,12 @@
 - **Thresholds**: for every score column, ``quantile_cont(score, q)`` over the reference rows
   (split ``ood.reference_split``; all ``ok`` rows when no row has that split), computed by DuckDB
   over all of them (NumPy's default linear quantile).
-- **clf_entropy probes** (models without a classifier head, when labels exist): a stratified
-  sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per label, at most
-  ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run is reproducible
-  -- fits :class:`ood_ray.detectors.clf_entropy.ClassifierEntropy`; its threshold is the quantile
-  over up to ``ood.threshold_sample`` *other* reference rows (held out from the fit, so the probes'
-  training fit does not lower it).
+- **Fitted embedding detectors** (clf_entropy, Mahalanobis, RMD; when labels exist): a
+  stratified sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per
+  label, at most ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run
+  is reproducible -- fits each detector; its threshold is the quantile over up to
+  ``ood.threshold_sample`` *other* reference rows (held out from the fit, so the fit does not
+  lower it).
 
 Without labels, label-dependent scores are skipped with a log line.
 """
@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.config import OODConfig
+from ood_ray.detectors import REGISTRY
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
 from ood_ray.embed.actor import EMBEDDING_PREFIX
 from ood_ray.embed.models import ModelInfo
@@ -33,10 +34,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class OODFit:
-    """Thresholds ``{score column: value}``, fitted probes ``{alias: state}`` and a report."""
+    """Thresholds ``{score column: value}``, fitted detectors and a report."""
 
     thresholds: dict[str, float] = field(default_factory=dict)
-    probes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``{score column: {"detector": name, "model": alias, "state": state_dict}}``
+    fitted: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,8 +78,23 @@ def _unpack(table: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, labels, values
 
 
+def fitted_detectors(info: ModelInfo, config: OODConfig) -> list[str]:
+    """Which fitted embedding detectors apply to a model (see :class:`OODConfig`)."""
+    names = []
+    if config.clf_entropy == "all" or (config.clf_entropy == "headless" and info.num_classes == 0):
+        names.append("clf_entropy")
+    names += [name for name in ("mahalanobis", "rmd") if getattr(config, name)]
+    return names
+
+
+def _build(name: str, config: OODConfig) -> Any:
+    if name == "clf_entropy":
+        return ClassifierEntropy(tuple(config.clf_c), seed=config.seed)
+    return REGISTRY[name]()
+
+
 def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig) -> OODFit:
-    """Thresholds for ``score_columns`` and the clf_entropy probes (see module docstring)."""
+    """Thresholds for ``score_columns`` and the fitted embedding detectors (see module docstring)."""
     fit = OODFit()
     where, described = reference_filter(con, config)
     fit.report["reference"] = described
@@ -92,17 +109,17 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
         fit.report.setdefault("thresholds", {})[column] = {"threshold": float(value), "n_reference": int(n), "quantile": q}
 
     for info in infos:
-        if info.num_classes > 0 or not config.clf_entropy:
+        names = fitted_detectors(info, config)
+        if not names:
             continue
         column = f"{EMBEDDING_PREFIX}{info.alias}"
-        name = f"score_clf_entropy_{info.alias}"
         ids, labels, X = stratified_sample(con, where, column, config)
         classes = sorted(set(labels.tolist()))
         if len(classes) < 2:
-            log.info("%s: skipped -- the reference rows carry %d labels (needs 2 or more)", name, len(classes))
-            fit.report.setdefault("skipped", {})[name] = f"{len(classes)} labels in the reference rows"
+            for name in names:
+                log.info("score_%s_%s: skipped -- the reference rows carry %d labels (needs 2 or more)", name, info.alias, len(classes))
+                fit.report.setdefault("skipped", {})[f"score_{name}_{info.alias}"] = f"{len(classes)} labels in the reference rows"
             continue
-        detector = ClassifierEntropy(tuple(config.clf_c), seed=config.seed).fit(X, labels)
         con.register("_fit_ids", pa.table({"image_id": ids}))
         held_out = con.sql(
             f"""SELECT image_id, "{column}" AS v FROM images
@@ -114,15 +131,15 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
         source = "held-out reference rows"
         if len(X_held) == 0:
             X_held, source = X, "the fitting sample (no other reference rows)"
-        scores = detector.score(X_held)
-        value = float(np.quantile(scores.astype(np.float64), q))
-        fit.thresholds[name] = value
-        fit.probes[info.alias] = detector.state_dict()
-        fit.report.setdefault("thresholds", {})[name] = {
-            "threshold": value, "n_reference": int(len(X_held)), "quantile": q, "from": source,
-        }
-        fit.report.setdefault("clf_entropy", {})[info.alias] = {
-            "n_fit": len(ids), "classes": len(classes), "c_values": list(config.clf_c),
-        }
-        log.info("%s: probes fitted on %d embeddings of %d classes; threshold %.4f", name, len(ids), len(classes), value)
+        for name in names:
+            score_column = f"score_{name}_{info.alias}"
+            detector = _build(name, config).fit(X, labels)
+            value = float(np.quantile(detector.score(X_held).astype(np.float64), q))
+            fit.thresholds[score_column] = value
+            fit.fitted[score_column] = {"detector": name, "model": info.alias, "state": detector.state_dict()}
+            fit.report.setdefault("thresholds", {})[score_column] = {
+                "threshold": value, "n_reference": int(len(X_held)), "quantile": q, "from": source,
+            }
+            fit.report.setdefault("fitted", {})[score_column] = {"n_fit": len(ids), "classes": len(classes)}
+            log.info("%s: fitted on %d embeddings of %d classes; threshold %.4f", score_column, len(ids), len(classes), value)
     return fit

@@ -33,9 +33,10 @@ from ood_ray.io import storage
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
-TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions", "neighbors", "duplicate_pairs")
+TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions", "neighbors", "duplicate_pairs",
+          "evaluation")
 #: Folders of non-table files a run commits (saved FAISS shards), listed in ``run.json``.
-ARTIFACT_DIRS = ("index",)
+ARTIFACT_DIRS = ("index", "detectors")
 STAGING = "_staging"
 
 
@@ -111,6 +112,28 @@ class RunDirectory:
         run["artifacts"] = sorted(uri[len(prefix):] if uri.startswith(prefix) else uri for uri in artifacts)
         storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), json.dumps(run, indent=2, default=str).encode())
         self._remove_uncommitted(tables, run["artifacts"])
+        return run
+
+    def annotate(self, key: str, value: Any) -> dict[str, Any]:
+        """Record ``value`` under ``key`` in the committed ``run.json`` (atomic rewrite)."""
+        run = read_run(self.out)
+        run[key] = value
+        storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), json.dumps(run, indent=2, default=str).encode())
+        return run
+
+    def add_table(self, table: str, data: pa.Table, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Add (or replace) one table of an already committed run: write its part file, then
+        rewrite ``run.json`` atomically to list it, then delete the table's previous files."""
+        run = read_run(self.out)
+        uri = storage.join(self.out, table, f"part-{run['run_id']}-{table}-{uuid.uuid4().hex[:8]}.parquet")
+        write_table(uri, data)
+        run["tables"][table] = {"files": [uri.replace("\\", "/").rsplit("/", 1)[1]], "rows": data.num_rows}
+        if info is not None:
+            run[table] = info
+        storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), json.dumps(run, indent=2, default=str).encode())
+        keep = set(run["tables"][table]["files"])
+        storage.delete_files([u for u, _ in storage.list_files(self.table_dir(table))
+                              if u.replace("\\", "/").rsplit("/", 1)[1] not in keep])
         return run
 
     def _remove_uncommitted(self, tables: dict[str, dict[str, Any]], artifacts: list[str]) -> None:

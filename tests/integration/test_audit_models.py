@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -155,9 +156,14 @@ def test_flags_follow_the_recorded_reference_thresholds(model_run):
 
 def test_clf_entropy_for_the_headless_embedder(model_run):
     ood = read_run(model_run["out"])["ood"]
-    assert ood["clf_entropy"]["vit"]["classes"] == 3
-    assert ood["clf_entropy"]["vit"]["c_values"] == [1e-5, 1.0, 1e5]
-    assert "vit" in ood["detectors"] and ood["detectors"]["vit"]["name"] == "clf_entropy"
+    assert ood["fitted"]["score_clf_entropy_vit"]["classes"] == 3
+    saved = ood["detectors"]["score_clf_entropy_vit"]
+    assert (saved["detector"], saved["model"]) == ("clf_entropy", "vit")
+    state = json.loads((Path(model_run["out"]) / saved["file"]).read_text())
+    assert state["name"] == "clf_entropy" and state["c_values"] == [1e-5, 1.0, 1e5]
+    # Mahalanobis and RMD are fitted for every model; clf_entropy only for the headless one
+    assert {"score_mahalanobis_twin_a", "score_rmd_vit", "score_mahalanobis_tiny_classifier"} <= set(ood["detectors"])
+    assert "score_clf_entropy_twin_a" not in ood["detectors"]
     values = q(model_run, "SELECT score_clf_entropy_vit AS s FROM images WHERE status = 'ok'").column("s").to_pylist()
     assert all(0.0 <= v <= 1.0 for v in values)
     assert "score_msp_vit" not in q(model_run, "SELECT * FROM images LIMIT 0").column_names

@@ -130,7 +130,8 @@ def test_scoring_new_data_against_a_saved_reference_equals_auditing_both(knn_run
                                 reference=str(tmp_path / "ref")))
     assert new["ood"]["reference"].startswith(f"run {reference['run_id']}")
     assert new["knn"]["stats"]["reference_run"] == reference["run_id"]
-    columns = "image_id, score_knn_stats, score_knn_mean_stats, is_ood_knn_stats, is_ood_knn_mean_stats"
+    columns = ("image_id, score_knn_stats, score_knn_mean_stats, is_ood_knn_stats, is_ood_knn_mean_stats, "
+               "score_mahalanobis_stats, score_rmd_stats, is_ood_rmd_stats")
     together = run_query(knn_run["out"], f"SELECT {columns} FROM images WHERE split = 'test' AND status = 'ok' ORDER BY 1").to_pylist()
     apart = run_query(str(tmp_path / "new"), f"SELECT {columns} FROM images WHERE status = 'ok' ORDER BY 1").to_pylist()
     assert [r["image_id"] for r in apart] == [r["image_id"] for r in together]
@@ -138,5 +139,27 @@ def test_scoring_new_data_against_a_saved_reference_equals_auditing_both(knn_run
         assert a["score_knn_stats"] == pytest.approx(b["score_knn_stats"], abs=1e-5)
         assert a["score_knn_mean_stats"] == pytest.approx(b["score_knn_mean_stats"], abs=1e-6)
         assert (a["is_ood_knn_stats"], a["is_ood_knn_mean_stats"]) == (b["is_ood_knn_stats"], b["is_ood_knn_mean_stats"])
+        # the fitted detectors travel with the reference: the same sample, the same fit
+        assert a["score_mahalanobis_stats"] == pytest.approx(b["score_mahalanobis_stats"], rel=1e-5)
+        assert a["score_rmd_stats"] == pytest.approx(b["score_rmd_stats"], rel=1e-4, abs=1e-4)
+        assert a["is_ood_rmd_stats"] == b["is_ood_rmd_stats"]
     thresholds = json.loads((tmp_path / "new" / "run.json").read_text())["ood"]["thresholds"]
     assert thresholds["score_knn_stats"]["threshold"] == reference["ood"]["thresholds"]["score_knn_stats"]["threshold"]
+
+
+def test_holdout_protocol_end_to_end(ray_session, manifests, tmp_path):
+    from ood_ray.holdout import run_holdout
+
+    config = load_config(None, [EMBEDDER, *KNN], source=str(manifests["all"]), out=str(tmp_path / "holdout"))
+    run = run_holdout(config, ["stripes"], None, seed=0)
+    assert run["holdout"]["classes"] == ["stripes"]
+    out = str(tmp_path / "holdout")
+    leaked = run_query(out, "SELECT count(*) FROM images WHERE split = 'train' AND label = 'stripes'").column(0)[0].as_py()
+    assert leaked == 0
+    expected_reference = run_query(out, "SELECT count(*) FROM images WHERE split = 'train' AND status = 'ok'").column(0)[0].as_py()
+    assert run["knn"]["stats"]["n_reference"] == expected_reference
+    rows = run_query(out, "SELECT score, ood_set, n_id, n_ood, auroc FROM evaluation").to_pylist()
+    assert {r["ood_set"] for r in rows} == {"holdout"}
+    assert {"score_knn_stats", "score_mahalanobis_stats", "score_rmd_stats", "score_clf_entropy_stats"} <= {r["score"] for r in rows}
+    n_ood = run_query(out, "SELECT count(*) FROM images WHERE split = 'holdout' AND status = 'ok'").column(0)[0].as_py()
+    assert all(r["n_ood"] == n_ood and 0.0 <= r["auroc"] <= 1.0 for r in rows)

@@ -142,3 +142,35 @@ def test_quantile_threshold_keeps_the_stated_share_in_distribution():
     assert threshold.to_dict()["n_reference"] == 1000
     with pytest.raises(ValueError):
         QuantileThreshold().fit(np.array([np.nan]))
+
+
+def direct_mahalanobis(X, labels, queries):
+    classes = np.unique(labels)
+    means = np.stack([X[labels == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([X[labels == c] - means[i] for i, c in enumerate(classes)])
+    precision = np.linalg.pinv(centred.T @ centred / len(X))
+    d = np.stack([[(q - m) @ precision @ (q - m) for m in means] for q in queries])
+    background = X.mean(axis=0)
+    p0 = np.linalg.pinv((X - background).T @ (X - background) / len(X))
+    d0 = np.array([(q - background) @ p0 @ (q - background) for q in queries])
+    return d.min(axis=1), d.min(axis=1) - d0
+
+
+def test_mahalanobis_and_rmd_equal_a_direct_numpy_computation():
+    queries = RNG.normal(size=(15, 5)) * 3
+    md, rmd = direct_mahalanobis(EMBEDDINGS, LABELS, queries)
+    np.testing.assert_allclose(REGISTRY["mahalanobis"]().fit(EMBEDDINGS, LABELS).score(queries), md, rtol=1e-5)
+    np.testing.assert_allclose(REGISTRY["rmd"]().fit(EMBEDDINGS, LABELS).score(queries), rmd, rtol=1e-4, atol=1e-4)
+
+
+def test_mahalanobis_handles_a_singular_covariance_and_flags_planted_points():
+    # 8 samples in 20 dimensions: the covariance has rank < 20; the pseudo-inverse keeps it finite.
+    X = np.repeat(np.eye(2, 20) * 5, 4, axis=0) + RNG.normal(0, 0.1, (8, 20))
+    y = np.array(["a"] * 4 + ["b"] * 4)
+    detector = REGISTRY["mahalanobis"]().fit(X, y)
+    inside = detector.score(X)
+    planted = detector.score(X[:3] + RNG.normal(0, 3, (3, 20)) * (np.arange(20) < 8))
+    assert np.isfinite(inside).all() and planted.min() > inside.max()
+    rmd = REGISTRY["rmd"]().fit(EMBEDDINGS, LABELS)
+    far = np.full((1, 5), 8.0)
+    assert rmd.score(far)[0] > np.percentile(rmd.score(EMBEDDINGS), 95)
