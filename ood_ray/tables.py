@@ -93,6 +93,7 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("top_classes", pa.list_(pa.int32())),
         pa.field("top_probabilities", pa.list_(pa.float32())),
         pa.field("probabilities", pa.list_(pa.float32())),
+        pa.field("logits", pa.list_(pa.float32())),
     ]
 )
 

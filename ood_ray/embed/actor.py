@@ -7,7 +7,8 @@ per model ``<alias>``:
 
 - ``_emb_<alias>``: the pooled penultimate embedding (``float32[D]``; null for rows that did not
   decode), written to ``embeddings`` by the finalize pass;
-- for classifiers, ``_prob_<alias>`` (the softmax, when ``C <= max_full_probabilities``),
+- for classifiers, ``_prob_<alias>`` and ``_logit_<alias>`` (softmax and logits, when
+  ``C <= max_full_probabilities``),
   ``_topk_class_<alias>``/``_topk_prob_<alias>``, written to ``predictions``; and the logit scores
   ``score_<detector>_<alias>`` of :data:`ood_ray.detectors.LOGIT_DETECTORS`;
 - across two or more classifiers with one class count: ``score_ensemble_entropy`` and
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 EMBEDDING_PREFIX = "_emb_"
 PROBABILITIES_PREFIX = "_prob_"
+LOGITS_PREFIX = "_logit_"
 TOPK_CLASS_PREFIX = "_topk_class_"
 TOPK_PROB_PREFIX = "_topk_prob_"
 
@@ -72,6 +74,7 @@ def output_fields(infos: list[ModelInfo], settings: EmbedSettings) -> list[pa.Fi
         if info.num_classes > 0:
             if info.num_classes <= settings.max_full_probabilities:
                 fields.append(pa.field(f"{PROBABILITIES_PREFIX}{info.alias}", pa.list_(pa.float32())))
+                fields.append(pa.field(f"{LOGITS_PREFIX}{info.alias}", pa.list_(pa.float32())))
             fields.append(pa.field(f"{TOPK_CLASS_PREFIX}{info.alias}", pa.list_(pa.int32())))
             fields.append(pa.field(f"{TOPK_PROB_PREFIX}{info.alias}", pa.list_(pa.float32())))
     fields += [pa.field(name, pa.float32()) for name in score_columns(infos)]
@@ -163,6 +166,8 @@ class EmbedActor:
             if f"{PROBABILITIES_PREFIX}{info.alias}" in self.fields:
                 name = f"{PROBABILITIES_PREFIX}{info.alias}"
                 columns[name] = _scatter(p.astype(np.float32), valid, n, self.fields[name])
+                name = f"{LOGITS_PREFIX}{info.alias}"
+                columns[name] = _scatter(logits.astype(np.float32), valid, n, self.fields[name])
             k = min(self.settings.top_k, info.num_classes)
             top = np.argsort(-p, axis=1, kind="stable")[:, :k]
             for prefix, values in ((TOPK_CLASS_PREFIX, top.astype(np.int32)),

@@ -20,7 +20,7 @@ from ray.data.block import Block, BlockAccessor
 
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
-from ood_ray.embed.actor import PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX
+from ood_ray.embed.actor import LOGITS_PREFIX, PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX
 from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA, PREDICTIONS_SCHEMA
 
 
@@ -34,12 +34,14 @@ def predictions_of(block: pa.Table) -> pa.Table:
         keep = pc.is_valid(block.column(name))
         rows = block.filter(keep)
         full = f"{PROBABILITIES_PREFIX}{alias}"
+        logits = f"{LOGITS_PREFIX}{alias}"
         parts.append(pa.Table.from_pydict({
             "image_id": rows.column("image_id"),
             "model": pa.array([alias] * rows.num_rows, pa.string()),
             "top_classes": rows.column(name),
             "top_probabilities": rows.column(f"{TOPK_PROB_PREFIX}{alias}"),
             "probabilities": rows.column(full) if full in rows.column_names else pa.nulls(rows.num_rows, pa.list_(pa.float32())),
+            "logits": rows.column(logits) if logits in rows.column_names else pa.nulls(rows.num_rows, pa.list_(pa.float32())),
         }, schema=PREDICTIONS_SCHEMA))
     return pa.concat_tables(parts) if parts else PREDICTIONS_SCHEMA.empty_table()
 
@@ -51,7 +53,8 @@ def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     """
     predictions = predictions_of(block)
     list_columns = [name for name in block.column_names
-                    if name.startswith((CHANNEL_LIST_PREFIX, PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX))]
+                    if name.startswith((CHANNEL_LIST_PREFIX, PROBABILITIES_PREFIX, LOGITS_PREFIX, TOPK_CLASS_PREFIX,
+                                        TOPK_PROB_PREFIX))]
     images = block.drop_columns(list_columns)
     if "listed_size" in images.column_names:
         # A missing object has no fetched size; the listing's size (when listed) stands in.

@@ -72,10 +72,13 @@ def test_counts_and_tables(model_run):
 
 
 def test_predictions_are_consistent_probabilities(model_run):
-    rows = q(model_run, "SELECT model, probabilities, top_classes, top_probabilities FROM predictions").to_pylist()
+    from scipy.special import softmax
+
+    rows = q(model_run, "SELECT model, probabilities, logits, top_classes, top_probabilities FROM predictions").to_pylist()
     for r in rows:
         p = np.asarray(r["probabilities"])
         assert p.sum() == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_allclose(softmax(np.asarray(r["logits"], dtype=np.float64)), p, atol=1e-6)
         top = np.argsort(-p, kind="stable")[: len(r["top_classes"])]
         assert list(top) == r["top_classes"]
         np.testing.assert_allclose(r["top_probabilities"], p[top], rtol=1e-6)
