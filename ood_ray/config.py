@@ -32,7 +32,7 @@ def _fail(key: str, value: Any, why: str) -> None:
     raise ConfigError(f"{key}={value!r}: {why}")
 
 
-def _check_positive(key: str, value: float | int | None, allow_zero: bool = False) -> None:
+def _check_positive(key: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
@@ -347,6 +347,130 @@ class KNNConfig:
             _fail(f"{prefix}.duplicate_similarity", self.duplicate_similarity, "must be a cosine similarity in [-1, 1]")
 
 
+CLUSTER_METHODS = ("kmeans", "hdbscan")
+PROJECTIONS = ("pca", "umap", "tsne")
+CORRECTIONS = ("bonferroni", "fdr")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Clusters of one model's normalised embeddings (``model``: an alias; default the first model).
+
+    ``method``: ``kmeans`` (FAISS spherical k-means) or ``hdbscan`` (scikit-learn; the sample must
+    fit in memory). Fitted on a seeded sample of ``sample_size`` images, then every image is
+    assigned to its nearest centroid. ``k``: fixed, or (left out) the k in ``[k_min, k_max]`` with the
+    best silhouette on ``silhouette_sample`` images. ``outlier_zscore``: ``is_cluster_outlier`` when
+    the distance to the centroid is more than this many standard deviations above its cluster's mean.
+    """
+
+    enabled: bool = True
+    model: str | None = None
+    method: str = "kmeans"
+    k: int | None = None
+    k_min: int = 2
+    k_max: int = 20
+    sample_size: int = 20_000
+    silhouette_sample: int = 4_000
+    niter: int = 25
+    outlier_zscore: float = 2.5
+    hdbscan_min_cluster_size: int = 10
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if self.method not in CLUSTER_METHODS:
+            _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(CLUSTER_METHODS)}")
+        for key in ("k_min", "k_max", "sample_size", "silhouette_sample", "niter", "outlier_zscore", "hdbscan_min_cluster_size"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+        if self.k is not None and self.k < 2:
+            _fail(f"{prefix}.k", self.k, "must be >= 2 (or left out to choose it by silhouette)")
+        if self.k_min < 2:
+            _fail(f"{prefix}.k_min", self.k_min, "must be >= 2")
+        if self.k_max < self.k_min:
+            _fail(f"{prefix}.k_max", self.k_max, f"must be >= k_min ({self.k_min})")
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    """2-D maps of the cluster model's normalised embeddings: ``x_<method>``, ``y_<method>``.
+
+    PCA and UMAP are fitted on ``sample_size`` images and transform every image; t-SNE cannot
+    transform, so only its ``tsne_sample`` images get coordinates (the rest are null).
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["pca"])
+    sample_size: int = 20_000
+    tsne_sample: int = 5_000
+    umap_neighbors: int = 15
+    tsne_perplexity: float = 30.0
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        for method in self.methods:
+            if method not in PROJECTIONS:
+                _fail(f"{prefix}.methods", method, f"must be among {', '.join(PROJECTIONS)}")
+        for key in ("sample_size", "tsne_sample", "umap_neighbors", "tsne_perplexity"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Drift of each non-reference split (or of this run against ``--reference``) from the reference.
+
+    Statistics: two-sample Kolmogorov-Smirnov and Cramer-von Mises per statistic on up to
+    ``sample_size`` rows per side, corrected for multiple testing (``bonferroni`` or ``fdr``:
+    Benjamini-Hochberg) over the statistics' family; embeddings: MMD permutation test
+    (``mmd_sample`` per side, ``mmd_permutations``); kNN distances: one-sided Mann-Whitney U; new
+    classes: silhouette-best k on the reference versus reference + new (``new_class_sample`` each).
+    """
+
+    enabled: bool = True
+    alpha: float = 0.05
+    correction: str = "fdr"
+    statistics: list[str] | None = None
+    sample_size: int = 50_000
+    mmd_sample: int = 500
+    mmd_permutations: int = 200
+    new_class_sample: int = 2_000
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            _fail(f"{prefix}.alpha", self.alpha, "must be in (0, 1)")
+        if self.correction not in CORRECTIONS:
+            _fail(f"{prefix}.correction", self.correction, f"must be one of {', '.join(CORRECTIONS)}")
+        for key in ("sample_size", "mmd_sample", "mmd_permutations", "new_class_sample"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """``score_recon``: a small convolutional autoencoder trained on the reference images (Ray Train).
+
+    Images are resized to ``image_size`` squared RGB; at most ``max_train_images`` reference images
+    train it (``num_workers`` Ray Train workers, GPUs with ``use_gpu``), a held-out tenth of them
+    (up to ``ood.threshold_sample``) sets the threshold. ``storage_path``: where Ray Train keeps its
+    checkpoint (default: the run's staging folder; must be shared storage on a multi-node cluster).
+    """
+
+    enabled: bool = False
+    image_size: int = 32
+    latent_channels: int = 16
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 2.0e-3
+    num_workers: int = 1
+    use_gpu: bool = False
+    max_train_images: int = 50_000
+    storage_path: str | None = None
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        for key in ("image_size", "latent_channels", "epochs", "batch_size", "learning_rate", "num_workers", "max_train_images"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+        if self.image_size % 4:
+            _fail(f"{prefix}.image_size", self.image_size, "must be a multiple of 4 (two stride-2 stages)")
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """The whole audit. ``source`` and ``out`` are required (CLI or YAML).
@@ -368,6 +492,10 @@ class AuditConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ood: OODConfig = field(default_factory=OODConfig)
     knn: KNNConfig = field(default_factory=KNNConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    project: ProjectConfig = field(default_factory=ProjectConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     reference: str | None = None
 
     def validate(self) -> None:
@@ -386,6 +514,8 @@ class AuditConfig:
                 _fail(f"models[{i}].alias", model.column_alias,
                       f"models[{seen[model.column_alias]}] already has this name; give one an alias")
             seen[model.column_alias] = i
+        if self.cluster.model is not None and self.models and self.cluster.model not in seen:
+            _fail("cluster.model", self.cluster.model, f"must be one of the models' names {sorted(seen)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

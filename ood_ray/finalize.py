@@ -23,7 +23,7 @@ from ray.data.block import Block, BlockAccessor
 from ood_ray.detectors import REGISTRY
 from ood_ray.embed.actor import EMBEDDING_PREFIX
 from ood_ray.io.rundir import RunDirectory
-from ood_ray.tables import EMBEDDINGS_SCHEMA
+from ood_ray.tables import AUTOENCODER_PIXELS, EMBEDDINGS_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class FinalizeSettings:
     thresholds: dict[str, float] = field(default_factory=dict)
     #: ``{score column: {"detector": name, "model": alias, "state": state_dict}}``
     fitted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the cluster model's alias, its clusters and 2-D maps (see ood_ray.structure)
+    structure_model: str | None = None
+    clusters: Any = None
+    outlier_zscore: float = 2.5
+    projections: Any = None
+    #: autoencoder weights (``score_recon``) and its bottleneck width
+    autoencoder: bytes | None = None
+    autoencoder_latent: int = 16
+    autoencoder_size: int = 32
 
 
 _FITTED: dict[int, dict[str, tuple[str, Any]]] = {}
@@ -43,6 +52,18 @@ def _fitted(settings: FinalizeSettings) -> dict[str, tuple[str, Any]]:
         _FITTED[key] = {column: (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]))
                         for column, entry in settings.fitted.items()}
     return _FITTED[key]
+
+
+_AUTOENCODERS: dict[int, Any] = {}
+
+
+def _autoencoder(settings: FinalizeSettings) -> Any:
+    key = id(settings)
+    if key not in _AUTOENCODERS:
+        from ood_ray.autoencoder.model import load_autoencoder
+
+        _AUTOENCODERS[key] = load_autoencoder(settings.autoencoder, settings.autoencoder_latent)
+    return _AUTOENCODERS[key]
 
 
 def flag_name(score_column: str) -> str:
@@ -72,11 +93,62 @@ def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
             values[rows] = detector.score(X)
             mask[rows] = False
         batch = batch.append_column(pa.field(column, pa.float32()), pa.array(values, mask=mask))
+    batch = _add_structure(batch, settings)
+    if settings.autoencoder is not None:
+        batch = _add_recon(batch, settings)
     for column, threshold in settings.thresholds.items():
         if column in batch.column_names:
             flags = pc.greater(pc.cast(batch.column(column), pa.float64()), pa.scalar(float(threshold)))
             batch = batch.append_column(pa.field(flag_name(column), pa.bool_()), flags)
     return batch
+
+
+def _scattered(n: int, rows: np.ndarray, values: np.ndarray, dtype: Any) -> pa.Array:
+    """A length-``n`` column holding ``values`` at ``rows`` and null elsewhere (and where NaN)."""
+    out = np.zeros(n, dtype)
+    mask = np.ones(n, bool)
+    out[rows] = values
+    mask[rows] = np.isnan(values) if np.issubdtype(np.asarray(values).dtype, np.floating) else False
+    return pa.array(out, mask=mask)
+
+
+def _add_structure(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
+    """``cluster``, ``cluster_distance``, ``score_cluster``, ``is_cluster_outlier``, ``x_<map>``, ``y_<map>``."""
+    if settings.structure_model is None or (settings.clusters is None and settings.projections is None):
+        return batch
+    n = batch.num_rows
+    rows, X = embedding_matrix(batch.column(f"{EMBEDDING_PREFIX}{settings.structure_model}"))
+    if settings.clusters is not None:
+        if len(rows):
+            cluster, distance, z = settings.clusters.assign(X)
+        else:
+            cluster, distance, z = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32)
+        batch = batch.append_column(pa.field("cluster", pa.int32()), _scattered(n, rows, cluster, np.int32))
+        batch = batch.append_column(pa.field("cluster_distance", pa.float32()), _scattered(n, rows, distance, np.float32))
+        score = _scattered(n, rows, z, np.float32)
+        batch = batch.append_column(pa.field("score_cluster", pa.float32()), score)
+        batch = batch.append_column(pa.field("is_cluster_outlier", pa.bool_()),
+                                    pc.greater(pc.cast(score, pa.float64()), pa.scalar(float(settings.outlier_zscore))))
+    if settings.projections is not None:
+        ids = batch.column("image_id").take(pa.array(rows)).to_pylist() if len(rows) else []
+        for name, values in settings.projections.transform(X, ids).items():
+            batch = batch.append_column(pa.field(name, pa.float32()), _scattered(n, rows, values, np.float32))
+    return batch
+
+
+def _add_recon(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
+    """``score_recon``: the autoencoder's per-image mean squared reconstruction error."""
+    from ood_ray.autoencoder.model import reconstruction_error
+
+    column = batch.column(AUTOENCODER_PIXELS).combine_chunks()
+    rows = np.flatnonzero(np.asarray(column.is_valid()))
+    size = settings.autoencoder_size
+    values = np.zeros(0, np.float32)
+    if len(rows):
+        blobs = column.take(pa.array(rows)).to_pylist()
+        pixels = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(rows), size, size, 3)
+        values = reconstruction_error(_autoencoder(settings), pixels)
+    return batch.append_column(pa.field("score_recon", pa.float32()), _scattered(batch.num_rows, rows, values, np.float32))
 
 
 def embeddings_of(block: pa.Table) -> pa.Table:
@@ -117,7 +189,7 @@ class FinalizeDatasink(Datasink):
             return written
         block = pa.concat_tables(tables)
         part = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        images = block.drop_columns([c for c in block.column_names if c.startswith(EMBEDDING_PREFIX)])
+        images = block.drop_columns([c for c in block.column_names if c.startswith(EMBEDDING_PREFIX) or c == AUTOENCODER_PIXELS])
         written["images"].append((run_dir.write_part("images", part, images), images.num_rows))
         embeddings = embeddings_of(block)
         if embeddings.num_rows:

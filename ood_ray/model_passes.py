@@ -33,6 +33,7 @@ class ModelPassResult:
     artifacts: list[str] = field(default_factory=list)
     ood: dict[str, Any] = field(default_factory=dict)
     knn: dict[str, Any] = field(default_factory=dict)
+    structure: Any = None
 
 
 def reference_models(config: AuditConfig) -> tuple[list[ModelConfig], dict[str, Any] | None]:
@@ -149,6 +150,34 @@ def load_fitted(detectors: dict[str, Any], out: str) -> dict[str, dict[str, Any]
             for column, e in detectors.items()}
 
 
+def run_autoencoder(config: AuditConfig, con: Any, run_dir: RunDirectory, reference_run: dict | None,
+                    result: ModelPassResult) -> Any:
+    """Train the autoencoder on the reference images (or load the reference run's) -- ``score_recon``."""
+    from ood_ray.autoencoder.fit import AutoencoderFit, fit_autoencoder
+    from ood_ray.io import storage
+    from ood_ray.io.rundir import STAGING
+    from ood_ray.ood_fit import reference_filter
+
+    if not config.autoencoder.enabled:
+        return AutoencoderFit()
+    if reference_run is not None:
+        saved = reference_run.get("ood", {}).get("autoencoder", {})
+        if not saved.get("file"):
+            log.info("score_recon skipped: the reference run has no autoencoder")
+            return AutoencoderFit(report={"skipped": "the reference run has no autoencoder"})
+        return AutoencoderFit(storage.read_bytes(storage.join(config.reference, saved["file"])), saved.get("threshold"),
+                              {**saved, "from": f"reference run {reference_run['run_id']}"})
+    where, _ = reference_filter(con, config.ood)
+    fit = fit_autoencoder(con, where, config, storage.join(run_dir.out, STAGING, run_dir.run_id, "train"))
+    if fit.weights is not None:
+        name = f"autoencoder/autoencoder-{run_dir.run_id}.pt"
+        uri = storage.join(run_dir.out, name)
+        storage.write_bytes_atomic(uri, fit.weights)
+        result.artifacts.append(uri)
+        fit.report["file"] = name
+    return fit
+
+
 def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, staged: list[str],
                      reference_run: dict | None, timer: Any) -> ModelPassResult:
     """kNN, fit (or reuse), finalize -- see module docstring."""
@@ -157,9 +186,10 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
     from ood_ray.index.knn_pass import knn_score_columns
     from ood_ray.ood_fit import fit_ood
     from ood_ray.pipeline import run_finalize
+    from ood_ray.structure import StructureFit, fit_structure
 
     result = ModelPassResult()
-    if config.knn.enabled:
+    if config.knn.enabled and infos:
         with timer.stage("knn"):
             staged = run_knn(config, con, infos, run_dir, staged, reference_run, result)
         _staged_images_view(con, staged)
@@ -176,8 +206,22 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
         fitted = load_fitted(detectors, config.reference)
         report = {"reference": f"run {reference_run['run_id']} in {config.reference}", "thresholds": saved.get("thresholds", {}),
                   "in_distribution_quantile": saved.get("in_distribution_quantile")}
+    with timer.stage("structure"):
+        result.structure = fit_structure(con, config, [info.alias for info in infos]) if infos else StructureFit()
+    autoencoder = run_autoencoder(config, con, run_dir, reference_run, result)
+    if autoencoder.threshold is not None and reference_run is None:
+        thresholds["score_recon"] = autoencoder.threshold
+        report.setdefault("thresholds", {})["score_recon"] = {
+            "threshold": autoencoder.threshold, "n_reference": autoencoder.report.get("n_threshold"),
+            "quantile": config.ood.in_distribution_quantile, "from": autoencoder.report.get("threshold_from")}
+    structure = result.structure
+    settings = FinalizeSettings(thresholds, fitted, structure.model, structure.clusters, config.cluster.outlier_zscore,
+                                structure.projections, autoencoder.weights, config.autoencoder.latent_channels,
+                                config.autoencoder.image_size)
     with timer.stage("finalize"):
-        result.files.update(run_finalize(config, run_dir, staged, FinalizeSettings(thresholds, fitted)))
+        result.files.update(run_finalize(config, run_dir, staged, settings))
+    if autoencoder.report:
+        report["autoencoder"] = autoencoder.report
     result.ood = {**report, "detectors": detectors, "ensemble_members": [info.alias for info in ensemble_members(infos)],
                   "models": [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,
                               "preprocessing": i.data_config, **i.provenance} for i in infos]}

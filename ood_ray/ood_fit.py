@@ -138,7 +138,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
             fit.thresholds[score_column] = value
             fit.fitted[score_column] = {"detector": name, "model": info.alias, "state": detector.state_dict()}
             fit.report.setdefault("thresholds", {})[score_column] = {
-                "threshold": value, "n_reference": int(len(X_held)), "quantile": q, "from": source,
+                "threshold": value, "n_reference": len(X_held), "quantile": q, "from": source,
             }
             fit.report.setdefault("fitted", {})[score_column] = {"n_fit": len(ids), "classes": len(classes)}
             log.info("%s: fitted on %d embeddings of %d classes; threshold %.4f", score_column, len(ids), len(classes), value)

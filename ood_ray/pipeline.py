@@ -118,6 +118,7 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory, inf
         fetch_threads=config.io.fetch_threads,
         per_channel_sharpness=config.stats.per_channel_sharpness,
         model_inputs=tuple(model_inputs.items()),
+        autoencoder_size=config.autoencoder.image_size if config.autoencoder.enabled else 0,
     )
     tracker = ProgressTracker.remote()
     dataset = ray.data.from_arrow(_manifest_blocks(manifest, config.io.rows_per_block))
@@ -147,7 +148,7 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory, inf
             num_cpus=embed.num_cpus_per_actor,
             num_gpus=embed.num_gpus_per_actor or None,
         )
-    sink = ScanDatasink(run_dir.out, run_dir.run_id, staged=bool(infos))
+    sink = ScanDatasink(run_dir.out, run_dir.run_id, staged=bool(infos) or config.autoencoder.enabled)
     with ProgressLogger(tracker, manifest.num_rows, config.ray.progress_interval_s):
         dataset.write_datasink(sink)
     totals = ray.get(tracker.totals.remote())
@@ -173,13 +174,55 @@ def run_finalize(config: AuditConfig, run_dir: RunDirectory, staged: list[str], 
     return sink.files
 
 
+def run_drift_pass(config: AuditConfig, con: Any, files: dict[str, list[tuple[str, int]]], infos: list,
+                   structure: Any, run_dir: RunDirectory) -> dict[str, Any]:
+    """Table ``drift`` (see :mod:`ood_ray.drift.drift_pass`): against the reference split of this run,
+    or every row against the ``--reference`` run's reference rows; skipped when there is neither."""
+    from ood_ray.drift.drift_pass import run_drift
+    from ood_ray.ood_fit import reference_filter
+    from ood_ray.query import connect, register_table
+    from ood_ray.tables import EMBEDDINGS_SCHEMA
+
+    register_table(con, "embeddings", [uri for uri, _ in files.get("embeddings", [])], EMBEDDINGS_SCHEMA)
+    reference_con = None
+    if config.reference:
+        from ood_ray.config import OODConfig, _build
+        from ood_ray.io.rundir import read_run
+
+        reference_run = read_run(config.reference)
+        reference_con = connect(config.reference, reference_run)
+        reference_where, _ = reference_filter(reference_con, _build(OODConfig, reference_run["config"].get("ood", {}), "ood"))
+        new_where, described = "status = 'ok'", f"every ok row against run {reference_run['run_id']}"
+    else:
+        reference_where, described = reference_filter(con, config.ood)
+        if "split =" not in reference_where:
+            log.info("drift skipped: no rows in the reference split %r (and no --reference run)", config.ood.reference_split)
+            return {"skipped": f"no rows in reference split {config.ood.reference_split!r}"}
+        split = config.ood.reference_split.replace("'", "''")
+        new_where = f"status = 'ok' AND split IS DISTINCT FROM '{split}'"
+        described = f"every other split against split {config.ood.reference_split!r}"
+    started = time.perf_counter()
+    models = [info.alias for info in infos]
+    try:
+        drift = run_drift(con, reference_where, new_where, config, models,
+                          structure.model if structure is not None else None, reference_con)
+    finally:
+        if reference_con is not None:
+            reference_con.close()
+    files["drift"] = [(run_dir.write_part("drift", "00000", drift), drift.num_rows)]
+    drifted = sorted({(r["split"], r["test"]) for r in drift.to_pylist() if r["drifted"]})
+    return {"compared": described, "tests": drift.num_rows, "drifted": len(drifted),
+            "correction": config.drift.correction, "alpha": config.drift.alpha,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
 def run_audit(config: AuditConfig) -> dict[str, Any]:
     """Run the whole audit described by ``config``; returns the committed ``run.json``."""
+    import duckdb
+
     from ood_ray.dedup.hash_groups import run_dedup
     from ood_ray.lint.linter import run_lint
     from ood_ray.query import register_table
-
-    import duckdb
 
     timer = StageTimer()
     started = time.perf_counter()
@@ -214,12 +257,13 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     knn_report: dict[str, Any] = {}
     embedding_groups = None
     artifacts: list[str] = []
-    if infos:
+    structure = None
+    if infos or config.autoencoder.enabled:
         from ood_ray.model_passes import run_model_passes
 
         passes = run_model_passes(config, con, infos, run_dir, [uri for uri, _ in files.pop("images")], reference_run, timer)
         files.update(passes.files)
-        ood_report, knn_report, artifacts = passes.ood, passes.knn, passes.artifacts
+        ood_report, knn_report, artifacts, structure = passes.ood, passes.knn, passes.artifacts, passes.structure
         if sum(rows for _, rows in files["images"]) != manifest.num_rows:
             raise RuntimeError("counts do not reconcile after the model passes")
         if passes.pairs and config.dedup.enabled:
@@ -240,6 +284,20 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         with timer.stage("dedup"):
             duplicates, dedup_summary = run_dedup(con, config.dedup, embedding_groups)
             files["duplicates"] = [(run_dir.write_part("duplicates", "00000", duplicates), duplicates.num_rows)]
+    register_table(con, "images", [uri for uri, _ in files["images"]])
+    structure_report: dict[str, Any] = {}
+    if structure is not None and structure.model is not None:
+        structure_report = structure.report
+        if structure.clusters is not None:
+            from ood_ray.structure import clusters_table
+
+            with timer.stage("clusters_table"):
+                clusters = clusters_table(con, structure.clusters)
+                files["clusters"] = [(run_dir.write_part("clusters", "00000", clusters), clusters.num_rows)]
+    drift_report: dict[str, Any] = {}
+    if config.drift.enabled:
+        with timer.stage("drift"):
+            drift_report = run_drift_pass(config, con, files, infos, structure, run_dir)
     con.close()
 
     timer.seconds["total_before_commit"] = round(time.perf_counter() - started, 3)
@@ -255,6 +313,8 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "dedup": dedup_summary,
         "ood": ood_report,
         "knn": knn_report,
+        "structure": structure_report,
+        "drift": drift_report,
         "config": config.to_dict(),
         "versions": package_versions(),
     }

@@ -15,12 +15,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ood_ray.io import storage
-from ood_ray.io.decode import BAND_NAMES, MISSING, OK, TOO_LARGE, UNDECODABLE, Decoded, decode_image, short_error
-from ood_ray.stats.hashes import compute_hash_file
-from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES, StatsColumns, compute_images_stats
 from ood_ray.embed.preprocess import PIXELS_PREFIX, prepare_model_input
-from ood_ray.tables import CHANNEL_LIST_PREFIX, scan_schema
+from ood_ray.io import storage
+from ood_ray.io.decode import (
+    BAND_NAMES,
+    MISSING,
+    OK,
+    TOO_LARGE,
+    UNDECODABLE,
+    Decoded,
+    decode_image,
+    short_error,
+)
+from ood_ray.stats.hashes import compute_hash_file
+from ood_ray.stats.image import (
+    CHANNEL_STAT_NAMES,
+    IMAGE_STAT_NAMES,
+    StatsColumns,
+    compute_images_stats,
+)
+from ood_ray.tables import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, scan_schema
 
 
 @dataclass(frozen=True)
@@ -33,6 +47,17 @@ class ScanSettings:
     per_channel_sharpness: bool
     #: ``(key, timm data config)`` per distinct model preprocessing (see ood_ray.embed.preprocess).
     model_inputs: tuple[tuple[str, dict[str, Any]], ...] = ()
+    #: Side ~ ``autoencoder.image_size`` of the autoencoder's input column (0: none).
+    autoencoder_size: int = 0
+
+    def input_columns(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(column, data config)`` of every resized-pixel column the scan adds."""
+        columns = [(f"{PIXELS_PREFIX}{key}", data_config) for key, data_config in self.model_inputs]
+        if self.autoencoder_size:
+            size = self.autoencoder_size
+            columns.append((AUTOENCODER_PIXELS, {"input_size": (3, size, size), "interpolation": "bilinear",
+                                                 "crop_pct": 1.0, "crop_mode": "center"}))
+        return columns
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
@@ -150,8 +175,8 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
                 columns.set_stats([row], one, [image])
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
                 columns.fail(row, f"statistics failed: {short_error(exc)}")
-    for key, data_config in settings.model_inputs:
-        values = columns.inputs.setdefault(f"{PIXELS_PREFIX}{key}", [None] * columns.n)
+    for name, data_config in settings.input_columns():
+        values = columns.inputs.setdefault(name, [None] * columns.n)
         for row, image in pending:
             if columns.meta["status"][row] != OK:
                 continue
@@ -169,8 +194,8 @@ def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSet
     values are held, then their statistics are computed together and the pixels released.
     """
     columns = ScanColumns(len(fetched))
-    for key, _ in settings.model_inputs:
-        columns.inputs[f"{PIXELS_PREFIX}{key}"] = [None] * columns.n
+    for name, _ in settings.input_columns():
+        columns.inputs[name] = [None] * columns.n
     pending: list[tuple[int, Decoded]] = []
     held = 0
     for row, (data, fetch_error) in enumerate(fetched):
@@ -199,7 +224,7 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     scanned = scan_blobs(fetched, settings)
     scan_seconds = time.perf_counter() - started - fetch_seconds
 
-    schema = scan_schema(batch.schema, [key for key, _ in settings.model_inputs])
+    schema = scan_schema(batch.schema, [name for name, _ in settings.input_columns()])
     arrays = [batch.column(f.name) if f.name in batch.column_names else scanned.array(f) for f in schema]
     out = pa.Table.from_arrays(arrays, schema=schema)
     if progress is not None:

@@ -106,12 +106,23 @@ EMBEDDINGS_SCHEMA = pa.schema(
     ]
 )
 
+#: Table ``drift``: one row per test (see ood_ray.drift.drift_pass).
+DRIFT_SCHEMA = pa.schema([
+    pa.field("split", pa.string()), pa.field("test", pa.string()), pa.field("feature", pa.string()),
+    pa.field("model", pa.string()), pa.field("statistic", pa.float64()), pa.field("p_value", pa.float64()),
+    pa.field("threshold", pa.float64()), pa.field("drifted", pa.bool_()), pa.field("n_reference", pa.int64()),
+    pa.field("n_new", pa.int64()), pa.field("detail", pa.string()),
+])
+
+#: Staged column of the autoencoder's input pixels (``S x S x 3`` uint8 bytes; never stored).
+AUTOENCODER_PIXELS = "_ae_pixels"
+
 #: Names the scan writes; a manifest column with one of these names is refused.
 RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size"}
 
 
-def scan_schema(manifest_schema: pa.Schema, model_input_keys: list[str] = ()) -> pa.Schema:
-    """Schema of one scan output block: manifest columns, scan columns, channel lists, and one
-    ``_px_<key>`` column of model-ready pixels per distinct model preprocessing."""
-    pixels = [pa.field(f"_px_{key}", pa.binary()) for key in model_input_keys]
+def scan_schema(manifest_schema: pa.Schema, input_columns: list[str] = ()) -> pa.Schema:
+    """Schema of one scan output block: manifest columns, scan columns, channel lists, and the
+    resized-pixel columns (one ``_px_<key>`` per distinct model preprocessing, ``_ae_pixels``)."""
+    pixels = [pa.field(name, pa.binary()) for name in input_columns]
     return pa.schema(list(manifest_schema) + SCAN_FIELDS + CHANNEL_LIST_FIELDS + pixels)

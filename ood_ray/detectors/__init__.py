@@ -22,4 +22,4 @@ ENSEMBLE_DETECTORS = ("ensemble_entropy", "mutual_information")
 #: Scores fitted on labelled reference embeddings, then applied to every embedding.
 FITTED_EMBEDDING_DETECTORS = ("clf_entropy", "mahalanobis", "rmd")
 
-__all__ = ["REGISTRY", "LOGIT_DETECTORS", "ENSEMBLE_DETECTORS", "FITTED_EMBEDDING_DETECTORS", "Detector", "NotFittedError", "Registry"]
+__all__ = ["ENSEMBLE_DETECTORS", "FITTED_EMBEDDING_DETECTORS", "LOGIT_DETECTORS", "REGISTRY", "Detector", "NotFittedError", "Registry"]

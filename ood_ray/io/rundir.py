@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 TABLES = ("images", "channels", "duplicates", "lint", "embeddings", "predictions", "neighbors", "duplicate_pairs",
-          "evaluation")
+          "evaluation", "clusters", "drift")
 #: Folders of non-table files a run commits (saved FAISS shards), listed in ``run.json``.
-ARTIFACT_DIRS = ("index", "detectors")
+ARTIFACT_DIRS = ("index", "detectors", "autoencoder")
 STAGING = "_staging"
 
 
@@ -109,7 +109,7 @@ class RunDirectory:
         run = {"run_id": self.run_id, "committed_at": datetime.now(timezone.utc).isoformat(), **run_info}
         run["tables"] = tables
         prefix = self.out.rstrip("/") + "/"
-        run["artifacts"] = sorted(uri[len(prefix):] if uri.startswith(prefix) else uri for uri in artifacts)
+        run["artifacts"] = sorted(uri.removeprefix(prefix) for uri in artifacts)
         storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), json.dumps(run, indent=2, default=str).encode())
         self._remove_uncommitted(tables, run["artifacts"])
         return run

@@ -18,9 +18,14 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
+from ood_ray.embed.actor import (
+    LOGITS_PREFIX,
+    PROBABILITIES_PREFIX,
+    TOPK_CLASS_PREFIX,
+    TOPK_PROB_PREFIX,
+)
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
-from ood_ray.embed.actor import LOGITS_PREFIX, PROBABILITIES_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX
 from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA, PREDICTIONS_SCHEMA
 
 

@@ -56,8 +56,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://bucket/key``."""
     if is_s3(uri):
         return s3_filesystem(), uri[len(S3_SCHEME) :].rstrip("/")
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
+    uri = uri.removeprefix("file://")
     return _LOCAL, os.path.abspath(uri)
 
 

@@ -1,0 +1,1 @@
+"""A small convolutional autoencoder trained on the reference images; ``score_recon``."""

@@ -1,0 +1,1 @@
+"""Clusters of normalised embeddings: spherical k-means (FAISS) or HDBSCAN, cluster outliers."""

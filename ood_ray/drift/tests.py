@@ -1,0 +1,95 @@
+"""Two-sample tests for drift, and the multiple-testing corrections that set their thresholds.
+
+- **Kolmogorov-Smirnov**: ``D = sup_x |F_ref(x) - F_new(x)|`` (``scipy.stats.ks_2samp``, two-sided).
+- **Cramer-von Mises**: ``T = nm/(n+m) * integral (F_ref - F_new)^2 dH`` (Anderson 1962;
+  ``scipy.stats.cramervonmises_2samp``), more sensitive than KS to differences spread over the range.
+- **MMD** (Gretton et al., JMLR 2012): unbiased ``MMD^2 = mean k(x,x') + mean k(y,y') - 2 mean k(x,y)``
+  with an RBF kernel ``k(a,b) = exp(-||a-b||^2 / (2 s^2))``, ``s^2`` = the median of the pooled
+  squared distances / 2 (the median heuristic); p-value by permuting the pooled sample,
+  ``p = (1 + #{MMD^2_perm >= MMD^2}) / (1 + permutations)``. This is what alibi-detect's
+  ``MMDDrift`` does.
+- **Mann-Whitney U** (one-sided, ``greater``): are the new data's kNN distances to the reference
+  stochastically larger than the reference's own (leave-one-out) ones?
+
+Corrections over a family of ``m`` tests at level ``alpha``: **Bonferroni** rejects ``p <= alpha/m``;
+**FDR** (Benjamini & Hochberg 1995) rejects ``p <= t`` with ``t = max{ i alpha / m : p_(i) <= i alpha / m }``
+(``alpha / m`` when no p-value qualifies, so nothing is rejected).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    p_value: float
+
+
+def ks_test(reference: np.ndarray, new: np.ndarray) -> TestResult:
+    result = stats.ks_2samp(reference, new)
+    return TestResult(float(result.statistic), float(result.pvalue))
+
+
+def cvm_test(reference: np.ndarray, new: np.ndarray) -> TestResult:
+    result = stats.cramervonmises_2samp(reference, new, method="asymptotic")
+    return TestResult(float(result.statistic), float(min(max(result.pvalue, 0.0), 1.0)))
+
+
+def mann_whitney_greater(reference: np.ndarray, new: np.ndarray) -> TestResult:
+    """U statistic of ``new`` over ``reference`` scaled to ``P(new > ref)`` (ties half), one-sided p."""
+    result = stats.mannwhitneyu(new, reference, alternative="greater")
+    return TestResult(float(result.statistic) / (len(new) * len(reference)), float(result.pvalue))
+
+
+def _squared_distances(Z: np.ndarray) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", Z, Z)
+    return np.maximum(sq[:, None] + sq[None, :] - 2.0 * (Z @ Z.T), 0.0)
+
+
+def _mmd2_unbiased(K: np.ndarray, x: np.ndarray, total: float) -> float:
+    """Unbiased MMD^2 of the pooled kernel matrix ``K`` (unit diagonal, sum ``total``) split by mask ``x``."""
+    xf = x.astype(np.float64)
+    n = float(xf.sum())
+    m = len(xf) - n
+    kx = K @ xf
+    sxx = float(xf @ kx)
+    sxy = float(kx.sum()) - sxx
+    syy = total - 2.0 * sxy - sxx
+    return (sxx - n) / (n * (n - 1)) + (syy - m) / (m * (m - 1)) - 2.0 * sxy / (n * m)
+
+
+def mmd_test(reference: np.ndarray, new: np.ndarray, permutations: int = 200, seed: int = 0) -> TestResult:
+    """RBF-kernel MMD permutation test with the median heuristic (see module docstring)."""
+    if len(reference) < 2 or len(new) < 2:
+        raise ValueError("the MMD test needs at least 2 vectors on each side")
+    Z = np.concatenate([reference, new]).astype(np.float64)
+    D = _squared_distances(Z)
+    median = float(np.median(D[np.triu_indices(len(Z), k=1)]))
+    K = np.exp(-D / max(median, 1e-12))  # exp(-d^2 / (2 s^2)) with s^2 = median / 2
+    is_ref = np.zeros(len(Z), bool)
+    is_ref[: len(reference)] = True
+    total = float(K.sum())
+    observed = _mmd2_unbiased(K, is_ref, total)
+    rng = np.random.default_rng(seed)
+    exceed = sum(_mmd2_unbiased(K, rng.permutation(is_ref), total) >= observed for _ in range(permutations))
+    return TestResult(observed, (1.0 + exceed) / (1.0 + permutations))
+
+
+def corrected_threshold(p_values: list[float] | np.ndarray, alpha: float, correction: str) -> float:
+    """The per-test p-value threshold of a family after ``bonferroni`` or ``fdr`` (see docstring)."""
+    p = np.sort(np.asarray(p_values, dtype=np.float64))
+    m = len(p)
+    if m == 0:
+        return alpha
+    if correction == "bonferroni":
+        return alpha / m
+    if correction == "fdr":
+        steps = alpha * np.arange(1, m + 1) / m
+        passing = np.flatnonzero(p <= steps)
+        return float(steps[passing[-1]]) if len(passing) else alpha / m
+    raise ValueError(f"correction={correction!r}: must be bonferroni or fdr")

@@ -1,0 +1,1 @@
+"""2-D maps of normalised embeddings: PCA, UMAP, t-SNE."""

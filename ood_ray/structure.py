@@ -1,0 +1,108 @@
+"""The structure passes of a run with models: clusters and 2-D maps (fit on the driver, applied
+in the finalize stage), and table ``clusters`` (DuckDB over the final ``images``).
+
+The cluster model is ``cluster.model`` (default: the first model). One seeded sample of up to
+``max(cluster.sample_size, project.sample_size)`` ``ok`` rows of every split fits both the clusters
+(:mod:`ood_ray.cluster.kmeans`) and the maps (:mod:`ood_ray.project.maps`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ood_ray.cluster.kmeans import ClusterModel, fit_clusters
+from ood_ray.config import AuditConfig
+from ood_ray.embed.actor import EMBEDDING_PREFIX
+from ood_ray.project.maps import Projections, fit_projections
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StructureFit:
+    model: str | None = None
+    clusters: ClusterModel | None = None
+    projections: Projections | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def cluster_model_alias(config: AuditConfig, aliases: list[str]) -> str | None:
+    if not aliases:
+        return None
+    return config.cluster.model or aliases[0]
+
+
+def _sample(con: duckdb.DuckDBPyConnection, column: str, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
+    table = con.sql(
+        f"""SELECT image_id, "{column}" AS v FROM images WHERE status = 'ok' AND "{column}" IS NOT NULL
+            ORDER BY hash(image_id || '#structure{int(seed)}') LIMIT {int(limit)}"""
+    ).to_arrow_table()
+    ids = table.column("image_id").to_pylist()
+    vectors = table.column("v").combine_chunks()
+    if not len(vectors):
+        return ids, np.zeros((0, 0), np.float32)
+    return ids, vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1).astype(np.float32)
+
+
+def fit_structure(con: duckdb.DuckDBPyConnection, config: AuditConfig, aliases: list[str]) -> StructureFit:
+    """Clusters and maps of the cluster model, fitted on one sample of the staged rows."""
+    import time
+
+    fit = StructureFit(model=cluster_model_alias(config, aliases))
+    if fit.model is None:
+        return fit
+    cluster, project = config.cluster, config.project
+    started = time.perf_counter()
+    ids, X = _sample(con, f"{EMBEDDING_PREFIX}{fit.model}", max(cluster.sample_size, project.sample_size), cluster.seed)
+    fit.report = {"model": fit.model, "sample": len(ids)}
+    sampled = time.perf_counter()
+    if len(X) < 3:
+        log.info("clusters and maps skipped: %d embeddings of %s", len(X), fit.model)
+        fit.report["skipped"] = f"{len(X)} embeddings"
+        return fit
+    if cluster.enabled:
+        rows = X[: cluster.sample_size]
+        fit.clusters = fit_clusters(rows, cluster.method, cluster.k, cluster.k_min, min(cluster.k_max, len(rows) - 1),
+                                    cluster.niter, cluster.seed, cluster.silhouette_sample, cluster.hdbscan_min_cluster_size)
+        fit.report["clusters"] = {**fit.clusters.report(), "sample": len(rows),
+                                  "seconds": round(time.perf_counter() - sampled, 3)}
+    projected = time.perf_counter()
+    fit.projections = fit_projections(X[: project.sample_size], ids[: project.sample_size], project.methods, project.seed,
+                                      project.tsne_sample, project.umap_neighbors, project.tsne_perplexity)
+    fit.report["projections"] = {**fit.projections.report(), "sample": min(len(X), project.sample_size),
+                                 "seconds": round(time.perf_counter() - projected, 3)}
+    fit.report["sample_seconds"] = round(sampled - started, 3)
+    return fit
+
+
+def clusters_table(con: duckdb.DuckDBPyConnection, clusters: ClusterModel) -> pa.Table:
+    """Table ``clusters``: one row per cluster with its make-up (over every image assigned to it)."""
+    con.register("_centroids", pa.table({"cluster": np.arange(len(clusters.centroids), dtype=np.int32),
+                                         "centroid_norm": clusters.centroid_norm.astype(np.float64),
+                                         "fit_mean_distance": clusters.mean_distance.astype(np.float64),
+                                         "fit_std_distance": clusters.std_distance.astype(np.float64)}))
+    table = con.sql(
+        """SELECT c.cluster, count(i.image_id) AS size, c.centroid_norm,
+                  avg(i.cluster_distance) AS mean_distance, stddev_pop(i.cluster_distance) AS std_distance,
+                  c.fit_mean_distance, c.fit_std_distance,
+                  count(i.image_id) FILTER (WHERE i.is_cluster_outlier) AS outliers,
+                  count(DISTINCT i.label) AS n_labels,
+                  max_by_label.label AS majority_label,
+                  CAST(max_by_label.n AS DOUBLE) / nullif(count(i.label), 0) AS purity,
+                  histogram(i.label) FILTER (WHERE i.label IS NOT NULL) AS labels,
+                  histogram(coalesce(i.split, '')) AS splits
+           FROM _centroids c LEFT JOIN images i ON i.cluster = c.cluster
+           LEFT JOIN (SELECT cluster, arg_max(label, n) AS label, max(n) AS n FROM
+                        (SELECT cluster, label, count(*) AS n FROM images WHERE label IS NOT NULL AND cluster IS NOT NULL
+                         GROUP BY ALL) GROUP BY cluster) max_by_label ON max_by_label.cluster = c.cluster
+           GROUP BY c.cluster, c.centroid_norm, c.fit_mean_distance, c.fit_std_distance, max_by_label.label, max_by_label.n
+           ORDER BY c.cluster"""
+    ).to_arrow_table()
+    con.unregister("_centroids")
+    return table
