@@ -54,7 +54,7 @@ def models_override(aliases: list[str]) -> str:
 
 
 COMMON = ["knn.k=50", "io.rows_per_block=512", "embed.batch_size=256", "lint.enabled=false", "dedup.enabled=false",
-          "ray.progress_interval_s=60", "ood.clf_entropy=all"]
+          "ray.progress_interval_s=60", "ood.clf_entropy=all", "cluster.enabled=false", "drift.enabled=false"]
 
 
 def pytorch_ood_rows(out: str) -> list[dict]:

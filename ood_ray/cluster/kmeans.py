@@ -118,7 +118,7 @@ def fit_clusters(X: np.ndarray, method: str = "kmeans", k: int | None = None, k_
     if method == "hdbscan":
         from sklearn.cluster import HDBSCAN
 
-        labels = HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(X)
+        labels = HDBSCAN(min_cluster_size=min_cluster_size, copy=True).fit_predict(X)
         found = sorted(set(labels.tolist()) - {-1})
         if not found:
             log.info("HDBSCAN found no cluster in %d points: one cluster of everything", len(X))

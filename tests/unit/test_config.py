@@ -43,6 +43,13 @@ def test_lint_rules_resolve_per_metric():
         ("lint.metrics=mean,colourfulness", "lint.metrics", "colourfulness"),
         ("dedup.bands=3", "dedup.bands", "3"),
         ("io.layout=deep", "io.layout", "deep"),
+        ("cluster.method=dbscan", "cluster.method", "dbscan"),
+        ("cluster.k_max=1", "cluster.k_max", "1"),
+        ("project.methods=[pca,trimap]", "project.methods", "trimap"),
+        ("drift.correction=holm", "drift.correction", "holm"),
+        ("drift.alpha=1.5", "drift.alpha", "1.5"),
+        ("autoencoder.image_size=30", "autoencoder.image_size", "30"),
+        ("autoencoder.epochs=0", "autoencoder.epochs", "0"),
         ("lint.per_class=maybe", "lint.per_class", "maybe"),
     ],
 )
