@@ -193,3 +193,17 @@ def test_new_data_against_a_saved_reference(structure_run, structure_data, tmp_p
     same = run_query(str(out), "SELECT uri, score_recon FROM images ORDER BY uri").to_pylist()
     before = {r["uri"]: r["score_recon"] for r in q(structure_run, "SELECT uri, score_recon FROM images")}
     assert all(r["score_recon"] == pytest.approx(before[r["uri"]], rel=1e-5) for r in same)
+
+
+def test_readme_structure_queries_run(structure_run):
+    """Every SQL block of the README's structure section runs on a real run and returns rows."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Dataset structure", 1)[1].split("\n## ", 1)[0]
+    statements = [s.strip() for block in re.findall(r"```sql\n(.*?)```", section, re.S) for s in block.split(";") if s.strip()]
+    assert len(statements) >= 7
+    for statement in statements:
+        sql = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
+        rows = run_query(structure_run["out"], sql)
+        assert rows.num_rows > 0, sql
