@@ -117,7 +117,7 @@ def main() -> int:
     splits = []
     for name, share, part in (("clean", 0.0, half_b[:1250]), ("dtd05", 0.05, half_b[1250:2500]),
                               ("dtd10", 0.10, half_b[2500:3750]), ("dtd20", 0.20, half_b[3750:])):
-        n_dtd = int(round(len(part) * share / (1 - share)))
+        n_dtd = round(len(part) * share / (1 - share))
         taken = sum(len(s) for s in splits if s and s[0][1] == "dtd")
         splits.append([(u, name, label) for u, _, label in part])
         splits.append([(dtd[i][0], name, "dtd:" + dtd[i][2]) for i in dtd_order[taken:taken + n_dtd]])

@@ -93,6 +93,13 @@ def format_summary(run: dict) -> str:
     groups = run.get("dedup", {}).get("groups", {})
     if groups:
         lines.append("duplicate groups: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
+    clusters = run.get("structure", {}).get("clusters")
+    if clusters:
+        lines.append(f"clusters: {clusters['k']} ({clusters['method']}, model {run['structure']['model']})")
+    drift = run.get("drift", {})
+    if drift.get("tests"):
+        lines.append(f"drift: {drift['drifted']} of {drift['tests']} tests drifted ({drift['compared']}); "
+                     + "; ".join(f"{split}: {len(tests)}" for split, tests in drift.get("drifted_by_split", {}).items()))
     lines.append("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in run["stage_seconds"].items()))
     if run.get("images_per_second"):
         lines.append(f"scan throughput: {run['images_per_second']:.1f} images/s")
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
     query = sub.add_parser("query", help="run SQL (DuckDB) over a run's tables")
     query.add_argument("out", help="run directory")
-    query.add_argument("sql", help="SQL; tables: images, channels, duplicates, lint; views: leakage, lint_by_class")
+    query.add_argument("sql", help="SQL; tables: images, channels, duplicates, lint, embeddings, predictions, neighbors, duplicate_pairs, clusters, drift, evaluation; views: leakage, lint_by_class")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.add_argument("--max-rows", type=int, default=200)
 

@@ -210,8 +210,12 @@ def run_drift_pass(config: AuditConfig, con: Any, files: dict[str, list[tuple[st
         if reference_con is not None:
             reference_con.close()
     files["drift"] = [(run_dir.write_part("drift", "00000", drift), drift.num_rows)]
-    drifted = sorted({(r["split"], r["test"]) for r in drift.to_pylist() if r["drifted"]})
-    return {"compared": described, "tests": drift.num_rows, "drifted": len(drifted),
+    drifted: dict[str, list[str]] = {}
+    for r in drift.to_pylist():
+        if r["drifted"]:
+            drifted.setdefault(r["split"], []).append(f"{r['test']}:{r['feature']}")
+    return {"compared": described, "tests": drift.num_rows, "drifted": sum(len(v) for v in drifted.values()),
+            "drifted_by_split": drifted,
             "correction": config.drift.correction, "alpha": config.drift.alpha,
             "seconds": round(time.perf_counter() - started, 3)}
 

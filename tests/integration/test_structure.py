@@ -201,7 +201,7 @@ def test_readme_structure_queries_run(structure_run):
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     section = readme.split("## Dataset structure", 1)[1].split("\n## ", 1)[0]
-    statements = [s.strip() for block in re.findall(r"```sql\n(.*?)```", section, re.S) for s in block.split(";") if s.strip()]
+    statements = [s.strip() for block in re.findall(r"```sql\n(.*?)```", section, re.DOTALL) for s in block.split(";") if s.strip()]
     assert len(statements) >= 7
     for statement in statements:
         sql = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))

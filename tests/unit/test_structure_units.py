@@ -8,7 +8,13 @@ from scipy import stats
 
 from ood_ray.cluster.kmeans import fit_clusters, normalize
 from ood_ray.drift.new_classes import detect_new_classes
-from ood_ray.drift.tests import corrected_threshold, cvm_test, ks_test, mann_whitney_greater, mmd_test
+from ood_ray.drift.tests import (
+    corrected_threshold,
+    cvm_test,
+    ks_test,
+    mann_whitney_greater,
+    mmd_test,
+)
 from ood_ray.project.maps import fit_projections
 
 
@@ -74,7 +80,7 @@ def test_pca_map_equals_scikit_learn_and_tsne_covers_only_its_sample():
 
 
 def test_umap_transforms_every_point():
-    X, truth, _ = blobs(7, k=3, n=60)
+    X, _, _ = blobs(7, k=3, n=60)
     maps = fit_projections(X, [str(i) for i in range(len(X))], ["umap"], umap_neighbors=10)
     out = maps.transform(X[:20], [str(i) for i in range(20)])
     assert out["x_umap"].shape == (20,) and np.isfinite(out["x_umap"]).all()
@@ -141,7 +147,7 @@ def test_new_class_detection_finds_the_planted_class_and_nothing_else():
     report = detect_new_classes(reference, new, k_max=8)
     assert (report.k_reference, report.k_combined) == (3, 4)
     assert len(report.new_clusters) == 1
-    cluster = [c for c in report.clusters if c[0] == report.new_clusters[0]][0]
+    cluster = next(c for c in report.clusters if c[0] == report.new_clusters[0])
     assert cluster[1] == 0 and cluster[2] == 60
     same = detect_new_classes(reference, X[truth == 1][:50], k_max=8)
     assert same.k_combined == same.k_reference == 3 and not same.new_clusters
