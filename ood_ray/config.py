@@ -428,8 +428,8 @@ class DriftConfig:
     correction: str = "fdr"
     statistics: list[str] | None = None
     sample_size: int = 50_000
-    mmd_sample: int = 500
-    mmd_permutations: int = 200
+    mmd_sample: int = 1_000
+    mmd_permutations: int = 500
     new_class_sample: int = 2_000
     seed: int = 0
 

@@ -8,7 +8,7 @@ Per group (see :mod:`ood_ray.drift.tests` for the tests):
 
 - ``ks`` and ``cvm`` for every image statistic on seeded samples of ``drift.sample_size`` rows per
   side; one family, thresholds corrected (``drift.correction``).
-- ``mmd`` on each model's embeddings (``drift.mmd_sample`` per side) and ``knn_shift`` (Mann-Whitney
+- ``mmd`` on each model's L2-normalised embeddings (``drift.mmd_sample`` per side) and ``knn_shift`` (Mann-Whitney
   U of ``score_knn_<model>``, new > reference); a second family, corrected the same way.
 - ``new_classes`` (cluster model): ``statistic = k_combined - k_reference`` (silhouette-best k),
   drifted when positive or when a joint cluster is new; one ``new_cluster`` row per new cluster
@@ -28,6 +28,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ood_ray.cluster.kmeans import normalize
 from ood_ray.config import DriftConfig
 from ood_ray.drift.new_classes import detect_new_classes
 from ood_ray.drift.tests import (
@@ -119,9 +120,9 @@ def embedding_tests(reference: Side, new: Side, split: str, models: list[str], c
     for model in models:
         a, b = reference.embeddings(model, config.mmd_sample), new.embeddings(model, config.mmd_sample)
         if len(a) >= 2 and len(b) >= 2:
-            result = mmd_test(a, b, config.mmd_permutations, config.seed)
+            result = mmd_test(normalize(a), normalize(b), config.mmd_permutations, config.seed)
             rows.append(_row(split, "mmd", "embedding", model, result.statistic, result.p_value, len(a), len(b),
-                             {"kernel": "rbf, median heuristic", "permutations": config.mmd_permutations}))
+                             {"kernel": "rbf on unit vectors, median heuristic", "permutations": config.mmd_permutations}))
         column = f"score_knn_{model}"
         if column in reference.columns() and column in new.columns():
             a, b = reference.values([column], config.sample_size)[column], new.values([column], config.sample_size)[column]
