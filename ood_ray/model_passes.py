@@ -208,7 +208,8 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
                   "in_distribution_quantile": saved.get("in_distribution_quantile")}
     with timer.stage("structure"):
         result.structure = fit_structure(con, config, [info.alias for info in infos]) if infos else StructureFit()
-    autoencoder = run_autoencoder(config, con, run_dir, reference_run, result)
+    with timer.stage("autoencoder"):
+        autoencoder = run_autoencoder(config, con, run_dir, reference_run, result)
     if autoencoder.threshold is not None and reference_run is None:
         thresholds["score_recon"] = autoencoder.threshold
         report.setdefault("thresholds", {})["score_recon"] = {
