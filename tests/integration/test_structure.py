@@ -22,7 +22,8 @@ MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 EMBEDDER = "models=[{name: 'custom_models:channel_stats_embedder', alias: stats}]"
 COLOURS = {"red": (200, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
 SETTINGS = ["knn.k=5", "io.rows_per_block=16", "cluster.k_max=8", "autoencoder.enabled=true", "autoencoder.epochs=40",
-            "autoencoder.batch_size=32", "autoencoder.image_size=16", "drift.mmd_permutations=100"]
+            "autoencoder.batch_size=32", "autoencoder.image_size=16", "drift.mmd_permutations=100",
+            "project.methods=[pca,umap,tsne]", "project.tsne_sample=100"]
 
 
 def colour_image(rng, colour):
@@ -85,6 +86,21 @@ def test_every_image_has_a_cluster_and_map_coordinates(structure_run):
     assert len(rows) == 135
     assert all(r[c] is not None for r in rows for c in ("cluster", "cluster_distance", "score_cluster", "x_pca", "y_pca"))
     assert all(r["is_cluster_outlier"] == (r["score_cluster"] > 2.5) for r in rows)
+
+
+def test_umap_places_every_image_and_tsne_only_its_sample(structure_run):
+    rows = q(structure_run, "SELECT x_umap, y_umap, x_tsne, y_tsne FROM images")
+    assert all(r["x_umap"] is not None and r["y_umap"] is not None for r in rows)
+    assert sum(r["x_tsne"] is not None for r in rows) == 100
+    assert all((r["x_tsne"] is None) == (r["y_tsne"] is None) for r in rows)
+    # the UMAP map keeps the new class apart: its images' nearest map neighbours are checkerboards
+    labelled = q(structure_run, "SELECT label, x_umap, y_umap FROM images")
+    xy = np.asarray([[r["x_umap"], r["y_umap"]] for r in labelled])
+    labels = np.asarray([r["label"] for r in labelled])
+    boards = np.flatnonzero(labels == "board")
+    d = np.linalg.norm(xy[boards][:, None] - xy[None], axis=2)
+    d[np.arange(len(boards)), boards] = np.inf
+    assert (labels[np.argmin(d, axis=1)] == "board").mean() > 0.9
 
 
 def test_clusters_follow_the_classes_and_the_new_class_is_its_own_cluster(structure_run):
