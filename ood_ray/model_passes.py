@@ -178,6 +178,31 @@ def run_autoencoder(config: AuditConfig, con: Any, run_dir: RunDirectory, refere
     return fit
 
 
+def structure_pass(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, reference_run: dict | None,
+                   result: ModelPassResult) -> Any:
+    """Clusters and maps: fitted here and saved (``OUT/detectors/structure-*.json``), or with
+    ``--reference`` the reference run's clusters and PCA axes applied to the new data."""
+    import json
+
+    from ood_ray.io import storage
+    from ood_ray.structure import StructureFit, fit_structure, load_structure, structure_state
+
+    if not infos:
+        return StructureFit()
+    saved = (reference_run or {}).get("structure", {}).get("file")
+    if saved:
+        state = json.loads(storage.read_bytes(storage.join(config.reference, saved)))
+        return load_structure(state, con, config, f"reference run {reference_run['run_id']}")
+    fit = fit_structure(con, config, [info.alias for info in infos])
+    if fit.clusters is not None or fit.projections is not None:
+        name = f"detectors/structure-{run_dir.run_id}.json"
+        uri = storage.join(run_dir.out, name)
+        storage.write_bytes_atomic(uri, json.dumps(structure_state(fit)).encode())
+        result.artifacts.append(uri)
+        fit.report["file"] = name
+    return fit
+
+
 def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDirectory, staged: list[str],
                      reference_run: dict | None, timer: Any) -> ModelPassResult:
     """kNN, fit (or reuse), finalize -- see module docstring."""
@@ -186,7 +211,6 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
     from ood_ray.index.knn_pass import knn_score_columns
     from ood_ray.ood_fit import fit_ood
     from ood_ray.pipeline import run_finalize
-    from ood_ray.structure import StructureFit, fit_structure
 
     result = ModelPassResult()
     if config.knn.enabled and infos:
@@ -207,7 +231,7 @@ def run_model_passes(config: AuditConfig, con: Any, infos: list, run_dir: RunDir
         report = {"reference": f"run {reference_run['run_id']} in {config.reference}", "thresholds": saved.get("thresholds", {}),
                   "in_distribution_quantile": saved.get("in_distribution_quantile")}
     with timer.stage("structure"):
-        result.structure = fit_structure(con, config, [info.alias for info in infos]) if infos else StructureFit()
+        result.structure = structure_pass(config, con, infos, run_dir, reference_run, result)
     with timer.stage("autoencoder"):
         autoencoder = run_autoencoder(config, con, run_dir, reference_run, result)
     if autoencoder.threshold is not None and reference_run is None:

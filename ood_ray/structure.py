@@ -81,6 +81,50 @@ def fit_structure(con: duckdb.DuckDBPyConnection, config: AuditConfig, aliases: 
     return fit
 
 
+def structure_state(fit: StructureFit) -> dict[str, Any]:
+    """The reusable part of a fit as JSON-safe lists: k-means centroids and per-cluster distance
+    statistics, PCA's mean and axes (UMAP and t-SNE are refitted: they have no safe, portable state)."""
+    state: dict[str, Any] = {"model": fit.model}
+    if fit.clusters is not None:
+        c = fit.clusters
+        state["clusters"] = {"method": c.method, "centroids": c.centroids.tolist(), "mean_distance": c.mean_distance.tolist(),
+                             "std_distance": c.std_distance.tolist(), "centroid_norm": c.centroid_norm.tolist(),
+                             "silhouette": {str(k): v for k, v in c.silhouette.items()}}
+    if fit.projections is not None and fit.projections.pca_components is not None:
+        p = fit.projections
+        state["pca"] = {"mean": p.pca_mean.tolist(), "components": p.pca_components.tolist(),
+                        "explained_variance_ratio": p.pca_explained_variance_ratio}
+    return state
+
+
+def load_structure(state: dict[str, Any], con: duckdb.DuckDBPyConnection, config: AuditConfig, source: str) -> StructureFit:
+    """A saved fit (:func:`structure_state`) applied to new data: the reference's clusters and PCA
+    axes, so ``cluster`` and ``x_pca`` mean the same as in the reference run; UMAP / t-SNE (when
+    configured) are fitted on the new data."""
+    fit = StructureFit(model=state["model"], report={"model": state["model"], "from": source})
+    if "clusters" in state:
+        c = state["clusters"]
+        fit.clusters = ClusterModel(c["method"], np.asarray(c["centroids"], np.float32), np.asarray(c["mean_distance"], np.float32),
+                                    np.asarray(c["std_distance"], np.float32), np.asarray(c["centroid_norm"], np.float32),
+                                    {int(k): v for k, v in c.get("silhouette", {}).items()})
+        fit.report["clusters"] = fit.clusters.report()
+    projections = Projections()
+    if "pca" in state:
+        projections.pca_mean = np.asarray(state["pca"]["mean"], np.float32)
+        projections.pca_components = np.asarray(state["pca"]["components"], np.float32)
+        projections.pca_explained_variance_ratio = state["pca"]["explained_variance_ratio"]
+    others = [m for m in config.project.methods if m != "pca"]
+    if others:
+        project = config.project
+        ids, X = _sample(con, f"{EMBEDDING_PREFIX}{fit.model}", project.sample_size, project.seed)
+        if len(X) >= 3:
+            refit = fit_projections(X, ids, others, project.seed, project.tsne_sample, project.umap_neighbors, project.tsne_perplexity)
+            projections.umap, projections.tsne = refit.umap, refit.tsne
+    fit.projections = projections
+    fit.report["projections"] = projections.report()
+    return fit
+
+
 def clusters_table(con: duckdb.DuckDBPyConnection, clusters: ClusterModel) -> pa.Table:
     """Table ``clusters``: one row per cluster with its make-up (over every image assigned to it)."""
     con.register("_centroids", pa.table({"cluster": np.arange(len(clusters.centroids), dtype=np.int32),

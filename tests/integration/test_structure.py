@@ -206,9 +206,13 @@ def test_new_data_against_a_saved_reference(structure_run, structure_data, tmp_p
     # the reference run's autoencoder and threshold score the new data
     reference = read_run(structure_run["out"])
     assert run["ood"]["autoencoder"]["file"] == reference["ood"]["autoencoder"]["file"]
-    same = run_query(str(out), "SELECT uri, score_recon FROM images ORDER BY uri").to_pylist()
-    before = {r["uri"]: r["score_recon"] for r in q(structure_run, "SELECT uri, score_recon FROM images")}
-    assert all(r["score_recon"] == pytest.approx(before[r["uri"]], rel=1e-5) for r in same)
+    same = run_query(str(out), "SELECT uri, score_recon, cluster, x_pca, y_pca FROM images ORDER BY uri").to_pylist()
+    before = {r["uri"]: r for r in q(structure_run, "SELECT uri, score_recon, cluster, x_pca, y_pca FROM images")}
+    assert all(r["score_recon"] == pytest.approx(before[r["uri"]]["score_recon"], rel=1e-5) for r in same)
+    # the reference run's clusters and PCA axes: the same image lands in the same cluster and place
+    assert run["structure"]["from"].startswith("reference run")
+    assert all(r["cluster"] == before[r["uri"]]["cluster"] for r in same)
+    assert all(r["x_pca"] == pytest.approx(before[r["uri"]]["x_pca"], abs=1e-5) for r in same)
 
 
 def test_readme_structure_queries_run(structure_run):
