@@ -185,7 +185,12 @@ def structure_pass(config: AuditConfig, con: Any, infos: list, run_dir: RunDirec
     import json
 
     from ood_ray.io import storage
-    from ood_ray.structure import StructureFit, fit_structure, load_structure, structure_state
+    from ood_ray.structure import (
+        StructureFit,
+        fit_structure,
+        load_structure,
+        structure_state,
+    )
 
     if not infos:
         return StructureFit()
