@@ -147,7 +147,8 @@ def make_parent_dirs(uri: str) -> None:
 
 
 def delete_tree(uri: str) -> None:
-    """Remove everything under ``uri`` (a local folder, or every object under an S3 prefix)."""
+    """Remove everything under ``uri`` (a local folder, or every object under an S3 prefix --
+    directory-marker objects such as those Ray Train's checkpointing creates included)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         import shutil
@@ -155,3 +156,7 @@ def delete_tree(uri: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
         return
     delete_files([u for u, _ in list_files(uri)])
+    try:
+        fs.delete_dir(path.rstrip("/"))
+    except (FileNotFoundError, OSError):
+        pass

@@ -120,3 +120,19 @@ def test_checkpoint_read_back_from_s3(s3_server, s3_dataset, tmp_path):
     loaded = build_model(ModelConfig(name="test_resnet", num_classes=5, checkpoint=uri))
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_autoencoder_trains_with_ray_train_storage_on_s3(ray_session, s3_dataset, s3_server):
+    """Ray Train keeps its checkpoint under the run's S3 staging folder; the weights become an
+    artifact of the run, and staging is gone after the commit."""
+    out = f"s3://{RESULTS_BUCKET}/runs/autoencoder"
+    run = run_audit(load_config(None, ["io.rows_per_block=20", "autoencoder.enabled=true", "autoencoder.epochs=2",
+                                       "autoencoder.image_size=16"], source=s3_dataset["images"], out=out))
+    saved = run["ood"]["autoencoder"]
+    assert saved["train_images"] > 0 and saved["file"].startswith("autoencoder/")
+    counts = run_query(out, "SELECT count(*) FILTER (WHERE status = 'ok'), count(score_recon) FROM images").to_pylist()[0]
+    assert list(counts.values())[0] == list(counts.values())[1] > 0
+    keys = {obj["Key"] for obj in s3_server["client"].list_objects_v2(Bucket=RESULTS_BUCKET, Prefix="runs/autoencoder/")["Contents"]}
+    assert f"runs/autoencoder/{saved['file']}" in keys
+    assert not [key for key in keys if "/_staging/" in key]
+    assert run_query(out, "SELECT count(*) AS n FROM drift WHERE split = 'test'").to_pylist()[0]["n"] > 0
