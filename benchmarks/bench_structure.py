@@ -5,8 +5,9 @@ and the time of each global pass against its sample size.
    clusters (k by silhouette) against the true labels (adjusted Rand index, purity); also k = 10 and
    HDBSCAN on the same embeddings.
 2. **Drift** -- one audit: reference = a seeded half of CIFAR-10 test (5,000); new splits from the
-   other half: ``clean`` (1,250 CIFAR), ``dtd05`` / ``dtd10`` / ``dtd20`` (1,250 CIFAR + 5/10/20%
-   DTD); a second audit compares the two halves (5,000 each). Reported: drifted statistics, the MMD
+   other half: ``clean`` (1,000 CIFAR), ``dtd05`` / ``dtd10`` / ``dtd20`` (1,000 CIFAR + 5/10/20%
+   DTD), ``mnist10`` (1,000 CIFAR + 10% MNIST: a coherent new class); a second audit compares the
+   two halves (5,000 each). Reported: drifted statistics, the MMD
    and kNN-shift p-values and the new-class test per split.
 3. **Autoencoder** -- audit without models: reference = 20,000 CIFAR-10 train images, then
    ``score_recon`` on CIFAR-10 test (2,000) and DTD (2,000): AUROC and the ratio of medians. Then
@@ -117,12 +118,19 @@ def main() -> int:
 
     # 2: drift
     splits = []
-    for name, share, part in (("clean", 0.0, half_b[:1250]), ("dtd05", 0.05, half_b[1250:2500]),
-                              ("dtd10", 0.10, half_b[2500:3750]), ("dtd20", 0.20, half_b[3750:])):
-        n_dtd = round(len(part) * share / (1 - share))
-        taken = sum(len(s) for s in splits if s and s[0][1] == "dtd")
+    mnist = sorted((SHARED / "mnist" / "test").glob("*/*.png"))
+    mnist = [(str(mnist[i]), "mnist", mnist[i].parent.name) for i in rng.permutation(len(mnist))]
+    taken = 0
+    for name, share, part, extra in (("clean", 0.0, half_b[:1000], dtd), ("dtd05", 0.05, half_b[1000:2000], dtd),
+                                     ("dtd10", 0.10, half_b[2000:3000], dtd), ("dtd20", 0.20, half_b[3000:4000], dtd),
+                                     ("mnist10", 0.10, half_b[4000:], mnist)):
+        n_extra = round(len(part) * share / (1 - share))
         splits.append([(u, name, label) for u, _, label in part])
-        splits.append([(dtd[i][0], name, "dtd:" + dtd[i][2]) for i in dtd_order[taken:taken + n_dtd]])
+        if extra is dtd:
+            splits.append([(dtd[i][0], name, "dtd:" + dtd[i][2]) for i in dtd_order[taken:taken + n_extra]])
+            taken += n_extra
+        else:
+            splits.append([(u, name, "mnist:" + label) for u, _, label in extra[:n_extra]])
     drift_rows = [(u, "train", label) for u, _, label in half_a] + [r for s in splits for r in s]
     out = str(work / "drift")
     run = run_audit(load_config(None, [R56, *COMMON, "cluster.k_max=15"], source=str(write(work / "drift.csv", drift_rows)),
