@@ -6,7 +6,8 @@ transposed convolutions and a sigmoid. Inputs are RGB in ``[0, 1]`` at ``image_s
 
 ``score_recon`` (higher = more OOD) is the per-image mean squared reconstruction error
 ``mean_{c,h,w} (x - AE(x))^2`` -- the autoencoder drift seed's anomaly score (an AE trained on one
-class reconstructs other objects much worse).
+class reconstructs other objects much worse); Sakurada & Yairi, "Anomaly detection using
+autoencoders with nonlinear dimensionality reduction", MLSDA 2014.
 """
 
 from __future__ import annotations
