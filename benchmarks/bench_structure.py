@@ -141,7 +141,7 @@ def main() -> int:
                                        out=out_halves, overwrite=True))
     result["drift"] = drift_summary(out) + drift_summary(out_halves)
     result["drift_seconds"] = [run["drift"]["seconds"], run_halves["drift"]["seconds"]]
-    print("drift (reference = 5,000 CIFAR-10 test images; FDR at 0.05 over 2 x 17 statistic tests):")
+    print(f"drift (reference = 5,000 CIFAR-10 test images; FDR at 0.05 over {result['drift'][0]['stats_tests']} statistic tests):")
     print(f"  {'split':<8}{'n':>6}{'stats drifted':>15}{'MMD p':>9}{'kNN-shift p':>13}{'P(new>ref)':>12}{'k ref/all':>11}{'new clusters':>14}")
     for r in result["drift"]:
         print(f"  {r['split']:<8}{r['n_new']:>6}{r['stats_drifted']:>15}{r['mmd_p']:>9.4f}{r['knn_p']:>13.2e}{r['knn_stat']:>12.3f}"
