@@ -40,30 +40,35 @@ class FinalizeSettings:
     autoencoder: bytes | None = None
     autoencoder_latent: int = 16
     autoencoder_size: int = 32
+    #: unique per settings object made on the driver (the workers' cache key)
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
-_FITTED: dict[int, dict[str, tuple[str, Any]]] = {}
+#: What a worker rebuilt from the settings of the run it last served (``token`` names the run's
+#: settings: each task deserialises its own copy, so object identity cannot be the key).
+_BUILT: dict[str, Any] = {}
+
+
+def _built(settings: FinalizeSettings, name: str, build: Any) -> Any:
+    if _BUILT.get("token") != settings.token:
+        _BUILT.clear()
+        _BUILT["token"] = settings.token
+    if name not in _BUILT:
+        _BUILT[name] = build()
+    return _BUILT[name]
 
 
 def _fitted(settings: FinalizeSettings) -> dict[str, tuple[str, Any]]:
-    """``{score column: (model alias, detector)}``, rebuilt once per worker process."""
-    key = id(settings)
-    if key not in _FITTED:
-        _FITTED[key] = {column: (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]))
-                        for column, entry in settings.fitted.items()}
-    return _FITTED[key]
-
-
-_AUTOENCODERS: dict[int, Any] = {}
+    """``{score column: (model alias, detector)}``, rebuilt once per worker process and run."""
+    return _built(settings, "fitted", lambda: {
+        column: (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]))
+        for column, entry in settings.fitted.items()})
 
 
 def _autoencoder(settings: FinalizeSettings) -> Any:
-    key = id(settings)
-    if key not in _AUTOENCODERS:
-        from ood_ray.autoencoder.model import load_autoencoder
+    from ood_ray.autoencoder.model import load_autoencoder
 
-        _AUTOENCODERS[key] = load_autoencoder(settings.autoencoder, settings.autoencoder_latent)
-    return _AUTOENCODERS[key]
+    return _built(settings, "autoencoder", lambda: load_autoencoder(settings.autoencoder, settings.autoencoder_latent))
 
 
 def flag_name(score_column: str) -> str:

@@ -182,3 +182,25 @@ def test_reconstruction_error_is_the_mean_squared_error():
     with torch.no_grad():
         expected = ((model(x) - x) ** 2).mean(dim=(1, 2, 3)).numpy()
     assert np.allclose(reconstruction_error(model, pixels), expected, rtol=1e-6)
+
+
+def test_finalize_rebuilds_detectors_for_each_run_settings():
+    """Workers keep what they rebuilt per run: a second run's settings never get the first's."""
+    import pyarrow as pa
+
+    from ood_ray.detectors import REGISTRY
+    from ood_ray.embed.actor import EMBEDDING_PREFIX
+    from ood_ray.finalize import FinalizeSettings, finalize_batch
+
+    X, labels, _ = blobs(9, k=2, n=20, dim=4)
+    batch = pa.table({"image_id": [str(i) for i in range(len(X))],
+                      f"{EMBEDDING_PREFIX}m": pa.array(list(X.astype(np.float32)), pa.list_(pa.float32(), 4))})
+    scores = []
+    for shift in (0.0, 5.0):
+        detector = REGISTRY["mahalanobis"]().fit(X + shift, labels.astype(str))
+        settings = FinalizeSettings(fitted={"score_mahalanobis_m": {"detector": "mahalanobis", "model": "m",
+                                                                    "state": detector.state_dict()}})
+        out = finalize_batch(batch, settings).column("score_mahalanobis_m").to_numpy()
+        assert np.allclose(out, detector.score(X.astype(np.float32)), rtol=1e-4)
+        scores.append(out)
+    assert not np.allclose(scores[0], scores[1])
