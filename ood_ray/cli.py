@@ -98,8 +98,9 @@ def format_summary(run: dict) -> str:
         lines.append(f"clusters: {clusters['k']} ({clusters['method']}, model {run['structure']['model']})")
     drift = run.get("drift", {})
     if drift.get("tests"):
-        lines.append(f"drift: {drift['drifted']} of {drift['tests']} tests drifted ({drift['compared']}); "
-                     + "; ".join(f"{split}: {len(tests)}" for split, tests in drift.get("drifted_by_split", {}).items()))
+        by_split = "; ".join(f"{split}: {len(tests)}" for split, tests in drift.get("drifted_by_split", {}).items())
+        lines.append(f"drift: {drift['drifted']} of {drift['tests']} tests drifted ({drift['compared']})"
+                     + (f" -- {by_split}" if by_split else ""))
     lines.append("stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in run["stage_seconds"].items()))
     if run.get("images_per_second"):
         lines.append(f"scan throughput: {run['images_per_second']:.1f} images/s")
