@@ -63,7 +63,7 @@ def main() -> int:
         con.execute('SELECT sum(len("_emb_m")) FROM images').fetchall()
         scan = time.perf_counter() - started
         started = time.perf_counter()
-        ids, X = _sample(con, "_emb_m", args.sample, 0)
+        _, X = _sample(con, "_emb_m", args.sample, 0)
         sample = time.perf_counter() - started
         assert X.shape == (args.sample, args.dim)
         con.close()

@@ -39,7 +39,9 @@ def spherical_kmeans(X: np.ndarray, k: int, niter: int, seed: int, nredo: int = 
     import faiss
 
     kmeans = faiss.Kmeans(X.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False, nredo=nredo,
-                          max_points_per_centroid=max(256, len(X) // k + 1))
+                          # every point is used (no subsampling), and small samples are fine: no
+                          # "please provide at least 39 points per centroid" warning on stdout
+                          max_points_per_centroid=max(256, len(X) // k + 1), min_points_per_centroid=1)
     kmeans.train(np.ascontiguousarray(X, dtype=np.float32))
     return normalize(kmeans.centroids)
 
