@@ -10,6 +10,7 @@ Per group (see :mod:`ood_ray.drift.tests` for the tests):
   side; one family, thresholds corrected (``drift.correction``).
 - ``mmd`` on each model's L2-normalised embeddings (``drift.mmd_sample`` per side) and ``knn_shift`` (Mann-Whitney
   U of ``score_knn_<model>``, new > reference); a second family, corrected the same way.
+- ``label_shift``: chi-squared test of the label counts (class balance; every row, no sample).
 - ``new_classes`` (cluster model): ``statistic = k_combined - k_reference`` (silhouette-best k),
   drifted when positive or when a joint cluster is new; one ``new_cluster`` row per new cluster
   (``statistic`` = share of its new members with no reference image nearby, threshold 0.5).
@@ -68,6 +69,11 @@ class Side:
             column = table.column(name).drop_null() if table.num_rows else pa.array([], pa.float64())
             out[name] = np.asarray(column.to_numpy(), dtype=np.float64)
         return out
+
+    def label_counts(self) -> dict[str, int]:
+        """Images per label (every matching row, not a sample)."""
+        rows = self.con.execute(f"SELECT label, count(*) FROM images WHERE {self.where} AND label IS NOT NULL GROUP BY label").fetchall()
+        return {str(label): int(n) for label, n in rows}
 
     def embeddings(self, model: str, limit: int) -> np.ndarray:
         """A seeded sample of one model's embeddings, ``float32[n, D]``."""
@@ -135,6 +141,23 @@ def embedding_tests(reference: Side, new: Side, split: str, models: list[str], c
     return rows
 
 
+def label_shift_test(reference: Side, new: Side, split: str, config: DriftConfig) -> list[dict[str, Any]]:
+    """Class balance: chi-squared test of the 2 x L contingency table of label counts (prior shift;
+    labels present on one side only count as their own column). One test, level ``alpha``."""
+    from ood_ray.drift.tests import label_shift
+
+    a, b = reference.label_counts(), new.label_counts()
+    if not a or not b:
+        return []
+    result, labels = label_shift(a, b)
+    n_ref, n_new = sum(a.values()), sum(b.values())
+    shares = {label: [round(a.get(label, 0) / n_ref, 4), round(b.get(label, 0) / n_new, 4)] for label in labels}
+    row = _row(split, "label_shift", "label", None, result.statistic, result.p_value, n_ref, n_new,
+               {"share_reference_new": shares})
+    row["threshold"], row["drifted"] = config.alpha, bool(result.p_value <= config.alpha)
+    return [row]
+
+
 def new_class_tests(reference: Side, new: Side, split: str, model: str, config: DriftConfig, cluster: Any) -> list[dict[str, Any]]:
     """The silhouette comparison and the new clusters (see :mod:`ood_ray.drift.new_classes`)."""
     a, b = reference.embeddings(model, config.new_class_sample), new.embeddings(model, config.new_class_sample)
@@ -169,6 +192,7 @@ def run_drift(con: duckdb.DuckDBPyConnection, reference_where: str, new_where: s
         new = Side(con, f"({new_where}) AND {condition}", drift.seed)
         name = split if split is not None else "(none)"
         rows += statistic_tests(reference, new, name, drift)
+        rows += label_shift_test(reference, new, name, drift)
         rows += embedding_tests(reference, new, name, models, drift)
         if cluster_model:
             rows += new_class_tests(reference, new, name, cluster_model, drift, config.cluster)

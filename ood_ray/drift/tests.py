@@ -8,6 +8,8 @@
   squared distances / 2 (the median heuristic); p-value by permuting the pooled sample,
   ``p = (1 + #{MMD^2_perm >= MMD^2}) / (1 + permutations)``. This is what alibi-detect's
   ``MMDDrift`` does.
+- **Label shift**: Pearson's chi-squared test of homogeneity on the label counts (class balance),
+  reported as Cramer's V.
 - **Mann-Whitney U** (one-sided, ``greater``): are the new data's kNN distances to the reference
   stochastically larger than the reference's own (leave-one-out) ones?
 
@@ -67,6 +69,18 @@ def mann_whitney_greater(reference: np.ndarray, new: np.ndarray) -> TestResult:
     """U statistic of ``new`` over ``reference`` scaled to ``P(new > ref)`` (ties half), one-sided p."""
     result = stats.mannwhitneyu(new, reference, alternative="greater")
     return TestResult(float(result.statistic) / (len(new) * len(reference)), float(result.pvalue))
+
+
+def label_shift(reference: dict[str, int], new: dict[str, int]) -> tuple[TestResult, list[str]]:
+    """Pearson's chi-squared test of homogeneity on the ``2 x L`` table of label counts
+    (``scipy.stats.chi2_contingency``); ``statistic`` is Cramer's V, ``sqrt(chi2 / N)`` (0 = the
+    same class balance, 1 = disjoint labels). Returns the result and the labels in column order."""
+    labels = sorted(set(reference) | set(new))
+    if len(labels) < 2:
+        return TestResult(0.0, 1.0), labels
+    table = np.array([[reference.get(label, 0) for label in labels], [new.get(label, 0) for label in labels]], np.float64)
+    chi2, p_value, _, _ = stats.chi2_contingency(table, correction=False)
+    return TestResult(float(np.sqrt(chi2 / table.sum())), float(p_value)), labels
 
 
 def _squared_distances(Z: np.ndarray) -> np.ndarray:

@@ -162,6 +162,9 @@ def test_drift_table_finds_the_new_class(structure_run):
     assert len(mmd) == 1 and mmd[0]["drifted"] and mmd[0]["p_value"] < 0.05
     shift = [r for r in drift if r["test"] == "knn_shift"]
     assert len(shift) == 1 and shift[0]["drifted"] and shift[0]["statistic"] > 0.6
+    shift = [r for r in drift if r["test"] == "label_shift"]
+    assert len(shift) == 1 and shift[0]["drifted"] and shift[0]["n_reference"] == 90 and shift[0]["n_new"] == 45
+    assert json.loads(shift[0]["detail"])["share_reference_new"]["board"] == [0.0, pytest.approx(15 / 45, abs=1e-4)]
     new_classes = [r for r in drift if r["test"] == "new_classes"]
     detail = json.loads(new_classes[0]["detail"])
     assert detail["k_reference"] == 3 and detail["k_combined"] == 4 and new_classes[0]["drifted"]

@@ -204,3 +204,16 @@ def test_finalize_rebuilds_detectors_for_each_run_settings():
         assert np.allclose(out, detector.score(X.astype(np.float32)), rtol=1e-4)
         scores.append(out)
     assert not np.allclose(scores[0], scores[1])
+
+
+def test_label_shift_is_pearsons_chi_squared_with_cramers_v():
+    from ood_ray.drift.tests import label_shift
+
+    same, labels = label_shift({"a": 500, "b": 300, "c": 200}, {"a": 250, "b": 150, "c": 100})
+    assert labels == ["a", "b", "c"] and same.statistic == pytest.approx(0.0, abs=1e-12) and same.p_value == pytest.approx(1.0)
+    shifted, labels = label_shift({"a": 500, "b": 500}, {"a": 300, "b": 100, "new": 100})
+    table = np.array([[500, 500, 0], [300, 100, 100]])
+    chi2 = stats.chi2_contingency(table, correction=False)[0]
+    assert labels == ["a", "b", "new"]
+    assert shifted.statistic == pytest.approx(np.sqrt(chi2 / table.sum()))
+    assert shifted.p_value < 1e-20
