@@ -142,9 +142,9 @@ def main() -> int:
     result["drift"] = drift_summary(out) + drift_summary(out_halves)
     result["drift_seconds"] = [run["drift"]["seconds"], run_halves["drift"]["seconds"]]
     print(f"drift (reference = 5,000 CIFAR-10 test images; FDR at 0.05 over {result['drift'][0]['stats_tests']} statistic tests):")
-    print(f"  {'split':<8}{'n':>6}{'stats drifted':>15}{'MMD p':>9}{'kNN-shift p':>13}{'P(new>ref)':>12}{'k ref/all':>11}{'new clusters':>14}")
+    print(f"  {'split':<8}{'n':>6}{'stats drifted':>15}{'labels V':>10}{'MMD p':>9}{'kNN-shift p':>13}{'P(new>ref)':>12}{'k ref/all':>11}{'new clusters':>14}")
     for r in result["drift"]:
-        print(f"  {r['split']:<8}{r['n_new']:>6}{r['stats_drifted']:>15}{r['mmd_p']:>9.4f}{r['knn_p']:>13.2e}{r['knn_stat']:>12.3f}"
+        print(f"  {r['split']:<8}{r['n_new']:>6}{r['stats_drifted']:>15}{r['label_v']:>10.3f}{r['mmd_p']:>9.4f}{r['knn_p']:>13.2e}{r['knn_stat']:>12.3f}"
               f"{r['k_ref']:>6}/{r['k_all']:<4}{r['new_clusters']:>14}")
 
     # 3: autoencoder (no models)
@@ -224,12 +224,14 @@ def drift_summary(out: str) -> list[dict]:
         mmd = next(r for r in mine if r["test"] == "mmd")
         knn = next(r for r in mine if r["test"] == "knn_shift")
         new = next(r for r in mine if r["test"] == "new_classes")
+        labels = next(r for r in mine if r["test"] == "label_shift")
         detail = json.loads(new["detail"])
         summary.append({"split": split, "n_new": knn["n_new"], "n_reference": knn["n_reference"], "mmd_n": mmd["n_new"],
                         "stats_drifted": sum(r["drifted"] for r in stats), "stats_tests": len(stats),
                         "drifted_stats": sorted({r["feature"] for r in stats if r["drifted"]}),
                         "mmd_p": mmd["p_value"], "mmd_drifted": mmd["drifted"], "knn_p": knn["p_value"],
                         "knn_stat": knn["statistic"], "knn_drifted": knn["drifted"],
+                        "label_v": labels["statistic"], "label_p": labels["p_value"], "label_drifted": labels["drifted"],
                         "k_ref": detail["k_reference"], "k_all": detail["k_combined"], "new_clusters": len(detail["new_clusters"])})
     return summary
 
