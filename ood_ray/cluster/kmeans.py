@@ -35,15 +35,26 @@ def normalize(X: np.ndarray) -> np.ndarray:
 
 
 def spherical_kmeans(X: np.ndarray, k: int, niter: int, seed: int, nredo: int = 3) -> np.ndarray:
-    """Unit centroids ``(k, D)`` of FAISS's spherical k-means on unit vectors ``X`` (best of ``nredo`` seeds)."""
+    """Unit centroids ``(k, D)`` of FAISS's spherical k-means on unit vectors ``X``: ``nredo`` runs,
+    each started from k-means++ seeds (Arthur & Vassilvitskii 2007; FAISS's own start is ``k``
+    random points, which misses small clusters: on four blobs of 40/40/40/15 points it found the
+    small one in only 2 of 3 orderings), the run with the lowest objective kept."""
     import faiss
+    from sklearn.cluster import kmeans_plusplus
 
-    kmeans = faiss.Kmeans(X.shape[1], k, niter=niter, seed=seed, spherical=True, verbose=False, nredo=nredo,
-                          # every point is used (no subsampling), and small samples are fine: no
-                          # "please provide at least 39 points per centroid" warning on stdout
-                          max_points_per_centroid=max(256, len(X) // k + 1), min_points_per_centroid=1)
-    kmeans.train(np.ascontiguousarray(X, dtype=np.float32))
-    return normalize(kmeans.centroids)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    best, best_objective = None, np.inf
+    for run in range(nredo):
+        start, _ = kmeans_plusplus(X, k, random_state=seed + run)
+        kmeans = faiss.Kmeans(X.shape[1], k, niter=niter, seed=seed + run, spherical=True, verbose=False,
+                              # every point is used (no subsampling); small samples are fine (no
+                              # "please provide at least 39 points per centroid" warning on stdout)
+                              max_points_per_centroid=max(256, len(X) // k + 1), min_points_per_centroid=1)
+        kmeans.train(X, init_centroids=np.ascontiguousarray(normalize(start)))
+        objective = float(kmeans.obj[-1]) if len(kmeans.obj) else np.inf
+        if best is None or objective < best_objective:
+            best, best_objective = kmeans.centroids.copy(), objective
+    return normalize(best)
 
 
 def nearest_centroid(X: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -217,3 +217,14 @@ def test_label_shift_is_pearsons_chi_squared_with_cramers_v():
     assert labels == ["a", "b", "new"]
     assert shifted.statistic == pytest.approx(np.sqrt(chi2 / table.sum()))
     assert shifted.p_value < 1e-20
+
+
+def test_small_cluster_is_found_whatever_the_sample_order():
+    """k-means++ starts: four blobs of 40/40/40/15 points give k = 4 in every ordering (FAISS's
+    random start found the small blob in about two of three)."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 12)) * 3
+    X = np.concatenate([centers[i] + rng.normal(size=(n, 12)) * 0.3 for i, n in enumerate((40, 40, 40, 15))])
+    for seed in range(15):
+        order = np.random.default_rng(seed).permutation(len(X))
+        assert len(fit_clusters(X[order], k_max=8).centroids) == 4
