@@ -2,7 +2,8 @@
 
 Vectors are L2-normalised first (cosine geometry, as the kNN scores use).
 
-- **k-means**: FAISS's spherical k-means (centroids re-normalised after each step), seeded. ``k`` is
+- **k-means**: FAISS's spherical k-means (centroids re-normalised after each step) from seeded
+  k-means++ starts, best of three. ``k`` is
   given, or chosen as the ``k`` in ``[k_min, k_max]`` with the largest mean silhouette coefficient
   ``s(i) = (b_i - a_i) / max(a_i, b_i)`` (Rousseeuw 1987; ``a_i`` the mean distance to its own
   cluster, ``b_i`` to the nearest other cluster), computed by scikit-learn on a seeded sample.
