@@ -237,7 +237,8 @@ def drift_summary(out: str) -> list[dict]:
 
 
 def pass_times(X: np.ndarray) -> list[dict]:
-    from ood_ray.cluster.kmeans import fit_clusters, normalize, silhouette_by_k
+    from ood_ray.cluster.kmeans import fit_clusters, silhouette_by_k
+    from ood_ray.detectors.knn import l2_normalize
     from ood_ray.drift.new_classes import detect_new_classes
     from ood_ray.drift.tests import mmd_test
     from ood_ray.project.maps import fit_projections
@@ -249,7 +250,7 @@ def pass_times(X: np.ndarray) -> list[dict]:
         ids = [str(i) for i in range(n)]
         row = {"sample": n}
         row["kmeans_k10"], _ = timed(fit_clusters, S, k=10)
-        row["silhouette_k2_20"], _ = timed(silhouette_by_k, normalize(S), range(2, 21), 25, 0, min(n, 4000))
+        row["silhouette_k2_20"], _ = timed(silhouette_by_k, l2_normalize(S), range(2, 21), 25, 0, min(n, 4000))
         row["hdbscan"], _ = timed(fit_clusters, S, method="hdbscan", min_cluster_size=50)
         row["pca"], _ = timed(fit_projections, S, ids, ["pca"])
         row["umap"], _ = timed(fit_projections, S, ids, ["umap"])

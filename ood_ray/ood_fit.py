@@ -52,8 +52,9 @@ def reference_filter(con: duckdb.DuckDBPyConnection, config: OODConfig) -> tuple
     return "status = 'ok'", "all ok rows (no reference split)"
 
 
-def _hash_order(seed: int) -> str:
-    return f"hash(image_id || '#{int(seed)}')"
+def hash_order(tag: str | int, column: str = "image_id") -> str:
+    """SQL ordering key of a seeded, reproducible sample: ``hash(image_id || '#<tag>')``."""
+    return f"hash({column} || '#{tag}')"
 
 
 def stratified_sample(con: duckdb.DuckDBPyConnection, where: str, column: str, config: OODConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -61,10 +62,10 @@ def stratified_sample(con: duckdb.DuckDBPyConnection, where: str, column: str, c
     table = con.sql(
         f"""SELECT image_id, label, "{column}" AS v FROM (
                 SELECT image_id, label, "{column}",
-                       row_number() OVER (PARTITION BY label ORDER BY {_hash_order(config.seed)}) AS r
+                       row_number() OVER (PARTITION BY label ORDER BY {hash_order(int(config.seed))}) AS r
                 FROM images WHERE {where} AND label IS NOT NULL AND "{column}" IS NOT NULL)
             WHERE r <= {int(config.clf_max_per_class)}
-            ORDER BY {_hash_order(config.seed)} LIMIT {int(config.clf_max_samples)}"""
+            ORDER BY {hash_order(int(config.seed))} LIMIT {int(config.clf_max_samples)}"""
     ).to_arrow_table()
     return _unpack(table)
 
@@ -124,7 +125,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
         held_out = con.sql(
             f"""SELECT image_id, "{column}" AS v FROM images
                 WHERE {where} AND "{column}" IS NOT NULL AND image_id NOT IN (SELECT image_id FROM _fit_ids)
-                ORDER BY {_hash_order(config.seed + 1)} LIMIT {int(config.threshold_sample)}"""
+                ORDER BY {hash_order(int(config.seed + 1))} LIMIT {int(config.threshold_sample)}"""
         ).to_arrow_table()
         con.unregister("_fit_ids")
         _, _, X_held = _unpack(held_out)

@@ -19,6 +19,8 @@ import pyarrow as pa
 from ood_ray.cluster.kmeans import ClusterModel, fit_clusters
 from ood_ray.config import AuditConfig
 from ood_ray.embed.actor import EMBEDDING_PREFIX
+from ood_ray.finalize import embedding_matrix
+from ood_ray.ood_fit import hash_order
 from ood_ray.project.maps import Projections, fit_projections
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,9 @@ def cluster_model_alias(config: AuditConfig, aliases: list[str]) -> str | None:
 def _sample(con: duckdb.DuckDBPyConnection, column: str, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
     table = con.sql(
         f"""SELECT image_id, "{column}" AS v FROM images WHERE status = 'ok' AND "{column}" IS NOT NULL
-            ORDER BY hash(image_id || '#structure{int(seed)}') LIMIT {int(limit)}"""
+            ORDER BY {hash_order(f"structure{int(seed)}")} LIMIT {int(limit)}"""
     ).to_arrow_table()
-    ids = table.column("image_id").to_pylist()
-    vectors = table.column("v").combine_chunks()
-    if not len(vectors):
-        return ids, np.zeros((0, 0), np.float32)
-    return ids, vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), -1).astype(np.float32)
+    return table.column("image_id").to_pylist(), embedding_matrix(table.column("v"))[1]
 
 
 def fit_structure(con: duckdb.DuckDBPyConnection, config: AuditConfig, aliases: list[str]) -> StructureFit:

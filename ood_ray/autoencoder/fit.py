@@ -18,6 +18,7 @@ import numpy as np
 from ood_ray.autoencoder.model import load_autoencoder, reconstruction_error
 from ood_ray.autoencoder.train import default_storage_path, train_autoencoder
 from ood_ray.config import AuditConfig
+from ood_ray.ood_fit import hash_order
 from ood_ray.tables import AUTOENCODER_PIXELS
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,10 @@ class AutoencoderFit:
 
 
 def _pixels(con: duckdb.DuckDBPyConnection, where: str, held_out: bool, limit: int, size: int, seed: int) -> np.ndarray:
-    bucket = f"hash(image_id || '#ae{int(seed)}') % 10 {'=' if held_out else '<>'} 0"
+    bucket = f"{hash_order(f'ae{int(seed)}')} % 10 {'=' if held_out else '<>'} 0"
     table = con.sql(
         f"""SELECT "{AUTOENCODER_PIXELS}" AS p FROM images WHERE {where} AND "{AUTOENCODER_PIXELS}" IS NOT NULL AND {bucket}
-            ORDER BY hash(image_id || '#ae-order{int(seed)}') LIMIT {int(limit)}"""
+            ORDER BY {hash_order(f"ae-order{int(seed)}")} LIMIT {int(limit)}"""
     ).to_arrow_table()
     blobs = table.column("p").to_pylist()
     return np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), size, size, 3) if blobs else np.zeros((0, size, size, 3), np.uint8)

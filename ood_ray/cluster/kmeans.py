@@ -25,14 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ood_ray.detectors.knn import l2_normalize
+
 log = logging.getLogger(__name__)
-
-
-def normalize(X: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), float32."""
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, 1e-12)
 
 
 def spherical_kmeans(X: np.ndarray, k: int, niter: int, seed: int, nredo: int = 3) -> np.ndarray:
@@ -51,11 +46,11 @@ def spherical_kmeans(X: np.ndarray, k: int, niter: int, seed: int, nredo: int = 
                               # every point is used (no subsampling); small samples are fine (no
                               # "please provide at least 39 points per centroid" warning on stdout)
                               max_points_per_centroid=max(256, len(X) // k + 1), min_points_per_centroid=1)
-        kmeans.train(X, init_centroids=np.ascontiguousarray(normalize(start)))
+        kmeans.train(X, init_centroids=np.ascontiguousarray(l2_normalize(start)))
         objective = float(kmeans.obj[-1]) if len(kmeans.obj) else np.inf
         if best is None or objective < best_objective:
             best, best_objective = kmeans.centroids.copy(), objective
-    return normalize(best)
+    return l2_normalize(best)
 
 
 def nearest_centroid(X: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +94,7 @@ class ClusterModel:
 
     def assign(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(cluster, cluster_distance, score_cluster)`` of raw (unnormalised) embeddings."""
-        cluster, distance = nearest_centroid(normalize(X), self.centroids)
+        cluster, distance = nearest_centroid(l2_normalize(X), self.centroids)
         std = self.std_distance[cluster]
         z = np.where(std > 0, (distance - self.mean_distance[cluster]) / np.where(std > 0, std, 1.0), 0.0)
         return cluster, distance, z.astype(np.float32)
@@ -126,7 +121,7 @@ def _finish(method: str, X: np.ndarray, centroids: np.ndarray, silhouette: dict[
 def fit_clusters(X: np.ndarray, method: str = "kmeans", k: int | None = None, k_min: int = 2, k_max: int = 20,
                  niter: int = 25, seed: int = 0, silhouette_sample: int = 4000, min_cluster_size: int = 10) -> ClusterModel:
     """Fit clusters on a sample of raw embeddings (see module docstring)."""
-    X = normalize(X)
+    X = l2_normalize(X)
     if len(X) < 2:
         raise ValueError(f"clustering needs at least 2 embeddings, got {len(X)}")
     if method == "hdbscan":
@@ -137,7 +132,7 @@ def fit_clusters(X: np.ndarray, method: str = "kmeans", k: int | None = None, k_
         if not found:
             log.info("HDBSCAN found no cluster in %d points: one cluster of everything", len(X))
             found, labels = [0], np.zeros(len(X), int)
-        centroids = normalize(np.stack([X[labels == c].mean(axis=0) for c in found]))
+        centroids = l2_normalize(np.stack([X[labels == c].mean(axis=0) for c in found]))
         return _finish("hdbscan", X, centroids, {})
     silhouette: dict[int, float] = {}
     if k is None:

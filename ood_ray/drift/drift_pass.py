@@ -29,8 +29,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ood_ray.cluster.kmeans import normalize
 from ood_ray.config import DriftConfig
+from ood_ray.detectors.knn import l2_normalize
 from ood_ray.drift.new_classes import detect_new_classes
 from ood_ray.drift.tests import (
     corrected_threshold,
@@ -39,6 +39,8 @@ from ood_ray.drift.tests import (
     mann_whitney_greater,
     mmd_test,
 )
+from ood_ray.finalize import embedding_matrix
+from ood_ray.ood_fit import hash_order
 from ood_ray.stats.image import IMAGE_STAT_NAMES
 from ood_ray.tables import DRIFT_SCHEMA
 
@@ -53,7 +55,7 @@ class Side:
         self.con, self.where, self.seed = con, where, seed
 
     def _order(self) -> str:
-        return f"hash(image_id || '#drift{int(self.seed)}')"
+        return hash_order(f"drift{int(self.seed)}")
 
     def columns(self) -> set[str]:
         return {row[0] for row in self.con.execute("DESCRIBE images").fetchall()}
@@ -79,12 +81,9 @@ class Side:
         """A seeded sample of one model's embeddings, ``float32[n, D]``."""
         table = self.con.sql(
             f"""SELECT e.embedding FROM embeddings e JOIN (SELECT image_id FROM images WHERE {self.where}) USING (image_id)
-                WHERE e.model = '{model.replace("'", "''")}' ORDER BY hash(e.image_id || '#drift{int(self.seed)}') LIMIT {int(limit)}"""
+                WHERE e.model = '{model.replace("'", "''")}' ORDER BY {hash_order(f"drift{int(self.seed)}", "e.image_id")} LIMIT {int(limit)}"""
         ).to_arrow_table()
-        if not table.num_rows:
-            return np.zeros((0, 0), np.float32)
-        column = table.column("embedding").combine_chunks()
-        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1).astype(np.float32)
+        return embedding_matrix(table.column("embedding"))[1]
 
 
 def _row(split: str, test: str, feature: str, model: str | None, statistic: float, p_value: float | None,
@@ -126,7 +125,7 @@ def embedding_tests(reference: Side, new: Side, split: str, models: list[str], c
     for model in models:
         a, b = reference.embeddings(model, config.mmd_sample), new.embeddings(model, config.mmd_sample)
         if len(a) >= 2 and len(b) >= 2:
-            result = mmd_test(normalize(a), normalize(b), config.mmd_permutations, config.seed)
+            result = mmd_test(l2_normalize(a), l2_normalize(b), config.mmd_permutations, config.seed)
             rows.append(_row(split, "mmd", "embedding", model, result.statistic, result.p_value, len(a), len(b),
                              {"kernel": "rbf on unit vectors, median heuristic", "permutations": config.mmd_permutations}))
         column = f"score_knn_{model}"

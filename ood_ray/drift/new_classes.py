@@ -22,10 +22,10 @@ import numpy as np
 from ood_ray.cluster.kmeans import (
     best_k,
     nearest_centroid,
-    normalize,
     silhouette_by_k,
     spherical_kmeans,
 )
+from ood_ray.detectors.knn import l2_normalize
 
 
 @dataclass
@@ -51,7 +51,7 @@ def detect_new_classes(reference: np.ndarray, new: np.ndarray, k_min: int = 2, k
                        seed: int = 0, silhouette_sample: int = 4000, min_size: int = 5,
                        share: float = 0.5) -> NewClassReport:
     """Compare the cluster structure of ``reference`` and ``reference + new`` (raw embeddings)."""
-    R, N = normalize(reference), normalize(new)
+    R, N = l2_normalize(reference), l2_normalize(new)
     if len(R) < 3 or len(N) < 1:
         raise ValueError(f"new-class detection needs >= 3 reference and >= 1 new embeddings, got {len(R)} and {len(N)}")
     ks = range(k_min, k_max + 1)

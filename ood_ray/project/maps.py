@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ood_ray.cluster.kmeans import normalize
+from ood_ray.detectors.knn import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Projections:
     def transform(self, X: np.ndarray, image_ids: list[str]) -> dict[str, np.ndarray]:
         """``{"x_pca": ..., "y_pca": ..., ...}`` for raw embeddings ``X``; NaN where there is none."""
         out: dict[str, np.ndarray] = {}
-        U = normalize(X) if len(X) else np.zeros((0, 0), np.float32)
+        U = l2_normalize(X) if len(X) else np.zeros((0, 0), np.float32)
         if self.pca_components is not None:
             xy = (U - self.pca_mean) @ self.pca_components.T if len(U) else np.zeros((0, 2))
             out["x_pca"], out["y_pca"] = xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32)
@@ -63,7 +63,7 @@ def fit_projections(X: np.ndarray, image_ids: list[str], methods: list[str], see
     """Fit the maps named in ``methods`` (PCA always) on a sample of raw embeddings."""
     from sklearn.decomposition import PCA
 
-    U = normalize(X)
+    U = l2_normalize(X)
     projections = Projections()
     if len(U) >= 2:
         pca = PCA(n_components=2, random_state=seed).fit(U)

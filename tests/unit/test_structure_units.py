@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ood_ray.cluster.kmeans import fit_clusters, normalize
+from ood_ray.cluster.kmeans import fit_clusters
+from ood_ray.detectors.knn import l2_normalize
 from ood_ray.drift.new_classes import detect_new_classes
 from ood_ray.drift.tests import (
     corrected_threshold,
@@ -51,7 +52,7 @@ def test_same_seed_same_clusters_and_zscore_definition():
     a, b = fit_clusters(X, k=5, seed=7), fit_clusters(X, k=5, seed=7)
     assert np.array_equal(a.centroids, b.centroids)
     cluster, distance, z = a.assign(X)
-    U = normalize(X)
+    U = l2_normalize(X)
     assert np.allclose(distance, np.linalg.norm(U - a.centroids[cluster], axis=1), atol=1e-5)
     for c in range(5):
         members = cluster == c
@@ -74,7 +75,7 @@ def test_pca_map_equals_scikit_learn_and_tsne_covers_only_its_sample():
     ids = [f"id{i}" for i in range(len(X))]
     maps = fit_projections(X, ids, ["pca", "tsne"], tsne_sample=50, perplexity=10)
     out = maps.transform(X, ids)
-    expected = PCA(n_components=2).fit_transform(normalize(X))
+    expected = PCA(n_components=2).fit_transform(l2_normalize(X))
     assert np.allclose(np.stack([out["x_pca"], out["y_pca"]], axis=1), expected, atol=1e-4)
     assert np.isfinite(out["x_tsne"]).sum() == 50 and np.isnan(out["y_tsne"]).sum() == len(X) - 50
 
