@@ -41,10 +41,18 @@ def _check_positive(key: str, value: float | None, allow_zero: bool = False) -> 
 
 @dataclass(frozen=True)
 class IOConfig:
-    """Reading inputs. ``max_pixels`` is the decompression-bomb guard (checked from the header)."""
+    """Reading inputs. ``max_pixels`` is the decompression-bomb guard (checked from the header).
+
+    ``max_decode_bytes``: the memory one image's decode and statistics may need, estimated from
+    its header before any pixel is decoded (``too_large`` above it); ``null`` = half of a scan
+    task's share of the worker node's memory (see ood_ray.io.memory). ``check_all_frames``: load
+    every frame of animated and multi-page files, so that a broken later frame is ``truncated``.
+    """
 
     max_pixels: int = 178_956_970
     max_file_bytes: int = 1 << 30
+    max_decode_bytes: int | None = None
+    check_all_frames: bool = True
     extensions: list[str] | None = None
     layout: str = "auto"
     fetch_threads: int = 8
@@ -53,6 +61,7 @@ class IOConfig:
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.max_pixels", self.max_pixels)
         _check_positive(f"{prefix}.max_file_bytes", self.max_file_bytes)
+        _check_positive(f"{prefix}.max_decode_bytes", self.max_decode_bytes)
         _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
         _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
         if self.layout not in LAYOUTS:

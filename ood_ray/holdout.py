@@ -30,7 +30,7 @@ from ood_ray.config import AuditConfig, ConfigError
 from ood_ray.io import storage
 from ood_ray.io.rundir import RunDirectory, read_run
 from ood_ray.io.sources import build_manifest
-from ood_ray.tables import RESERVED_COLUMNS
+from ood_ray.tables import INPUT_ERROR, RESERVED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def run_holdout(config: AuditConfig, classes: list[str] | None, count: int | Non
     manifest = build_manifest(config, RESERVED_COLUMNS)
     held_out = choose_classes(manifest.column("label").to_pylist(), classes, count, seed)
     table = holdout_manifest(manifest, held_out, config.ood.reference_split)
-    table = table.drop_columns([c for c in ("image_id", "listed_size") if c in table.column_names])
+    table = table.drop_columns([c for c in ("image_id", "listed_size", INPUT_ERROR) if c in table.column_names])
     uri = storage.join(storage.normalize_uri(config.out), "holdout_manifest.parquet")
     fs, path = storage.resolve(uri)
     storage.make_parent_dirs(uri)

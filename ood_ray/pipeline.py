@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from ood_ray.config import AuditConfig
+from ood_ray.io.memory import default_decode_budget
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.io.sources import build_manifest
 from ood_ray.tables import RESERVED_COLUMNS
@@ -119,6 +120,10 @@ def run_scan(config: AuditConfig, manifest: pa.Table, run_dir: RunDirectory, inf
         per_channel_sharpness=config.stats.per_channel_sharpness,
         model_inputs=tuple(model_inputs.items()),
         autoencoder_size=config.autoencoder.image_size if config.autoencoder.enabled else 0,
+        max_decode_bytes=config.io.max_decode_bytes,
+        all_frames=config.io.check_all_frames,
+        task_num_cpus=config.ray.task_num_cpus,
+        run_id=run_dir.run_id,
     )
     tracker = ProgressTracker.remote()
     dataset = ray.data.from_arrow(_manifest_blocks(manifest, config.io.rows_per_block))
@@ -232,8 +237,9 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     started = time.perf_counter()
     run_dir = RunDirectory(config.out)
     run_dir.check_writable(config.overwrite)
+    listing: dict[str, Any] = {}
     with timer.stage("manifest"):
-        manifest = build_manifest(config, RESERVED_COLUMNS)
+        manifest = build_manifest(config, RESERVED_COLUMNS, listing)
     infos = []
     reference_run = None
     if config.models or config.reference:
@@ -313,6 +319,8 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "stage_seconds": timer.seconds,
         "worker_seconds": scan["worker_seconds"],
         "images_per_second": round(manifest.num_rows / timer.seconds["scan"], 2) if timer.seconds.get("scan") else None,
+        "listing": listing,
+        "max_decode_bytes": config.io.max_decode_bytes or default_decode_budget(config.ray.task_num_cpus),
         "lint_thresholds": thresholds,
         "dedup": dedup_summary,
         "ood": ood_report,

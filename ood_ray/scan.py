@@ -2,7 +2,10 @@
 
 :func:`scan_batch` maps a block of manifest rows to a block of ``images`` rows plus per-channel
 lists. It never raises for bad input: every row comes out with a ``status`` from
-:data:`ood_ray.io.decode.STATUSES`.
+:data:`ood_ray.io.decode.STATUSES`. Each decode is bounded (pixels and memory, checked from the
+header: :mod:`ood_ray.io.decode`), and recorded in the block's journal
+(:mod:`ood_ray.io.journal`) so that a row that kills its worker twice is given up on instead of
+taking the block's other rows with it.
 """
 
 from __future__ import annotations
@@ -24,17 +27,21 @@ from ood_ray.io.decode import (
     TOO_LARGE,
     UNDECODABLE,
     Decoded,
-    decode_image,
+    DecodeLimits,
+    decode_with_limits,
     short_error,
 )
+from ood_ray.io.journal import WORKER_DIED, DecodeJournal
+from ood_ray.io.memory import default_decode_budget
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
     IMAGE_STAT_NAMES,
+    SMALL_IMAGE_PIXELS,
     StatsColumns,
     compute_images_stats,
 )
-from ood_ray.tables import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, scan_schema
+from ood_ray.tables import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, INPUT_ERROR, scan_schema
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,21 @@ class ScanSettings:
     model_inputs: tuple[tuple[str, dict[str, Any]], ...] = ()
     #: Side ~ ``autoencoder.image_size`` of the autoencoder's input column (0: none).
     autoencoder_size: int = 0
+    #: Memory one decode may need (``io.max_decode_bytes``); ``None``: derived on each worker node.
+    max_decode_bytes: int | None = None
+    #: Load every frame of animated and multi-page files (``io.check_all_frames``).
+    all_frames: bool = True
+    #: CPUs per scan task (how many tasks share a node's memory).
+    task_num_cpus: float = 1.0
+    #: The run's id, which names the blocks' decode journals ("" = no journal).
+    run_id: str = ""
+
+    def limits(self) -> DecodeLimits:
+        """The decode limits on this worker (the memory budget resolved for its node)."""
+        budget = self.max_decode_bytes
+        if budget is None:
+            budget = default_decode_budget(self.task_num_cpus)
+        return DecodeLimits(self.max_pixels, self.max_file_bytes, budget, self.all_frames)
 
     def input_columns(self) -> list[tuple[str, dict[str, Any]]]:
         """``(column, data config)`` of every resized-pixel column the scan adds."""
@@ -70,15 +92,18 @@ def _fetch_pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-def _fetch(uri: str, max_file_bytes: int) -> tuple[bytes | None, str | None]:
+def _fetch(uri: str, max_file_bytes: int, input_error: str | None = None) -> tuple[bytes | None, str | None]:
     """Read at most ``max_file_bytes + 1`` bytes: a larger object is ``too_large`` without
-    downloading all of it (the decoder sees the extra byte and refuses it)."""
+    downloading all of it (the decoder sees the extra byte and refuses it). An entry that the
+    listing or the manifest already found unreadable is not read at all."""
+    if input_error is not None:
+        return None, input_error
     if not uri:
         return None, "empty uri"
     try:
         return storage.read_bytes(uri, limit=max_file_bytes + 1), None
     except Exception as exc:  # noqa: BLE001 - an unreadable object is a 'missing' row
-        return None, short_error(exc)
+        return None, storage.read_error_text(exc)
 
 
 #: Decoded pixel values held at once before their statistics are computed (bounds worker memory).
@@ -142,18 +167,18 @@ class ScanColumns:
 
 
 def _decode_row(columns: ScanColumns, row: int, data: bytes | None, fetch_error: str | None,
-                settings: ScanSettings) -> Decoded | None:
+                limits: DecodeLimits) -> Decoded | None:
     meta = columns.meta
     if data is None:
         meta["status"][row], meta["error"][row] = MISSING, fetch_error
         return None
-    if len(data) > settings.max_file_bytes:
+    if len(data) > limits.max_file_bytes:
         # Only the first max_file_bytes + 1 bytes were read: neither size nor hash is known.
-        meta["status"][row], meta["error"][row] = TOO_LARGE, f"more than max_file_bytes={settings.max_file_bytes} bytes"
+        meta["status"][row], meta["error"][row] = TOO_LARGE, f"more than max_file_bytes={limits.max_file_bytes} bytes"
         return None
     meta["file_size"][row] = len(data)
     meta["hash_file"][row] = compute_hash_file(data)
-    decoded = decode_image(data, settings.max_pixels, settings.max_file_bytes)
+    decoded = decode_with_limits(data, limits)
     for name in ("status", "error", "format", "mode", "frames", "width", "height"):
         meta[name][row] = getattr(decoded, name)
     return decoded if decoded.status == OK else None
@@ -187,25 +212,40 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
     pending.clear()
 
 
-def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSettings) -> ScanColumns:
+def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSettings,
+               journal: DecodeJournal | None = None) -> ScanColumns:
     """All scan columns for each object, given its bytes (or why they could not be read).
 
-    Each object is decoded once; decoded images wait until :data:`STATS_BUDGET_VALUES` pixel
-    values are held, then their statistics are computed together and the pixels released.
+    Each object is decoded once. Small decoded images wait until :data:`STATS_BUDGET_VALUES`
+    pixel values are held, then their statistics are computed together and the pixels released;
+    a larger image gets its statistics at once, so that at most one large image is held and its
+    decode and statistics are one step of the ``journal`` (see :mod:`ood_ray.io.journal`).
     """
+    limits = settings.limits()
     columns = ScanColumns(len(fetched))
     for name, _ in settings.input_columns():
         columns.inputs[name] = [None] * columns.n
     pending: list[tuple[int, Decoded]] = []
     held = 0
     for row, (data, fetch_error) in enumerate(fetched):
-        decoded = _decode_row(columns, row, data, fetch_error, settings)
+        if journal is not None and not journal.begin(row):
+            columns.meta["status"][row], columns.meta["error"][row] = UNDECODABLE, WORKER_DIED
+            if data is not None and len(data) <= limits.max_file_bytes:
+                columns.meta["file_size"][row] = len(data)
+                columns.meta["hash_file"][row] = compute_hash_file(data)
+            continue
+        decoded = _decode_row(columns, row, data, fetch_error, limits)
         if decoded is not None:
-            pending.append((row, decoded))
-            held += decoded.pixels.size
-            if held >= STATS_BUDGET_VALUES:
-                _compute_pending(columns, pending, settings)
-                held = 0
+            if decoded.pixels.shape[0] * decoded.pixels.shape[1] > SMALL_IMAGE_PIXELS:
+                _compute_pending(columns, [(row, decoded)], settings)
+            else:
+                pending.append((row, decoded))
+                held += decoded.pixels.size
+        if journal is not None:
+            journal.end(row)
+        if held >= STATS_BUDGET_VALUES:
+            _compute_pending(columns, pending, settings)
+            held = 0
     _compute_pending(columns, pending, settings)
     return columns
 
@@ -214,14 +254,19 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     """Scan every row of a manifest block; returns the block with the scan columns appended."""
     started = time.perf_counter()
     uris = batch.column("uri").to_pylist()
+    errors = batch.column(INPUT_ERROR).to_pylist() if INPUT_ERROR in batch.column_names else [None] * len(uris)
     if settings.fetch_threads > 1 and len(uris) > 1 and any(storage.is_s3(uri) for uri in uris):
-        fetched = list(_fetch_pool(settings.fetch_threads).map(lambda uri: _fetch(uri, settings.max_file_bytes), uris))
+        fetched = list(_fetch_pool(settings.fetch_threads).map(
+            lambda pair: _fetch(pair[0], settings.max_file_bytes, pair[1]), zip(uris, errors)))
     else:
         # Local reads take microseconds: threads would only add contention.
-        fetched = [_fetch(uri, settings.max_file_bytes) for uri in uris]
+        fetched = [_fetch(uri, settings.max_file_bytes, error) for uri, error in zip(uris, errors)]
     fetch_seconds = time.perf_counter() - started
 
-    scanned = scan_blobs(fetched, settings)
+    journal = DecodeJournal.open(settings.run_id, batch.column("image_id").to_pylist()) if settings.run_id else None
+    scanned = scan_blobs(fetched, settings, journal)
+    if journal is not None:
+        journal.finish()
     scan_seconds = time.perf_counter() - started - fetch_seconds
 
     schema = scan_schema(batch.schema, [name for name, _ in settings.input_columns()])

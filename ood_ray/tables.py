@@ -117,8 +117,12 @@ DRIFT_SCHEMA = pa.schema([
 #: Staged column of the autoencoder's input pixels (``S x S x 3`` uint8 bytes; never stored).
 AUTOENCODER_PIXELS = "_ae_pixels"
 
+#: Internal manifest column: why an entry cannot be read at all (an unlistable folder, a broken
+#: link, a FIFO, a manifest cell that is not a URI); its row becomes ``missing`` with this reason.
+INPUT_ERROR = "_input_error"
+
 #: Names the scan writes; a manifest column with one of these names is refused.
-RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size"}
+RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size", INPUT_ERROR}
 
 
 def scan_schema(manifest_schema: pa.Schema, input_columns: list[str] = ()) -> pa.Schema:

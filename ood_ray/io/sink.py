@@ -26,7 +26,7 @@ from ood_ray.embed.actor import (
 )
 from ood_ray.io.rundir import RunDirectory
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
-from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA, PREDICTIONS_SCHEMA
+from ood_ray.tables import CHANNEL_LIST_PREFIX, CHANNELS_SCHEMA, INPUT_ERROR, PREDICTIONS_SCHEMA
 
 
 def predictions_of(block: pa.Table) -> pa.Table:
@@ -66,6 +66,8 @@ def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
         sizes = pc.coalesce(images.column("file_size"), images.column("listed_size"))
         images = images.set_column(images.column_names.index("file_size"), "file_size", sizes)
         images = images.drop_columns(["listed_size"])
+    if INPUT_ERROR in images.column_names:
+        images = images.drop_columns([INPUT_ERROR])
 
     bands = block.column(f"{CHANNEL_LIST_PREFIX}band").combine_chunks()
     parents = pc.list_parent_indices(bands)

@@ -11,12 +11,57 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
+import urllib.parse
 import uuid
 from functools import lru_cache
 
 import pyarrow.fs as pafs
 
 S3_SCHEME = "s3://"
+FILE_SCHEME = "file://"
+
+
+class NotARegularFile(OSError):
+    """The path names a FIFO, socket, device or folder: never opened for reading (a FIFO would
+    block the worker until a writer appears)."""
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(mode: int) -> str:
+    """``"a FIFO"``, ``"a folder"``, ... for a ``st_mode`` that is not a regular file."""
+    for test, name in _FILE_KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def local_uri(path: str) -> str:
+    """The URI of a local path: the path itself when it is valid UTF-8; otherwise (a name with
+    bytes that are not UTF-8, seen by Python as surrogate escapes) ``file://`` plus the
+    percent-encoded bytes -- lossless, and never equal to a plain path (those start with ``/``)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return FILE_SCHEME + urllib.parse.quote(os.fsencode(path), safe="/")
+
+
+def local_path(uri: str) -> str:
+    """The filesystem path of a local URI (inverse of :func:`local_uri`; ``file://`` URIs are
+    percent-decoded, as RFC 8089 says)."""
+    if uri.startswith(FILE_SCHEME):
+        return os.fsdecode(urllib.parse.unquote_to_bytes(uri[len(FILE_SCHEME):]))
+    return uri
+
+
+def display_text(text: str) -> str:
+    """``text`` with surrogate escapes (undecodable bytes of a file name) as ``\\xNN``: storable
+    as UTF-8, for labels and split names taken from folder names."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def is_s3(uri: str) -> bool:
@@ -56,8 +101,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path, ``file://`` URI or ``s3://bucket/key``."""
     if is_s3(uri):
         return s3_filesystem(), uri[len(S3_SCHEME) :].rstrip("/")
-    uri = uri.removeprefix("file://")
-    return _LOCAL, os.path.abspath(uri)
+    return _LOCAL, os.path.abspath(local_path(uri))
 
 
 def join(base: str, *parts: str) -> str:
@@ -68,15 +112,46 @@ def join(base: str, *parts: str) -> str:
 
 
 def normalize_uri(uri: str) -> str:
-    """Canonical spelling: absolute local path, or ``s3://bucket/key`` without a trailing ``/``."""
+    """Canonical spelling: absolute local path (see :func:`local_uri`), or ``s3://bucket/key``
+    without a trailing ``/``."""
     if is_s3(uri):
         return uri.rstrip("/")
-    return resolve(uri)[1]
+    return local_uri(resolve(uri)[1])
+
+
+def _read_local(path: str, limit: int | None) -> bytes:
+    """Read a local regular file; anything else (FIFO, device, folder) raises
+    :class:`NotARegularFile` without blocking: the open is non-blocking and checked by ``fstat``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(f"{file_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read() if limit is None else f.read(limit)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_error_text(exc: BaseException) -> str:
+    """A short reason for a failed read: ``FileNotFoundError: No such file or directory`` (the
+    path is on the row already), or the first line of any other error."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, NotARegularFile):
+        return f"{type(exc).__name__}: {exc.strerror}"
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def read_bytes(uri: str, limit: int | None = None) -> bytes:
-    """The object's bytes; with ``limit``, at most ``limit`` bytes are read (and returned)."""
+    """The object's bytes; with ``limit``, at most ``limit`` bytes are read (and returned).
+
+    Local paths are opened only when they are regular files (see :func:`_read_local`)."""
     fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        return _read_local(path, limit)
     with fs.open_input_stream(path) as stream:
         return stream.read() if limit is None else stream.read(limit)
 

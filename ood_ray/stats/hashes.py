@@ -47,8 +47,11 @@ def compute_hash_pixels(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def compute_luma(pixels: np.ndarray) -> np.ndarray:
-    """uint8 luma of ``(..., H, W, C)`` uint8/uint16 pixels (DataEval's canonical grayscale)."""
+#: Pixels converted to luma at once: bounds the float64 temporaries of a large image.
+_LUMA_STRIPE_PIXELS = 1 << 20
+
+
+def _luma_block(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint16:
         scaled = pixels.astype(np.float64) * (255.0 / 65535.0)
         scaled = scaled[..., :3] @ _LUMA if pixels.shape[-1] >= 3 else scaled[..., 0]
@@ -56,6 +59,22 @@ def compute_luma(pixels: np.ndarray) -> np.ndarray:
     if pixels.shape[-1] >= 3:
         return np.clip(pixels[..., :3] @ _LUMA, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(pixels[..., 0])
+
+
+def compute_luma(pixels: np.ndarray) -> np.ndarray:
+    """uint8 luma of ``(..., H, W, C)`` uint8/uint16 pixels (DataEval's canonical grayscale).
+
+    Computed in stripes of rows, so the float64 temporaries stay near ``_LUMA_STRIPE_PIXELS``
+    values whatever the image size (the values are the same as in one pass)."""
+    height, width = pixels.shape[-3], pixels.shape[-2]
+    images = int(np.prod(pixels.shape[:-3])) if pixels.ndim > 3 else 1
+    rows = max(1, _LUMA_STRIPE_PIXELS // max(1, width * images))
+    if rows >= height:
+        return _luma_block(pixels)
+    out = np.empty(pixels.shape[:-1], np.uint8)
+    for start in range(0, height, rows):
+        out[..., start:start + rows, :] = _luma_block(pixels[..., start:start + rows, :, :])
+    return out
 
 
 def _pack_rows(bits: np.ndarray) -> np.ndarray:

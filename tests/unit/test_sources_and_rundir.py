@@ -22,9 +22,13 @@ def touch(path, data=b"x"):
 def test_image_ids_are_stable_and_repeats_are_disambiguated():
     ids = compute_image_ids(["/a.png", "/b.png", "/a.png", "/a.png"])
     assert ids[0] == xxhash.xxh3_128_hexdigest(b"/a.png")
-    assert ids[2] == xxhash.xxh3_128_hexdigest(b"/a.png#1")
+    assert ids[2] == xxhash.xxh3_128_hexdigest(b"\x001\x00/a.png")
     assert len(set(ids)) == 4
     assert compute_image_ids(["/a.png", "/b.png", "/a.png", "/a.png"]) == ids
+    # No real URI can produce a repeat's id: a file literally named like the old "#1" scheme, and
+    # URIs that hold the separator themselves, all keep distinct ids.
+    tricky = ["m/a.png", "m/a.png", "m/a.png#1", "\x001\x00m/a.png", "\x001\x00m/a.png", "1\x00m/a.png"]
+    assert len(set(compute_image_ids(tricky))) == len(tricky)
 
 
 def test_folder_layouts(tmp_path):
@@ -95,3 +99,56 @@ def test_commit_lists_files_and_removes_stale_ones(tmp_path):
 def test_reading_an_uncommitted_directory_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no committed run"):
         read_run(str(tmp_path))
+
+
+def test_listing_follows_file_links_once_and_never_reenters_a_folder(tmp_path):
+    import os
+
+    from ood_ray.io.listing import walk_local
+
+    root = tmp_path / "data"
+    touch(root / "cat" / "1.png")
+    touch(root / "cat" / "back\\slash.png")
+    touch(tmp_path / "elsewhere" / "2.png")
+    os.symlink("..", root / "cat" / "loop")                  # a loop back to the root
+    os.symlink(tmp_path / "elsewhere", root / "linked")       # a folder outside the tree, followed once
+    os.symlink(tmp_path / "elsewhere", root / "linked_again")  # the same folder again: not re-entered
+    os.symlink("1.png", root / "cat" / "alias.png")           # a link to a file: a row of its own
+    os.symlink("gone.png", root / "cat" / "dangling.png")
+    os.mkfifo(root / "cat" / "pipe.png")
+    (root / os.fsdecode(b"\xff.png")).write_bytes(b"x")
+    entries, report = walk_local(str(root))
+    by_name = {e.uri.rsplit("/", 1)[1]: e for e in entries}
+    assert sorted(by_name) == sorted(["1.png", "back\\slash.png", "2.png", "alias.png", "dangling.png", "pipe.png",
+                                      "%FF.png"])
+    assert by_name["2.png"].parts == ("linked", "2.png")
+    assert by_name["back\\slash.png"].parts == ("cat", "back\\slash.png")
+    assert by_name["dangling.png"].error.startswith("broken symbolic link")
+    assert by_name["pipe.png"].error == "a FIFO, not a regular file"
+    assert by_name["%FF.png"].uri.startswith("file://") and by_name["%FF.png"].error is None
+    assert report.links_skipped == 2
+    manifest = build_manifest(load_config(None, [], source=str(root), out="o"), RESERVED_COLUMNS)
+    labels = {u.rsplit("/", 1)[1]: label for u, label in zip(manifest.column("uri").to_pylist(),
+                                                             manifest.column("label").to_pylist())}
+    assert labels["back\\slash.png"] == "cat"
+
+
+def test_decode_journal_gives_a_row_up_after_two_deaths(tmp_path):
+    from ood_ray.io.journal import DecodeJournal
+
+    ids = ["a", "b", "c"]
+
+    def attempt():
+        return DecodeJournal(str(tmp_path), "block", len(ids))
+
+    first = attempt()
+    assert first.begin(0) and (first.end(0) is None) and first.begin(1)   # dies while decoding row 1
+    second = attempt()
+    assert second.retried and second.begin(0) and (second.end(0) is None)
+    assert second.begin(1)                                                 # retried once; dies again
+    third = attempt()
+    assert third.begin(0)
+    assert not third.begin(1)                                              # given up
+    assert third.begin(2)
+    third.finish()
+    assert not (tmp_path / "block").exists()
