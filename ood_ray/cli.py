@@ -34,6 +34,8 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", dest="models", action="append", default=[], metavar="NAME",
                         help="add a model: a timm name or package.module:function (repeatable)")
     parser.add_argument("--overwrite", action="store_true", default=None, help="replace a committed run in OUT")
+    parser.add_argument("--resume", action="store_true", default=False,
+                        help="continue the interrupted run in OUT (same inputs and config; see 'When a run fails')")
     parser.add_argument("--reference", help="a committed run to score against (its models, index and thresholds)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -49,12 +51,16 @@ def audit_from_args(args: argparse.Namespace) -> int:
         return 2
     _setup_logging(args.verbose)
     from ood_ray.pipeline import run_audit
+    from ood_ray.run.lease import LeaseLost
 
     try:
-        run = run_audit(config)
+        run = run_audit(config, resume=args.resume)
     except ConfigError as exc:
         print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
         return 2
+    except LeaseLost as exc:
+        print(f"ood-ray: {exc}", file=sys.stderr)
+        return 1
     print(format_summary(run))
     return 0
 
@@ -179,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result, args.format, args.max_rows))
         return 0
     if args.command == "summary":
-        from ood_ray.io.rundir import read_run
+        from ood_ray.run.layout import read_run
 
         try:
             run = read_run(args.out)

@@ -23,17 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.config import ConfigError
-from ood_ray.io.rundir import RunDirectory, read_run
 from ood_ray.metrics import METRIC_NAMES, compute_metrics
 from ood_ray.query import connect
+from ood_ray.run.layout import RunLayout, read_run
+from ood_ray.tables import EVALUATION_SCHEMA
 
 log = logging.getLogger(__name__)
-
-EVALUATION_SCHEMA = pa.schema(
-    [pa.field("score", pa.string()), pa.field("ood_set", pa.string()), pa.field("n_id", pa.int64()),
-     pa.field("n_ood", pa.int64())] + [pa.field(name, pa.float64()) for name in METRIC_NAMES]
-)
-
 
 def _quote(values: list[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
@@ -60,8 +55,8 @@ def ood_sets(con: Any, run: dict, ood_column: str | None, ood_splits: list[str],
     if id_splits:
         id_condition = f"split IN ({_quote(id_splits)}) AND {not_ood}"
     else:
-        reference = run.get("config", {}).get("ood", {}).get("reference_split", "train")
-        id_condition = f"{not_ood} AND coalesce(split, '') <> '{reference}'"
+        reference = run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
+        id_condition = not_ood if reference is None else f"{not_ood} AND coalesce(split, '') <> '{reference.replace(chr(39), chr(39) * 2)}'"
     return id_condition, sets
 
 
@@ -94,7 +89,7 @@ def evaluate(out: str, ood_column: str | None = None, ood_splits: list[str] = ()
                          "n_ood": int(sum(m["n_ood"] for m in per_set)), **mean, "threshold": None})
     con.close()
     table = pa.Table.from_pylist(rows, schema=EVALUATION_SCHEMA)
-    RunDirectory(out).add_table("evaluation", table, {
+    RunLayout(out).add_table("evaluation", table, {
         "id": id_condition, "ood_sets": sets, "scores": chosen,
     })
     log.info("evaluation: %d scores x %d OOD sets written to %s", len(chosen), len(sets), out)

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 
 from ood_ray.config import AuditConfig, ConfigError
 from ood_ray.io import storage
-from ood_ray.io.rundir import RunDirectory, read_run
+from ood_ray.run.layout import RunLayout, read_run
 from ood_ray.io.sources import build_manifest
-from ood_ray.tables import INPUT_ERROR, RESERVED_COLUMNS
+from ood_ray.columns import INPUT_ERROR
+from ood_ray.tables import RESERVED_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def run_holdout(config: AuditConfig, classes: list[str] | None, count: int | Non
     pq.write_table(table, path, filesystem=fs)
     log.info("holdout: %s held out (seed %d); manifest %s", held_out, seed, uri)
     run_audit(dataclasses.replace(config, source=uri))
-    RunDirectory(config.out).annotate("holdout", {"classes": held_out, "seed": seed, "id_split": id_split,
+    RunLayout(config.out).annotate("holdout", {"classes": held_out, "seed": seed, "id_split": id_split,
                                                   "manifest": "holdout_manifest.parquet"})
     evaluate(config.out, ood_splits=[HOLDOUT], id_splits=[id_split])
     return read_run(config.out)

@@ -1,8 +1,8 @@
 """Fitting the model-based OOD scores on the reference split (driver, DuckDB over staged rows).
 
 - **Thresholds**: for every score column, ``quantile_cont(score, q)`` over the reference rows
-  (split ``ood.reference_split``; all ``ok`` rows when no row has that split), computed by DuckDB
-  over all of them (NumPy's default linear quantile).
+  (split ``ood.reference_split``; all ``ok`` rows when no row has that split -- the selection the
+  scan stage records), computed by DuckDB over all of them (NumPy's default linear quantile).
 - **Fitted embedding detectors** (clf_entropy, Mahalanobis, RMD; when labels exist): a
   stratified sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per
   label, at most ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run
@@ -26,7 +26,7 @@ import pyarrow as pa
 from ood_ray.config import OODConfig
 from ood_ray.detectors import REGISTRY
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
-from ood_ray.embed.actor import EMBEDDING_PREFIX
+from ood_ray.columns import EMBEDDING_PREFIX
 from ood_ray.embed.models import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -40,16 +40,6 @@ class OODFit:
     #: ``{score column: {"detector": name, "model": alias, "state": state_dict}}``
     fitted: dict[str, dict[str, Any]] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
-
-
-def reference_filter(con: duckdb.DuckDBPyConnection, config: OODConfig) -> tuple[str, str]:
-    """SQL condition selecting the reference rows, and a description of it."""
-    split = config.reference_split.replace("'", "''")
-    count = con.execute(f"SELECT count(*) FROM images WHERE status = 'ok' AND split = '{split}'").fetchall()[0][0]
-    if count:
-        return f"status = 'ok' AND split = '{split}'", f"split = {config.reference_split!r} ({count} rows)"
-    log.info("no rows in reference split %r: thresholds use every ok row", config.reference_split)
-    return "status = 'ok'", "all ok rows (no reference split)"
 
 
 def hash_order(tag: str | int, column: str = "image_id") -> str:
@@ -94,10 +84,11 @@ def _build(name: str, config: OODConfig) -> Any:
     return REGISTRY[name]()
 
 
-def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig) -> OODFit:
-    """Thresholds for ``score_columns`` and the fitted embedding detectors (see module docstring)."""
+def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig,
+            where: str, described: str) -> OODFit:
+    """Thresholds for ``score_columns`` and the fitted embedding detectors, over the reference rows
+    selected by the SQL condition ``where`` (see module docstring)."""
     fit = OODFit()
-    where, described = reference_filter(con, config)
     fit.report["reference"] = described
     fit.report["in_distribution_quantile"] = config.in_distribution_quantile
     q = config.in_distribution_quantile

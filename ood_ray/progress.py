@@ -1,9 +1,17 @@
-"""Progress across the cluster: workers report to one small actor, the driver logs a line.
+"""Progress across the cluster, per stage: workers report to a small actor, the driver logs a line.
 
-Each scan task calls ``tracker.add.remote(...)`` once per block (fire and forget, a few bytes);
-a daemon thread on the driver reads the totals every ``interval_s`` seconds and logs
-``scan: 12,345/1,000,000 images (1.2%), 850 images/s, eta 19m``. The same totals give the summed
-worker seconds per step (fetch vs decode+statistics) for ``run.json``.
+Each distributed stage's workers call ``tracker.add.remote(step, rows)`` once per block (fire and
+forget, a few bytes): ``decode`` from the scan tasks, ``embed`` from the embedding actors, ``knn``
+from the query tasks, ``finalize`` from the finalize tasks. A daemon thread on the driver reads the
+totals every ``ray.progress_interval_s`` seconds and logs one line naming the steps at work with
+their own count, rate and ETA::
+
+    decode: 12,345/1,000,000 (1.2%), 850.0/s, eta 19m | embed: 11,008/1,000,000 (1.1%), 790.2/s, eta 21m
+
+Progress is never a single point of failure: the actor restarts if its process or node dies
+(counting from zero again, so the line under-counts until the stage ends), a report to a dead
+actor is dropped, and a line that cannot be read is skipped. The run's counts and worker seconds
+come from what the stages write, not from this actor.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -18,51 +27,62 @@ import ray
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class ProgressTracker:
-    """Totals reported by scan tasks."""
+    """Rows done per step, as reported by the workers."""
 
     def __init__(self) -> None:
-        self.images = 0
-        self.statuses: dict[str, int] = {}
-        self.fetch_seconds = 0.0
-        self.scan_seconds = 0.0
+        self.done: dict[str, int] = {}
 
-    def add(self, images: int, statuses: dict[str, int], fetch_seconds: float, scan_seconds: float) -> None:
-        self.images += images
-        for status, count in statuses.items():
-            self.statuses[status] = self.statuses.get(status, 0) + count
-        self.fetch_seconds += fetch_seconds
-        self.scan_seconds += scan_seconds
+    def add(self, step: str, rows: int) -> None:
+        self.done[step] = self.done.get(step, 0) + rows
 
-    def totals(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "statuses": dict(self.statuses),
-            "fetch_seconds": self.fetch_seconds,
-            "scan_seconds": self.scan_seconds,
-        }
+    def totals(self) -> dict[str, int]:
+        return dict(self.done)
 
 
-def format_progress(done: int, total: int, elapsed_s: float) -> str:
-    """One progress line: done/total, percent, images/s and the remaining time."""
+def start_tracker(resources: dict[str, float] | None = None) -> Any:
+    """The tracker actor (on a node with ``resources`` when given: ``ray.helper_resources``)."""
+    options: dict[str, Any] = {}
+    if resources:
+        options["resources"] = dict(resources)
+    return ProgressTracker.options(**options).remote()
+
+
+def report(tracker: Any, step: str, rows: int) -> None:
+    """Report ``rows`` done in ``step``; never raises (progress is best effort)."""
+    if tracker is None:
+        return
+    try:
+        tracker.add.remote(step, rows)
+    except Exception as exc:  # noqa: BLE001 - a dead tracker must not fail the task
+        log.debug("progress not reported: %s", exc)
+
+
+def _eta(remaining: float) -> str:
+    return f"{remaining / 60:.0f}m" if remaining >= 90 else f"{remaining:.0f}s"
+
+
+def format_step(step: str, done: int, total: int, elapsed_s: float) -> str:
+    """``decode: 12,345/1,000,000 (1.2%), 850.0/s, eta 19m``."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     percent = 100.0 * done / total if total else 100.0
-    if rate > 0 and done < total:
-        remaining = (total - done) / rate
-        eta = f"{remaining / 60:.0f}m" if remaining >= 90 else f"{remaining:.0f}s"
-    else:
-        eta = "-"
-    return f"scan: {done:,}/{total:,} images ({percent:.1f}%), {rate:,.1f} images/s, eta {eta}"
+    eta = _eta((total - done) / rate) if rate > 0 and done < total else "-"
+    return f"{step}: {done:,}/{total:,} ({percent:.1f}%), {rate:,.1f}/s, eta {eta}"
+
+
+def format_progress(done: int, total: int, elapsed_s: float, step: str = "scan") -> str:
+    """One step's progress line (kept for callers of the single-step form)."""
+    return format_step(step, done, total, elapsed_s)
 
 
 class ProgressLogger:
-    """Logs :func:`format_progress` every ``interval_s`` seconds while the scan runs."""
+    """Logs the line of ``steps`` (``{step: total rows}``) every ``interval_s`` seconds while a
+    stage runs; ``on_line(totals)`` is called with each reading (the ledger keeps the last one)."""
 
-    def __init__(self, tracker: Any, total: int, interval_s: float) -> None:
-        self.tracker = tracker
-        self.total = total
-        self.interval_s = interval_s
+    def __init__(self, tracker: Any, steps: dict[str, int], interval_s: float,
+                 on_line: Callable[[dict[str, int]], None] | None = None) -> None:
+        self.tracker, self.steps, self.interval_s, self.on_line = tracker, steps, interval_s, on_line
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ood-ray-progress", daemon=True)
         self._started = time.monotonic()
@@ -79,8 +99,14 @@ class ProgressLogger:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                done = ray.get(self.tracker.totals.remote(), timeout=30)["images"]
+                totals = ray.get(self.tracker.totals.remote(), timeout=min(30.0, self.interval_s * 3))
             except Exception as exc:  # noqa: BLE001 - progress must never take the job down
                 log.debug("progress unavailable: %s", exc)
                 continue
-            log.info(format_progress(done, self.total, time.monotonic() - self._started))
+            elapsed = time.monotonic() - self._started
+            log.info(" | ".join(format_step(step, totals.get(step, 0), total, elapsed) for step, total in self.steps.items()))
+            if self.on_line is not None:
+                try:
+                    self.on_line(totals)
+                except Exception as exc:  # noqa: BLE001
+                    log.debug("progress snapshot not written: %s", exc)

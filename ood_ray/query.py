@@ -22,20 +22,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 
 from ood_ray.io import storage
-from ood_ray.io.rundir import read_run, table_files
-from ood_ray.tables import (
-    CHANNELS_SCHEMA,
-    DRIFT_SCHEMA,
-    DUPLICATE_PAIRS_SCHEMA,
-    DUPLICATES_SCHEMA,
-    EMBEDDINGS_SCHEMA,
-    LINT_SCHEMA,
-)
+from ood_ray.run.layout import read_run, table_files
+from ood_ray.tables import TABLES
 
 log = logging.getLogger(__name__)
 
-_EMPTY_SCHEMAS = {"channels": CHANNELS_SCHEMA, "duplicates": DUPLICATES_SCHEMA, "lint": LINT_SCHEMA,
-                  "duplicate_pairs": DUPLICATE_PAIRS_SCHEMA, "embeddings": EMBEDDINGS_SCHEMA, "drift": DRIFT_SCHEMA}
+#: Tables with a fixed schema get an empty view when a run did not write them.
+_EMPTY_SCHEMAS = {name: schema for name, (schema, _) in TABLES.items() if schema is not None and name != "evaluation"}
 
 LEAKAGE_VIEW = """
 CREATE OR REPLACE VIEW leakage AS

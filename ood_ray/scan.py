@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ood_ray.embed.preprocess import PIXELS_PREFIX, prepare_model_input
+from ood_ray.columns import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, FETCH_SECONDS, INPUT_ERROR, PIXELS_PREFIX, SCAN_SECONDS
+from ood_ray.embed.preprocess import prepare_model_input
 from ood_ray.io import storage
 from ood_ray.io.decode import (
     BAND_NAMES,
@@ -41,7 +42,8 @@ from ood_ray.stats.image import (
     StatsColumns,
     compute_images_stats,
 )
-from ood_ray.tables import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, INPUT_ERROR, scan_schema
+from ood_ray.progress import report
+from ood_ray.tables import scan_schema
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class ScanSettings:
     task_num_cpus: float = 1.0
     #: The run's id, which names the blocks' decode journals ("" = no journal).
     run_id: str = ""
+    #: Retries of transient object-store errors (``io.retry_*``).
+    retry: storage.RetryPolicy = storage.DEFAULT_RETRY
 
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
@@ -92,7 +96,8 @@ def _fetch_pool(threads: int) -> ThreadPoolExecutor:
     return _POOLS[threads]
 
 
-def _fetch(uri: str, max_file_bytes: int, input_error: str | None = None) -> tuple[bytes | None, str | None]:
+def _fetch(uri: str, max_file_bytes: int, input_error: str | None = None,
+           retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> tuple[bytes | None, str | None]:
     """Read at most ``max_file_bytes + 1`` bytes: a larger object is ``too_large`` without
     downloading all of it (the decoder sees the extra byte and refuses it). An entry that the
     listing or the manifest already found unreadable is not read at all."""
@@ -101,7 +106,7 @@ def _fetch(uri: str, max_file_bytes: int, input_error: str | None = None) -> tup
     if not uri:
         return None, "empty uri"
     try:
-        return storage.read_bytes(uri, limit=max_file_bytes + 1), None
+        return storage.read_bytes(uri, limit=max_file_bytes + 1, retry=retry), None
     except Exception as exc:  # noqa: BLE001 - an unreadable object is a 'missing' row
         return None, storage.read_error_text(exc)
 
@@ -251,13 +256,14 @@ def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSet
 
 
 def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) -> pa.Table:
-    """Scan every row of a manifest block; returns the block with the scan columns appended."""
+    """Scan every row of a manifest block; returns the block with the scan columns appended (and
+    the block's worker seconds on its first row: ``_fetch_seconds``, ``_scan_seconds``)."""
     started = time.perf_counter()
     uris = batch.column("uri").to_pylist()
     errors = batch.column(INPUT_ERROR).to_pylist() if INPUT_ERROR in batch.column_names else [None] * len(uris)
     if settings.fetch_threads > 1 and len(uris) > 1 and any(storage.is_s3(uri) for uri in uris):
         fetched = list(_fetch_pool(settings.fetch_threads).map(
-            lambda pair: _fetch(pair[0], settings.max_file_bytes, pair[1]), zip(uris, errors)))
+            lambda pair: _fetch(pair[0], settings.max_file_bytes, pair[1], settings.retry), zip(uris, errors)))
     else:
         # Local reads take microseconds: threads would only add contention.
         fetched = [_fetch(uri, settings.max_file_bytes, error) for uri, error in zip(uris, errors)]
@@ -272,6 +278,9 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     schema = scan_schema(batch.schema, [name for name, _ in settings.input_columns()])
     arrays = [batch.column(f.name) if f.name in batch.column_names else scanned.array(f) for f in schema]
     out = pa.Table.from_arrays(arrays, schema=schema)
-    if progress is not None:
-        progress.add.remote(scanned.n, scanned.statuses(), fetch_seconds, scan_seconds)
+    for name, seconds in ((FETCH_SECONDS, fetch_seconds), (SCAN_SECONDS, scan_seconds)):
+        values = np.zeros(out.num_rows)
+        values[:1] = seconds
+        out = out.append_column(pa.field(name, pa.float64()), pa.array(values))
+    report(progress, "decode", scanned.n)
     return out

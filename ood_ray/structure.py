@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.cluster.kmeans import ClusterModel, fit_clusters
+from ood_ray.columns import EMBEDDING_PREFIX, embedding_matrix
 from ood_ray.config import AuditConfig
-from ood_ray.embed.actor import EMBEDDING_PREFIX
-from ood_ray.finalize import embedding_matrix
 from ood_ray.ood_fit import hash_order
 from ood_ray.project.maps import Projections, fit_projections
 

@@ -1,4 +1,4 @@
-"""Arrow schemas of the output tables (one place, so every writer and reader agrees).
+"""The one registry of output tables: every table's name, schema and the stage that writes it.
 
 ``images`` columns after the carried manifest columns (``image_id``, ``uri``, ``split``,
 ``label`` and any extras):
@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ood_ray.columns import CHANNEL_LIST_PREFIX, INPUT_ERROR
+from ood_ray.metrics import METRIC_NAMES
 from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES
 
 _INT_STATS = {"width", "height", "size", "channels", "depth"}
@@ -42,7 +44,6 @@ HASH_FIELDS: list[pa.Field] = [
 SCAN_FIELDS: list[pa.Field] = OBJECT_FIELDS + STAT_FIELDS + HASH_FIELDS
 
 #: Per-channel lists carried from the scan to the channels writer (dropped from ``images``).
-CHANNEL_LIST_PREFIX = "_ch_"
 CHANNEL_LIST_FIELDS: list[pa.Field] = [pa.field(f"{CHANNEL_LIST_PREFIX}band", pa.list_(pa.string()))] + [
     pa.field(f"{CHANNEL_LIST_PREFIX}{name}", pa.list_(pa.float64())) for name in CHANNEL_STAT_NAMES
 ]
@@ -114,12 +115,32 @@ DRIFT_SCHEMA = pa.schema([
     pa.field("n_new", pa.int64()), pa.field("detail", pa.string()),
 ])
 
-#: Staged column of the autoencoder's input pixels (``S x S x 3`` uint8 bytes; never stored).
-AUTOENCODER_PIXELS = "_ae_pixels"
+NEIGHBORS_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string()), pa.field("model", pa.string()), pa.field("rank", pa.int32()),
+    pa.field("neighbor_id", pa.string()), pa.field("distance", pa.float32()), pa.field("cosine_similarity", pa.float32()),
+])
 
-#: Internal manifest column: why an entry cannot be read at all (an unlistable folder, a broken
-#: link, a FIFO, a manifest cell that is not a URI); its row becomes ``missing`` with this reason.
-INPUT_ERROR = "_input_error"
+#: Table ``evaluation`` (``ood-ray evaluate``): one row per score and OOD set.
+EVALUATION_SCHEMA = pa.schema(
+    [pa.field("score", pa.string()), pa.field("ood_set", pa.string()), pa.field("n_id", pa.int64()),
+     pa.field("n_ood", pa.int64())] + [pa.field(name, pa.float64()) for name in METRIC_NAMES]
+)
+
+#: Every table: ``{name: (schema or None when its columns depend on the run, writer)}``.
+TABLES: dict[str, tuple[pa.Schema | None, str]] = {
+    "images": (None, "scan, knn, finalize"),
+    "channels": (CHANNELS_SCHEMA, "scan"),
+    "predictions": (PREDICTIONS_SCHEMA, "scan (embed)"),
+    "embeddings": (EMBEDDINGS_SCHEMA, "finalize"),
+    "neighbors": (NEIGHBORS_SCHEMA, "knn"),
+    "duplicate_pairs": (DUPLICATE_PAIRS_SCHEMA, "dedup"),
+    "duplicates": (DUPLICATES_SCHEMA, "dedup"),
+    "lint": (LINT_SCHEMA, "lint"),
+    "clusters": (None, "clusters"),
+    "drift": (DRIFT_SCHEMA, "drift"),
+    "evaluation": (EVALUATION_SCHEMA, "ood-ray evaluate"),
+}
+TABLE_NAMES: tuple[str, ...] = tuple(TABLES)
 
 #: Names the scan writes; a manifest column with one of these names is refused.
 RESERVED_COLUMNS: set[str] = {f.name for f in SCAN_FIELDS} | {"image_id", "listed_size", INPUT_ERROR}

@@ -19,7 +19,7 @@ from ood_ray.autoencoder.model import load_autoencoder, reconstruction_error
 from ood_ray.autoencoder.train import default_storage_path, train_autoencoder
 from ood_ray.config import AuditConfig
 from ood_ray.ood_fit import hash_order
-from ood_ray.tables import AUTOENCODER_PIXELS
+from ood_ray.columns import AUTOENCODER_PIXELS
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from ood_ray.columns import embedding_matrix
 from ood_ray.config import DriftConfig
 from ood_ray.detectors.knn import l2_normalize
 from ood_ray.drift.new_classes import detect_new_classes
@@ -39,7 +40,6 @@ from ood_ray.drift.tests import (
     mann_whitney_greater,
     mmd_test,
 )
-from ood_ray.finalize import embedding_matrix
 from ood_ray.ood_fit import hash_order
 from ood_ray.stats.image import IMAGE_STAT_NAMES
 from ood_ray.tables import DRIFT_SCHEMA

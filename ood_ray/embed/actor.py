@@ -21,23 +21,27 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from ood_ray.columns import (
+    EMBEDDING_PREFIX,
+    LOGITS_PREFIX,
+    PIXELS_PREFIX,
+    PROBABILITIES_PREFIX,
+    TOPK_CLASS_PREFIX,
+    TOPK_PROB_PREFIX,
+    score_column,
+)
 from ood_ray.detectors import ENSEMBLE_DETECTORS, LOGIT_DETECTORS, REGISTRY
 from ood_ray.detectors.base import softmax
 from ood_ray.embed.models import ModelInfo, build_model, embed_and_logits
-from ood_ray.embed.preprocess import PIXELS_PREFIX, normalize_batch, preprocessing_key
+from ood_ray.embed.preprocess import normalize_batch, preprocessing_key
+from ood_ray.progress import report
 
 log = logging.getLogger(__name__)
-
-EMBEDDING_PREFIX = "_emb_"
-PROBABILITIES_PREFIX = "_prob_"
-LOGITS_PREFIX = "_logit_"
-TOPK_CLASS_PREFIX = "_topk_class_"
-TOPK_PROB_PREFIX = "_topk_prob_"
-
 
 @dataclass(frozen=True)
 class EmbedSettings:
@@ -60,9 +64,9 @@ def ensemble_members(infos: list[ModelInfo]) -> list[ModelInfo]:
 
 def score_columns(infos: list[ModelInfo]) -> list[str]:
     """Names of the score columns the actor adds (thresholds are fitted for each)."""
-    names = [f"score_{detector}_{info.alias}" for info in infos if info.num_classes > 0 for detector in LOGIT_DETECTORS]
+    names = [score_column(detector, info.alias) for info in infos if info.num_classes > 0 for detector in LOGIT_DETECTORS]
     if ensemble_members(infos):
-        names += [f"score_{detector}" for detector in ENSEMBLE_DETECTORS]
+        names += [score_column(detector) for detector in ENSEMBLE_DETECTORS]
     return names
 
 
@@ -121,11 +125,12 @@ def _pixel_matrix(column: pa.ChunkedArray, height: int, width: int) -> tuple[np.
 class EmbedActor:
     """Loads the models once; embeds, classifies and scores each block (see module docstring)."""
 
-    def __init__(self, infos: list[ModelInfo], settings: EmbedSettings) -> None:
+    def __init__(self, infos: list[ModelInfo], settings: EmbedSettings, progress: Any = None) -> None:
         import torch
 
         self.infos = infos
         self.settings = settings
+        self.progress = progress
         use_cuda = settings.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         if not use_cuda:
@@ -184,4 +189,5 @@ class EmbedActor:
         out = batch.drop_columns([c for c in batch.column_names if c.startswith(PIXELS_PREFIX)])
         for name in self.fields:
             out = out.append_column(self.fields[name], columns[name])
+        report(self.progress, "embed", n)
         return out

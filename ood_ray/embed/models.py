@@ -253,3 +253,16 @@ def inspect_models(specs: list[ModelConfig]) -> list[ModelInfo]:
         log.info("model %s: %s, embedding %d, classes %d, input %s", spec.column_alias, spec.name,
                  infos[-1].embedding_dim, infos[-1].num_classes, data_config["input_size"])
     return infos
+
+
+def reference_models(config: Any, reference: Any = None) -> list[ModelConfig]:
+    """The models to run: ``config.models``, or with a ``--reference`` run (a
+    :class:`ood_ray.run.state.RunState`) that run's models -- given again, they must be the same."""
+    if reference is None:
+        return list(config.models)
+    saved = list(reference.config.models)
+    if not saved:
+        raise ConfigError(f"reference={reference.out!r}: that run has no models to score against")
+    if config.models and [(m.name, m.column_alias) for m in config.models] != [(m.name, m.column_alias) for m in saved]:
+        raise ConfigError(f"models: must be the reference run's models {[m.name for m in saved]} (or left out)")
+    return saved

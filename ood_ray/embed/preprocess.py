@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-#: Scan output columns holding model-ready pixels (dropped by the embedding actor).
-PIXELS_PREFIX = "_px_"
+from ood_ray.columns import PIXELS_PREFIX  # noqa: F401 - model-ready pixel columns (dropped by the actor)
 
 
 def preprocessing_key(data_config: dict[str, Any]) -> str:

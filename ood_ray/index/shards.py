@@ -70,11 +70,31 @@ def _search(index: Any, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[n
 
 class IndexShard:
     """See module docstring: one shard of every model's index. Create with
-    ``ray.remote(IndexShard).options(num_cpus=...)``; one set of shards serves all models."""
+    ``ray.remote(IndexShard).options(num_cpus=...)``; one set of shards serves all models.
 
-    def __init__(self, nprobe: int = 16) -> None:
+    ``plans`` (one dict per model) make the shard build itself in its constructor -- from the
+    staged files (``alias``, ``dim``, ``template``, ``files``, ``column``, ``reference_split``,
+    ``all_reference``) or from a saved index (``alias``, ``dim``, ``index_uri``, ``ids_uri``, plus
+    ``files``/``column`` for this run's rows) -- so that an actor Ray restarts after its process or
+    node died rebuilds exactly the same shard from storage.
+    """
+
+    def __init__(self, nprobe: int = 16, plans: list[dict[str, Any]] = ()) -> None:
         self.nprobe = nprobe
         self.models: dict[str, _ModelIndex] = {}
+        self.built: dict[str, dict[str, int]] = {}
+        for plan in plans:
+            if plan.get("index_uri"):
+                self.load_saved(plan["alias"], plan["dim"], plan["index_uri"], plan["ids_uri"])
+                self.built[plan["alias"]] = self.load_rows(plan["alias"], plan["files"], plan["column"], None, False)
+            else:
+                self.add_model(plan["alias"], plan["dim"], plan.get("template"))
+                self.built[plan["alias"]] = self.load_rows(plan["alias"], plan["files"], plan["column"],
+                                                           plan["reference_split"], plan["all_reference"])
+
+    def ready(self) -> dict[str, dict[str, int]]:
+        """The sizes of every model's indexes once built (the driver waits on this)."""
+        return {alias: model.sizes() for alias, model in self.models.items()}
 
     def add_model(self, alias: str, dim: int, template: bytes | None = None) -> None:
         """Start an empty index for ``alias`` (a copy of the trained IVF ``template`` if given)."""
@@ -85,8 +105,7 @@ class IndexShard:
         """Add the ``ok`` rows with a vector in ``column`` from ``files`` (staged Parquet parts)."""
         model = self.models[alias]
         for uri in files:
-            fs, path = storage.resolve(uri)
-            table = pq.read_table(path, filesystem=fs, columns=["image_id", "split", "status", column])
+            table = storage.read_parquet(uri, ["image_id", "split", "status", column])
             table = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column(column))))
             if table.num_rows == 0:
                 continue

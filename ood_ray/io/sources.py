@@ -39,7 +39,7 @@ import xxhash
 from ood_ray.config import AuditConfig, ConfigError
 from ood_ray.io import storage
 from ood_ray.io.listing import ListingReport, list_entries
-from ood_ray.tables import INPUT_ERROR
+from ood_ray.columns import INPUT_ERROR
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,23 @@ S3-compatible store). Ray workers inherit these from the driver or from the clus
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
+import random
 import stat
+import time
 import urllib.parse
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
@@ -78,9 +87,19 @@ def _endpoint_from_env() -> tuple[str | None, str]:
     return endpoint.rstrip("/"), scheme
 
 
+#: Per-request timeouts of the S3 client (seconds): a stalled connection fails and is retried
+#: instead of holding a worker (``OOD_RAY_S3_REQUEST_TIMEOUT_S`` / ``..._CONNECT_TIMEOUT_S``).
+S3_REQUEST_TIMEOUT_S = 20.0
+S3_CONNECT_TIMEOUT_S = 5.0
+
+
 @lru_cache(maxsize=8)
-def _s3_filesystem(endpoint: str | None, scheme: str, region: str) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": region, "scheme": scheme}
+def _s3_filesystem(endpoint: str | None, scheme: str, region: str, request_timeout: float,
+                   connect_timeout: float) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region, "scheme": scheme, "request_timeout": request_timeout,
+                    "connect_timeout": connect_timeout,
+                    # the client's own retries stay few: RetryPolicy below bounds the whole operation
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2)}
     if endpoint:
         kwargs["endpoint_override"] = endpoint
         kwargs["force_virtual_addressing"] = False
@@ -91,7 +110,58 @@ def s3_filesystem() -> pafs.S3FileSystem:
     """The S3 filesystem described by the environment (cached per process)."""
     endpoint, scheme = _endpoint_from_env()
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
-    return _s3_filesystem(endpoint, scheme, region)
+    request = float(os.environ.get("OOD_RAY_S3_REQUEST_TIMEOUT_S", S3_REQUEST_TIMEOUT_S))
+    connect = float(os.environ.get("OOD_RAY_S3_CONNECT_TIMEOUT_S", S3_CONNECT_TIMEOUT_S))
+    return _s3_filesystem(endpoint, scheme, region, request, connect)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded retries of transient object-store errors
+
+#: Error texts of object stores that mean "this will not change by asking again".
+_PERMANENT = ("NO_SUCH_KEY", "NoSuchKey", "NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied",
+              "HTTP status 404", "HTTP status 403", "HTTP status 400", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+              "Path does not exist", "INVALID_PARAMETER")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether asking again may succeed: a throttle (503 SlowDown), a 5xx, a reset or timed-out
+    connection -- not a missing key, a permission refused, or a local file's error."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, NotARegularFile)):
+        return False
+    if not isinstance(exc, OSError):
+        return False
+    text = str(exc)
+    if any(marker in text for marker in _PERMANENT):
+        return False
+    return "AWS Error" in text or "curl" in text.lower() or "connection" in text.lower() or "timed out" in text.lower() \
+        or isinstance(exc, (ConnectionError, TimeoutError))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded retries with exponential backoff and jitter (``io.retry_*``): attempt ``k`` waits
+    ``min(max_delay_s, base_delay_s * 2**k) * U(0.5, 1)`` first. Local paths are never retried."""
+
+    attempts: int = 12
+    base_delay_s: float = 0.1
+    max_delay_s: float = 5.0
+
+    def call(self, fn: Callable[[], T], uri: str = "") -> T:
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - classified below, re-raised when permanent
+                if attempt == self.attempts - 1 or not is_s3(uri) or not is_transient(exc):
+                    raise
+                delay = min(self.max_delay_s, self.base_delay_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+                log.debug("transient error on %s (attempt %d of %d, retrying in %.2fs): %s", uri, attempt + 1,
+                          self.attempts, delay, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 _LOCAL = pafs.LocalFileSystem()
@@ -145,31 +215,37 @@ def read_error_text(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def read_bytes(uri: str, limit: int | None = None) -> bytes:
+def read_bytes(uri: str, limit: int | None = None, retry: RetryPolicy = DEFAULT_RETRY) -> bytes:
     """The object's bytes; with ``limit``, at most ``limit`` bytes are read (and returned).
 
-    Local paths are opened only when they are regular files (see :func:`_read_local`)."""
+    Local paths are opened only when they are regular files (see :func:`_read_local`); S3 reads
+    are retried on transient errors (``retry``)."""
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         return _read_local(path, limit)
-    with fs.open_input_stream(path) as stream:
-        return stream.read() if limit is None else stream.read(limit)
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as stream:
+            return stream.read() if limit is None else stream.read(limit)
+
+    return retry.call(read, uri)
 
 
-def exists(uri: str) -> bool:
+def exists(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return retry.call(lambda: fs.get_file_info(path), uri).type != pafs.FileType.NotFound
 
 
-def is_dir(uri: str) -> bool:
+def is_dir(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    return retry.call(lambda: fs.get_file_info(path), uri).type == pafs.FileType.Directory
 
 
-def write_bytes_atomic(uri: str, data: bytes) -> None:
+def write_bytes_atomic(uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     """Write ``data`` so readers see the old object or the new one, never a partial one.
 
-    Local: write a temporary sibling, then ``os.replace``. S3: a single PUT is atomic.
+    Local: write a temporary sibling, then ``os.replace``. S3: a single PUT is atomic (retried on
+    transient errors).
     """
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -181,14 +257,50 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+
+    def put() -> None:
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+
+    retry.call(put, uri)
 
 
-def list_files(uri: str) -> list[tuple[str, int]]:
+def write_parquet(uri: str, table, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Write one Parquet file (zstd): locally to a temporary name renamed into place, on S3 as
+    one upload retried on transient errors -- a reader never sees half a file."""
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_parent_dirs(path)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        return
+    retry.call(lambda: pq.write_table(table, path, filesystem=fs, compression="zstd"), uri)
+
+
+def read_parquet(uri: str, columns: list[str] | None = None, retry: RetryPolicy = DEFAULT_RETRY):
+    """One Parquet file as an Arrow table (S3 reads retried on transient errors)."""
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+    return retry.call(lambda: pq.read_table(path, filesystem=fs, columns=columns), uri)
+
+
+def copy_file(source: str, target: str, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    """Copy one object (server-side on S3)."""
+    fs, src = resolve(source)
+    _, dst = resolve(target)
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_parent_dirs(dst)
+    retry.call(lambda: fs.copy_file(src, dst), source)
+
+
+def list_files(uri: str, retry: RetryPolicy = DEFAULT_RETRY) -> list[tuple[str, int]]:
     """Every regular file under ``uri`` (recursive) as ``(uri, size_bytes)``, sorted by uri."""
     fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    infos = retry.call(lambda: fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)), uri)
     out = []
     for info in infos:
         if info.type != pafs.FileType.File:
@@ -198,11 +310,11 @@ def list_files(uri: str) -> list[tuple[str, int]]:
     return out
 
 
-def delete_files(uris: list[str]) -> None:
+def delete_files(uris: list[str], retry: RetryPolicy = DEFAULT_RETRY) -> None:
     for uri in uris:
         fs, path = resolve(uri)
         try:
-            fs.delete_file(path)
+            retry.call(lambda: fs.delete_file(path), uri)
         except FileNotFoundError:
             pass
 

@@ -12,7 +12,7 @@ import pytest
 
 from ood_ray.cli import main as cli_main
 from ood_ray.config import ConfigError, load_config
-from ood_ray.io.rundir import read_run
+from ood_ray.run.layout import read_run
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
 
@@ -169,5 +169,5 @@ def test_cli_audit_command_end_to_end(demo_dataset, workdir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "objects in: " in result.stdout
-    assert "images/s" in result.stderr  # the periodic progress line
+    assert "decode: " in result.stderr and "/s, eta" in result.stderr  # the periodic progress line, per stage
     assert read_run(str(workdir / "cli"))["rows_out"] == len(demo_dataset["planted"]["files"])

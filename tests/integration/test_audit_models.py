@@ -13,7 +13,7 @@ from ood_ray.config import ConfigError, ModelConfig, load_config
 from ood_ray.embed.models import build_model, embed_and_logits, inspect_models
 from ood_ray.embed.preprocess import normalize_batch, prepare_model_input
 from ood_ray.io.decode import decode_image
-from ood_ray.io.rundir import read_run
+from ood_ray.run.layout import read_run
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from ood_ray.config import load_config
-from ood_ray.io.rundir import read_run
+from ood_ray.run.layout import read_run
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
 

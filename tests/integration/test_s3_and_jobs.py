@@ -11,7 +11,7 @@ import pytest
 
 from ood_ray.config import load_config
 from ood_ray.io import storage
-from ood_ray.io.rundir import read_run
+from ood_ray.run.layout import read_run
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
 

@@ -10,7 +10,7 @@ from ood_ray.cli import main as cli_main
 from ood_ray.config import ConfigError
 from ood_ray.evaluate import evaluate
 from ood_ray.holdout import HOLDOUT, HOLDOUT_REFERENCE, choose_classes, holdout_manifest
-from ood_ray.io.rundir import RunDirectory, read_run
+from ood_ray.run.layout import RunLayout, read_run
 from ood_ray.metrics import compute_metrics
 from ood_ray.query import run_query
 
@@ -26,9 +26,9 @@ def run_dir(tmp_path):
         "is_novel": [s in ("far", "near") for s in splits],
         "score_good": score, "score_bad": -score,
     })
-    run = RunDirectory(str(tmp_path))
+    run = RunLayout(str(tmp_path))
     uri = run.write_part("images", "00000", table)
-    run.commit({"images": [(uri, 220)]}, {"config": {"ood": {"reference_split": "train"}}})
+    run.commit({"images": [(uri, 220)]}, {"stages": {"scan": {"state": {"reference_split": "train"}}}})
     return tmp_path, table
 
 

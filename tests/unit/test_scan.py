@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from ood_ray.io.sink import split_scan_block
+from ood_ray.stages.scan import split_scan_block
 from ood_ray.scan import ScanSettings, scan_batch
 
 SETTINGS = ScanSettings(max_pixels=10**8, max_file_bytes=10_000, fetch_threads=1, per_channel_sharpness=False)

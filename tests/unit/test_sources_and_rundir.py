@@ -9,7 +9,7 @@ import pytest
 import xxhash
 
 from ood_ray.config import ConfigError, load_config
-from ood_ray.io.rundir import RunDirectory, read_run, table_files
+from ood_ray.run.layout import RunLayout, read_run, table_files
 from ood_ray.io.sources import build_manifest, compute_image_ids
 from ood_ray.tables import RESERVED_COLUMNS
 
@@ -68,8 +68,8 @@ def test_manifest_errors_are_config_errors(tmp_path):
         build_manifest(load_config(None, [], source=str(tmp_path / "nope"), out="o"), RESERVED_COLUMNS)
 
 
-def _commit(out, rows: int) -> RunDirectory:
-    run_dir = RunDirectory(str(out))
+def _commit(out, rows: int) -> RunLayout:
+    run_dir = RunLayout(str(out))
     uri = run_dir.write_part("images", "00000", pa.table({"image_id": [str(i) for i in range(rows)]}))
     run_dir.commit({"images": [(uri, rows)]}, {"note": rows})
     return run_dir
@@ -78,17 +78,19 @@ def _commit(out, rows: int) -> RunDirectory:
 def test_commit_lists_files_and_removes_stale_ones(tmp_path):
     first = _commit(tmp_path, 3)
     with pytest.raises(ConfigError, match="overwrite"):
-        RunDirectory(str(tmp_path)).check_writable(overwrite=False)
-    # A crashed run leaves part files but no commit: readers still see the first run.
-    crashed = RunDirectory(str(tmp_path))
+        RunLayout(str(tmp_path)).check_writable(overwrite=False)
+    # A crashed run leaves part files but no commit: they live apart, so even a plain glob over
+    # OUT/images still sees exactly the first run.
+    crashed = RunLayout(str(tmp_path))
     crashed.write_part("images", "00000", pa.table({"image_id": ["x"]}))
     run = read_run(str(tmp_path))
     assert run["run_id"] == first.run_id and run["tables"]["images"]["rows"] == 3
-    assert len(list((tmp_path / "images").iterdir())) == 2
-    # The next committed run replaces both: one file, its own.
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == [f"part-{first.run_id}-00000.parquet"]
+    # The next committed run replaces both: one file, its own; no other run's folder is left.
     second = _commit(tmp_path, 5)
     files = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert files == [f"part-{second.run_id}-00000.parquet"]
+    assert sorted(p.name for p in (tmp_path / "_runs").iterdir()) == [second.run_id]
     run = read_run(str(tmp_path))
     assert run["tables"]["images"]["rows"] == 5 and run["note"] == 5
     assert table_files(str(tmp_path), run, "images") == [str(tmp_path / "images" / files[0])]

@@ -190,8 +190,8 @@ def test_finalize_rebuilds_detectors_for_each_run_settings():
     import pyarrow as pa
 
     from ood_ray.detectors import REGISTRY
-    from ood_ray.embed.actor import EMBEDDING_PREFIX
-    from ood_ray.finalize import FinalizeSettings, finalize_batch
+    from ood_ray.columns import EMBEDDING_PREFIX
+    from ood_ray.stages.finalize import FinalizeSettings, finalize_batch
 
     X, labels, _ = blobs(9, k=2, n=20, dim=4)
     batch = pa.table({"image_id": [str(i) for i in range(len(X))],

@@ -1,29 +1,39 @@
-"""The finalize pass of a run with models (Ray Data over the staged rows, after the fits).
+"""Stage ``finalize`` of a run with models or an autoencoder (Ray Data over the staged rows, after
+the fits).
 
-Each staged block gets the fitted scores (``score_<detector>_<alias>`` of clf_entropy, Mahalanobis,
-RMD) and a flag
-``is_ood_<score>`` (``score > threshold``; null where the score is null) for every thresholded
-score; :class:`FinalizeDatasink` then writes ``images`` (without the ``_emb_`` columns) and
-``embeddings`` (one row per image and model) part files.
+Each staged part is read by one task (:func:`finalize_files`), which adds the fitted scores
+(``score_<detector>_<model>`` of clf_entropy, Mahalanobis, RMD), the cluster and map columns,
+``score_recon``, and a flag ``is_ood_<score>`` (``score > threshold``; null where the score is null)
+for every thresholded score; :class:`FinalizeSink` then writes ``images`` (without the internal
+columns) and ``embeddings`` (one row per image and model). Workers rebuild the fitted detectors and
+the autoencoder once per settings object (a cache keyed by the settings' token, not by identity).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from ray.data import Datasink
-from ray.data.block import Block, BlockAccessor
 
+from ood_ray.columns import (
+    AUTOENCODER_PIXELS,
+    EMBEDDING_PREFIX,
+    embedding_column,
+    embedding_matrix,
+    flag_column,
+    is_internal,
+    scattered,
+)
 from ood_ray.detectors import REGISTRY
-from ood_ray.embed.actor import EMBEDDING_PREFIX
-from ood_ray.io.rundir import RunDirectory
-from ood_ray.tables import AUTOENCODER_PIXELS, EMBEDDINGS_SCHEMA
+from ood_ray.io import storage
+from ood_ray.progress import report
+from ood_ray.run.sink import PartSink
+from ood_ray.stages.base import Stage, StageResult
+from ood_ray.tables import EMBEDDINGS_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,8 @@ class FinalizeSettings:
     autoencoder: bytes | None = None
     autoencoder_latent: int = 16
     autoencoder_size: int = 32
+    progress: Any = None
+    retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: unique per settings object made on the driver (the workers' cache key)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -71,27 +83,11 @@ def _autoencoder(settings: FinalizeSettings) -> Any:
     return _built(settings, "autoencoder", lambda: load_autoencoder(settings.autoencoder, settings.autoencoder_latent))
 
 
-def flag_name(score_column: str) -> str:
-    """``score_msp_resnet18`` -> ``is_ood_msp_resnet18``."""
-    return "is_ood_" + score_column[len("score_"):]
-
-
-def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(row indices, float32[n, D])`` of the non-null vectors of an embedding column."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    rows = np.flatnonzero(np.asarray(array.is_valid()))
-    if len(rows) == 0:
-        return rows, np.zeros((0, 0), np.float32)
-    valid = array.take(pa.array(rows))
-    dim = valid.type.list_size if pa.types.is_fixed_size_list(valid.type) else len(valid[0])
-    return rows, valid.flatten().to_numpy(zero_copy_only=False).reshape(len(rows), dim).astype(np.float32)
-
-
 def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     """Add the probe scores and every flag to one staged block."""
     n = batch.num_rows
     for column, (alias, detector) in _fitted(settings).items():
-        rows, X = embedding_matrix(batch.column(f"{EMBEDDING_PREFIX}{alias}"))
+        rows, X = embedding_matrix(batch.column(embedding_column(alias)))
         values = np.zeros(n, np.float32)
         mask = np.ones(n, bool)
         if len(rows):
@@ -104,17 +100,18 @@ def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     for column, threshold in settings.thresholds.items():
         if column in batch.column_names:
             flags = pc.greater(pc.cast(batch.column(column), pa.float64()), pa.scalar(float(threshold)))
-            batch = batch.append_column(pa.field(flag_name(column), pa.bool_()), flags)
+            batch = batch.append_column(pa.field(flag_column(column), pa.bool_()), flags)
     return batch
 
 
-def _scattered(n: int, rows: np.ndarray, values: np.ndarray, dtype: Any) -> pa.Array:
-    """A length-``n`` column holding ``values`` at ``rows`` and null elsewhere (and where NaN)."""
-    out = np.zeros(n, dtype)
-    mask = np.ones(n, bool)
-    out[rows] = values
-    mask[rows] = np.isnan(values) if np.issubdtype(np.asarray(values).dtype, np.floating) else False
-    return pa.array(out, mask=mask)
+def finalize_files(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
+    """Read the staged parts named in ``batch`` and finalize each."""
+    parts = []
+    for uri in batch.column("uri").to_pylist():
+        table = storage.read_parquet(uri, retry=settings.retry)
+        parts.append(finalize_batch(table, settings))
+        report(settings.progress, "finalize", table.num_rows)
+    return pa.concat_tables(parts)
 
 
 def _add_structure(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
@@ -122,22 +119,22 @@ def _add_structure(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     if settings.structure_model is None or (settings.clusters is None and settings.projections is None):
         return batch
     n = batch.num_rows
-    rows, X = embedding_matrix(batch.column(f"{EMBEDDING_PREFIX}{settings.structure_model}"))
+    rows, X = embedding_matrix(batch.column(embedding_column(settings.structure_model)))
     if settings.clusters is not None:
         if len(rows):
             cluster, distance, z = settings.clusters.assign(X)
         else:
             cluster, distance, z = np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.float32)
-        batch = batch.append_column(pa.field("cluster", pa.int32()), _scattered(n, rows, cluster, np.int32))
-        batch = batch.append_column(pa.field("cluster_distance", pa.float32()), _scattered(n, rows, distance, np.float32))
-        score = _scattered(n, rows, z, np.float32)
+        batch = batch.append_column(pa.field("cluster", pa.int32()), scattered(n, rows, cluster, np.int32))
+        batch = batch.append_column(pa.field("cluster_distance", pa.float32()), scattered(n, rows, distance, np.float32))
+        score = scattered(n, rows, z, np.float32)
         batch = batch.append_column(pa.field("score_cluster", pa.float32()), score)
         batch = batch.append_column(pa.field("is_cluster_outlier", pa.bool_()),
                                     pc.greater(pc.cast(score, pa.float64()), pa.scalar(float(settings.outlier_zscore))))
     if settings.projections is not None:
         ids = batch.column("image_id").take(pa.array(rows)).to_pylist() if len(rows) else []
         for name, values in settings.projections.transform(X, ids).items():
-            batch = batch.append_column(pa.field(name, pa.float32()), _scattered(n, rows, values, np.float32))
+            batch = batch.append_column(pa.field(name, pa.float32()), scattered(n, rows, values, np.float32))
     return batch
 
 
@@ -153,7 +150,7 @@ def _add_recon(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
         blobs = column.take(pa.array(rows)).to_pylist()
         pixels = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(rows), size, size, 3)
         values = reconstruction_error(_autoencoder(settings), pixels)
-    return batch.append_column(pa.field("score_recon", pa.float32()), _scattered(batch.num_rows, rows, values, np.float32))
+    return batch.append_column(pa.field("score_recon", pa.float32()), scattered(batch.num_rows, rows, values, np.float32))
 
 
 def embeddings_of(block: pa.Table) -> pa.Table:
@@ -177,31 +174,56 @@ def embeddings_of(block: pa.Table) -> pa.Table:
     return pa.concat_tables(parts) if parts else EMBEDDINGS_SCHEMA.empty_table()
 
 
-class FinalizeDatasink(Datasink):
-    """Writes the final ``images`` and ``embeddings`` part files of a run with models."""
+class FinalizeSink(PartSink):
+    """The final ``images`` (no internal columns) and ``embeddings`` part files."""
 
-    def __init__(self, out: str, run_id: str) -> None:
-        self.out = out
-        self.run_id = run_id
-        self.files: dict[str, list[tuple[str, int]]] = {"images": [], "embeddings": []}
+    TABLES = ("images", "embeddings")
 
-    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, list[tuple[str, int]]]:
-        run_dir = RunDirectory(self.out, self.run_id)
-        tables = [BlockAccessor.for_block(b).to_arrow() for b in blocks]
-        tables = [t for t in tables if t.num_rows]
-        written: dict[str, list[tuple[str, int]]] = {"images": [], "embeddings": []}
-        if not tables:
-            return written
-        block = pa.concat_tables(tables)
-        part = f"{ctx.task_idx:05d}-{uuid.uuid4().hex[:8]}"
-        images = block.drop_columns([c for c in block.column_names if c.startswith(EMBEDDING_PREFIX) or c == AUTOENCODER_PIXELS])
-        written["images"].append((run_dir.write_part("images", part, images), images.num_rows))
-        embeddings = embeddings_of(block)
-        if embeddings.num_rows:
-            written["embeddings"].append((run_dir.write_part("embeddings", part, embeddings), embeddings.num_rows))
-        return written
+    def split(self, block: pa.Table) -> dict[str, pa.Table]:
+        images = block.drop_columns([c for c in block.column_names if is_internal(c)])
+        return {"images": images, "embeddings": embeddings_of(block)}
 
-    def on_write_complete(self, write_result: Any) -> None:
-        for written in write_result.write_returns:
-            for table, entries in written.items():
-                self.files[table].extend(entries)
+
+class FinalizeStage(Stage):
+    name = "finalize"
+    reads = ("ray", "cluster", "autoencoder")
+    writes = ("images", "embeddings")
+
+    def enabled(self, ctx: Any) -> bool:
+        return "images" in ctx.staged
+
+    def run(self, ctx: Any) -> StageResult:
+        import ray
+
+        from ood_ray.progress import ProgressLogger, start_tracker
+        from ood_ray.run.ray_runtime import configure_ray_data
+        from ood_ray.stages.ood_fit import FittedScores
+
+        cfg = ctx.section(self)
+        fitted = ctx.values.get("ood_fit") or FittedScores()
+        structure = ctx.values.get("structure")
+        autoencoder = ctx.values.get("autoencoder")
+        thresholds = dict(fitted.thresholds)
+        if autoencoder is not None and autoencoder.threshold is not None:
+            thresholds["score_recon"] = autoencoder.threshold
+        tracker = start_tracker(cfg.ray.helper_resources)
+        settings = FinalizeSettings(
+            thresholds, fitted.fitted, getattr(structure, "model", None), getattr(structure, "clusters", None),
+            cfg.cluster.outlier_zscore, getattr(structure, "projections", None),
+            getattr(autoencoder, "weights", None), cfg.autoencoder.latent_channels, cfg.autoencoder.image_size,
+            tracker, ctx.retry)
+        configure_ray_data(ctx.config)
+        staged = ctx.images_uris()
+        dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(
+            finalize_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"settings": settings},
+            num_cpus=cfg.ray.task_num_cpus)
+        sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry)
+        with ProgressLogger(tracker, {"finalize": ctx.manifest.num_rows}, cfg.ray.progress_interval_s):
+            dataset.write_datasink(sink)
+        ray.kill(tracker)
+        files = {table: entries for table, entries in sink.files.items() if entries}
+        files.setdefault("images", [])
+        rows = sum(r for _, r in files["images"])
+        if rows != ctx.manifest.num_rows:
+            raise RuntimeError(f"counts do not reconcile after finalize: {ctx.manifest.num_rows} objects, {rows} rows")
+        return StageResult(files=files, staged={"images": []}, state={"thresholds": thresholds})
