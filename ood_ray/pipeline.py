@@ -51,8 +51,11 @@ def _recorded(ctx: Any, stage: Stage) -> StageResult | None:
 
 def run_stage(ctx: Any, stage: Stage) -> StageResult:
     """Load or run one stage, record it, and hand it to the run."""
+    from ood_ray.run.context import pause_point
+
     result = _recorded(ctx, stage)
     if result is None:
+        pause_point(f"before:{stage.name}")
         log.info("stage %s: started", stage.name)
         with ctx.timer.stage(stage.name):
             result = stage.run(ctx)

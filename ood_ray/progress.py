@@ -42,11 +42,10 @@ class ProgressTracker:
 
 
 def start_tracker(resources: dict[str, float] | None = None) -> Any:
-    """The tracker actor (on a node with ``resources`` when given: ``ray.helper_resources``)."""
-    options: dict[str, Any] = {}
-    if resources:
-        options["resources"] = dict(resources)
-    return ProgressTracker.options(**options).remote()
+    """The tracker actor (preferably on a node with ``resources``: ``ray.helper_resources``)."""
+    from ood_ray.run.ray_runtime import helper_options
+
+    return ProgressTracker.options(**helper_options(resources)).remote()
 
 
 def report(tracker: Any, step: str, rows: int) -> None:

@@ -123,27 +123,40 @@ def load_structure(state: dict[str, Any], con: duckdb.DuckDBPyConnection, config
 
 
 def clusters_table(con: duckdb.DuckDBPyConnection, clusters: ClusterModel) -> pa.Table:
-    """Table ``clusters``: one row per cluster with its make-up (over every image assigned to it)."""
+    """Table ``clusters``: one row per cluster with its make-up (over every image assigned to it).
+
+    The members are first copied in ``image_id`` order and aggregated on one thread, so the means
+    and deviations are the same to the last bit however the images were split into files."""
+    from ood_ray.query import single_threaded
+
     con.register("_centroids", pa.table({"cluster": np.arange(len(clusters.centroids), dtype=np.int32),
                                          "centroid_norm": clusters.centroid_norm.astype(np.float64),
                                          "fit_mean_distance": clusters.mean_distance.astype(np.float64),
                                          "fit_std_distance": clusters.std_distance.astype(np.float64)}))
-    table = con.sql(
-        """SELECT c.cluster, count(i.image_id) AS size, c.centroid_norm,
-                  avg(i.cluster_distance) AS mean_distance, stddev_pop(i.cluster_distance) AS std_distance,
-                  c.fit_mean_distance, c.fit_std_distance,
-                  count(i.image_id) FILTER (WHERE i.is_cluster_outlier) AS outliers,
-                  count(DISTINCT i.label) AS n_labels,
-                  max_by_label.label AS majority_label,
-                  CAST(max_by_label.n AS DOUBLE) / nullif(count(i.label), 0) AS purity,
-                  histogram(i.label) FILTER (WHERE i.label IS NOT NULL) AS labels,
-                  histogram(coalesce(i.split, '')) AS splits
-           FROM _centroids c LEFT JOIN images i ON i.cluster = c.cluster
-           LEFT JOIN (SELECT cluster, arg_max(label, n) AS label, max(n) AS n FROM
-                        (SELECT cluster, label, count(*) AS n FROM images WHERE label IS NOT NULL AND cluster IS NOT NULL
-                         GROUP BY ALL) GROUP BY cluster) max_by_label ON max_by_label.cluster = c.cluster
-           GROUP BY c.cluster, c.centroid_norm, c.fit_mean_distance, c.fit_std_distance, max_by_label.label, max_by_label.n
-           ORDER BY c.cluster"""
-    ).to_arrow_table()
+    with single_threaded(con):
+        con.execute("""CREATE OR REPLACE TEMP TABLE _members AS
+                       SELECT image_id, cluster, cluster_distance, is_cluster_outlier, label, split FROM images
+                       WHERE cluster IS NOT NULL ORDER BY image_id""")
+        table = con.sql(
+            """WITH stats AS (
+                   SELECT cluster, count(image_id) AS size, avg(cluster_distance) AS mean_distance,
+                          stddev_pop(cluster_distance) AS std_distance,
+                          count(image_id) FILTER (WHERE is_cluster_outlier) AS outliers,
+                          count(DISTINCT label) AS n_labels, count(label) AS n_labelled,
+                          histogram(label) FILTER (WHERE label IS NOT NULL) AS labels,
+                          histogram(coalesce(split, '')) AS splits
+                   FROM _members GROUP BY cluster),
+               majority AS (
+                   SELECT cluster, arg_max(label, n) AS label, max(n) AS n FROM
+                     (SELECT cluster, label, count(*) AS n FROM _members WHERE label IS NOT NULL GROUP BY ALL)
+                   GROUP BY cluster)
+               SELECT c.cluster, coalesce(s.size, 0) AS size, c.centroid_norm, s.mean_distance, s.std_distance,
+                      c.fit_mean_distance, c.fit_std_distance, coalesce(s.outliers, 0) AS outliers,
+                      coalesce(s.n_labels, 0) AS n_labels, m.label AS majority_label,
+                      CAST(m.n AS DOUBLE) / nullif(s.n_labelled, 0) AS purity, s.labels, s.splits
+               FROM _centroids c LEFT JOIN stats s USING (cluster) LEFT JOIN majority m USING (cluster)
+               ORDER BY c.cluster"""
+        ).to_arrow_table()
+        con.execute("DROP TABLE _members")
     con.unregister("_centroids")
     return table

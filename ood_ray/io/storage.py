@@ -91,6 +91,8 @@ def _endpoint_from_env() -> tuple[str | None, str]:
 #: instead of holding a worker (``OOD_RAY_S3_REQUEST_TIMEOUT_S`` / ``..._CONNECT_TIMEOUT_S``).
 S3_REQUEST_TIMEOUT_S = 20.0
 S3_CONNECT_TIMEOUT_S = 5.0
+#: Attempts of each request inside the S3 client (every reader of it, DuckDB's scans included).
+S3_CLIENT_ATTEMPTS = 8
 
 
 @lru_cache(maxsize=8)
@@ -98,8 +100,9 @@ def _s3_filesystem(endpoint: str | None, scheme: str, region: str, request_timeo
                    connect_timeout: float) -> pafs.S3FileSystem:
     kwargs: dict = {"region": region, "scheme": scheme, "request_timeout": request_timeout,
                     "connect_timeout": connect_timeout,
-                    # the client's own retries stay few: RetryPolicy below bounds the whole operation
-                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=2)}
+                    # the client retries each request (503, 5xx, network errors) with the SDK's backoff;
+                    # RetryPolicy below bounds whole operations (a read, a write) on top of that
+                    "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_CLIENT_ATTEMPTS)}
     if endpoint:
         kwargs["endpoint_override"] = endpoint
         kwargs["force_virtual_addressing"] = False

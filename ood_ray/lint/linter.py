@@ -35,7 +35,7 @@ def _create_values_view(con: duckdb.DuckDBPyConnection, metrics: list[str], per_
     values = ", ".join(f'CAST("{m}" AS DOUBLE) AS "{m}"' for m in metrics)
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW _lint_values AS "
-        f"SELECT image_id, {_group_expression(per_class)} AS grp, {values} FROM images WHERE status = 'ok'"
+        f"SELECT image_id, {_group_expression(per_class)} AS grp, {values} FROM images WHERE status = 'ok' ORDER BY image_id"
     )
 
 
@@ -43,8 +43,18 @@ def summarize_metrics(con: duckdb.DuckDBPyConnection, metrics: list[str], per_cl
     """``{(group, metric): MetricSummary}`` over the ``ok`` rows of ``images``.
 
     Two scans whatever the number of metrics: the moments, medians and quartiles of every metric
-    in one aggregation, then the absolute deviations from those medians in a second.
+    in one aggregation, then the absolute deviations from those medians in a second. The rows are
+    aggregated in ``image_id`` order on one thread, so the floating-point sums -- and the bounds --
+    are the same to the last bit however the rows were split into part files (a resumed run's
+    thresholds equal an uninterrupted run's).
     """
+    from ood_ray.query import single_threaded
+
+    with single_threaded(con):
+        return _summarize(con, metrics, per_class)
+
+
+def _summarize(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
     _create_values_view(con, metrics, per_class)
     first = ", ".join(
         f'count("{m}"), avg("{m}"), stddev_pop("{m}"), median("{m}"), quantile_cont("{m}", 0.25), quantile_cont("{m}", 0.75)'

@@ -33,8 +33,9 @@ _VERSIONED = ("ood-ray", "ray", "pyarrow", "numpy", "pillow", "duckdb", "scipy")
 
 def pause_point(point: str) -> None:
     """``OOD_RAY_PAUSE_AT=<point>``: the driver waits here, so that the fault tests can kill it at a
-    chosen point (``commit``: before the commit; ``switch``: inside it, after the run's ``run.json``
-    is written and before the output switches to it). Nothing happens without the variable."""
+    chosen point (``before:<stage>``: before a stage runs; ``commit``: before the commit;
+    ``switch``: inside it, after the run's ``run.json`` is written and before the output switches
+    to it). Nothing happens without the variable."""
     import os
 
     if os.environ.get("OOD_RAY_PAUSE_AT") == point:
@@ -262,6 +263,9 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
                 raise ConfigError(f"--resume: run {layout.run_id} in {layout.out} was started with other inputs; "
                                   f"it cannot be resumed ({'; '.join(changed[:6])})")
             log.info("resuming run %s in %s (stages done: %s)", layout.run_id, layout.out, ", ".join(ledger.stages()) or "none")
+            resumes = ledger.read_resume()
+            resumes["resumes"] = resumes.get("resumes", 0) + 1
+            ledger.write_resume(resumes)
         else:
             layout.clean_committed_tables()
             layout.remove_other_runs()
@@ -271,7 +275,8 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
         raise
     log.info("run %s: %d objects from %s -> %s", layout.run_id, manifest.num_rows, config.source, layout.out)
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, manifest=manifest, infos=infos,
-                      reference=reference, resumed=resume, timer=timer, listing=listing)
+                      reference=reference, resumed=resume, timer=timer, listing=listing,
+                      resume_report=ledger.read_resume() if resume else {})
 
 
 def check_reference_weights(infos: list, reference: RunState) -> None:

@@ -65,12 +65,17 @@ class Lease:
         self.record: dict[str, Any] = {}
 
     def read(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(storage.read_bytes(self.uri))
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return {"run_id": "?", "corrupt": True}
+        data = b""
+        for _ in range(5):
+            try:
+                data = storage.read_bytes(self.uri)
+                return json.loads(data)
+            except FileNotFoundError:
+                return None
+            except ValueError:
+                log.warning("unreadable lease %s: %r", self.uri, data[:200])
+                time.sleep(0.2)
+        return {"run_id": "?", "corrupt": True}
 
     @staticmethod
     def stale_reason(holder: dict[str, Any]) -> str | None:
@@ -92,7 +97,8 @@ class Lease:
     def acquire(self) -> None:
         """Take the lease or raise :class:`ConfigError` naming the run that holds it."""
         holder = self.read()
-        if holder is not None and holder.get("run_id") != self.run_id:
+        mine = holder is not None and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
+        if holder is not None and not mine:
             reason = self.stale_reason(holder)
             if reason is None:
                 raise ConfigError(f"out={self.out!r}: run {holder.get('run_id')} is writing there (pid {holder.get('pid')} "

@@ -10,7 +10,7 @@
 - ``stages/<stage>.json``: written by the runner after each stage: its files, fitted state and
   report. A resumed run loads a recorded stage instead of running it.
 - ``progress.json``: the decode count, refreshed with the progress line (how much work a crash
-  threw away).
+  threw away); ``resume.json``: how many resumes, rows kept and rows scanned again.
 
 Every record is written atomically (a temporary file renamed into place; one PUT on S3), so a
 record is either complete or absent.
@@ -150,6 +150,13 @@ class Ledger:
 
     def stages(self) -> list[str]:
         return [record["stage"] for record in self._read_all("stages")]
+
+    # what resumes cost (kept across several resumes)
+    def write_resume(self, record: dict[str, Any]) -> None:
+        self._write(self._uri("resume.json"), record)
+
+    def read_resume(self) -> dict[str, Any]:
+        return self._read(self._uri("resume.json")) or {}
 
     # progress
     def write_progress(self, record: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from typing import Any
 
 from ood_ray.config import AuditConfig
@@ -29,6 +31,79 @@ def init_ray(config: AuditConfig) -> None:
         kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
     log.info("starting a local Ray")
     ray.init(**kwargs)
+    _start_reaper()
+
+
+#: The reaper: watches its standard input (closed when the driver exits, however it died) and,
+#: every half second meanwhile, the tree of processes below the local Ray processes the driver
+#: started (agents and workers appear later); at the close it kills every process it has seen
+#: that is still the same process (pid and start time), even those already orphaned.
+_REAPER = r"""
+import os, select, signal, sys
+def table():
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                out[int(entry)] = (int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+known = {int(p): t for p, t in (a.split(":") for a in sys.argv[1:])}
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+    procs = table()
+    grown = True
+    while grown:
+        extra = {p: t for p, (parent, t) in procs.items() if parent in known and p not in known}
+        known.update(extra)
+        grown = bool(extra)
+    if ready and not os.read(sys.stdin.fileno(), 4096):
+        break
+procs = table()
+for pid, start in known.items():
+    if pid in procs and procs[pid][1] == start:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+def _process_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _start_reaper() -> None:
+    """Make the local Ray this driver started die with it, even under ``SIGKILL``: Ray's own node
+    processes exit with the driver, but its agents (dashboard, runtime-env) would outlive it."""
+    if not os.path.isdir("/proc"):
+        return
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                        children.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    roots = [f"{pid}:{_process_start(pid)}" for pid in children if _process_start(pid)]
+    if not roots:
+        return
+    reaper = subprocess.Popen([sys.executable, "-c", _REAPER, *roots], stdin=subprocess.PIPE, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
+    # The write end stays open in this process (and only here) until it exits.
+    _REAPERS.append(reaper)
+
+
+_REAPERS: list[Any] = []
 
 
 def configure_ray_data(config: AuditConfig) -> None:
@@ -44,3 +119,20 @@ def configure_ray_data(config: AuditConfig) -> None:
     context.print_on_execution_start = False
     # A task whose worker or node died is retried (Ray Data's default for tasks); actor tasks too.
     context.actor_task_retry_on_errors = False
+
+
+def helper_options(resources: dict[str, float] | None) -> dict[str, Any]:
+    """Ray options that place a small helper actor (progress, kNN shard) on a node offering the
+    custom ``resources`` (``ray.helper_resources``) -- softly: when that node is gone, Ray restarts
+    the helper anywhere instead of waiting for it."""
+    if not resources:
+        return {}
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in ray.nodes():
+        if node.get("Alive") and all(node.get("Resources", {}).get(name, 0) >= 0 for name in resources) \
+                and all(name in node.get("Resources", {}) for name in resources):
+            return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)}
+    log.warning("no node offers the helper resources %s; helpers are placed by Ray", resources)
+    return {}

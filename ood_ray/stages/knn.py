@@ -198,9 +198,10 @@ def start_shards(plans: list[list[dict[str, Any]]], config: Any, helper_resource
     if needed > cpus:
         raise ConfigError(f"knn.shards={len(plans)} x knn.num_cpus_per_shard={config.num_cpus_per_shard} + "
                           f"knn.query_num_cpus={config.query_num_cpus} needs {needed} CPUs; the cluster has {cpus}")
-    options: dict[str, Any] = {"num_cpus": config.num_cpus_per_shard, "max_restarts": -1, "max_task_retries": -1}
-    if helper_resources:
-        options["resources"] = dict(helper_resources)
+    from ood_ray.run.ray_runtime import helper_options
+
+    options: dict[str, Any] = {"num_cpus": config.num_cpus_per_shard, "max_restarts": -1, "max_task_retries": -1,
+                               **helper_options(helper_resources)}
     actor = ray.remote(IndexShard).options(**options)
     shards = [actor.remote(config.nprobe, plan) for plan in plans]
     ray.get([shard.ready.remote() for shard in shards])

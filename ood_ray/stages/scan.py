@@ -209,8 +209,11 @@ class ScanStage(Stage):
         twice = max(0, decoded_before - len(kept))
         ctx.resume_report.update({
             "rows_kept": len(kept), "parts_kept": len(records), "rows_scanned_again": remaining.num_rows,
-            "decoded_before_interruption_at_least": decoded_before, "decoded_twice_at_least": twice,
-            "share_decoded_twice": round(twice / max(1, ctx.manifest.num_rows), 4)})
+            "decoded_before_interruption_at_least": decoded_before,
+            "decoded_twice_at_least": ctx.resume_report.get("decoded_twice_at_least", 0) + twice})
+        ctx.resume_report["share_decoded_twice"] = round(ctx.resume_report["decoded_twice_at_least"]
+                                                         / max(1, ctx.manifest.num_rows), 4)
+        ctx.ledger.write_resume(ctx.resume_report)
         log.info("resume: %d rows kept from %d recorded parts, %d rows to scan", len(kept), len(records), remaining.num_rows)
         return remaining
 
