@@ -188,7 +188,8 @@ class RayConfig:
 
     ``helper_resources``: the small helper actors (progress, kNN shards) are placed, softly, on
     a node that offers these custom resources (e.g. ``{head: 1}``); if that node is lost they are
-    restarted anywhere. None by default.
+    restarted anywhere. None by default. ``ledger``: record every scan part in the run's ledger
+    so that ``--resume`` keeps it (off: a resumed run scans everything again).
     """
 
     num_cpus: int | None = None
@@ -198,6 +199,7 @@ class RayConfig:
     progress_interval_s: float = 10.0
     op_resource_reservation: bool = False
     helper_resources: dict[str, float] = field(default_factory=dict)
+    ledger: bool = True
 
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.num_cpus", self.num_cpus)

@@ -102,26 +102,33 @@ class IndexShard:
 
     def load_rows(self, alias: str, files: list[str], column: str, reference_split: str | None,
                   all_reference: bool) -> dict[str, int]:
-        """Add the ``ok`` rows with a vector in ``column`` from ``files`` (staged Parquet parts)."""
+        """Add the ``ok`` rows with a vector in ``column`` from ``files`` (staged Parquet parts), in
+        ``image_id`` order, so the index is the same whatever the files and their order."""
         model = self.models[alias]
+        vectors, ids, is_ref = [], [], []
         for uri in files:
             table = storage.read_parquet(uri, ["image_id", "split", "status", column])
             table = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column(column))))
             if table.num_rows == 0:
                 continue
-            vectors = l2_normalize(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-                                   .reshape(table.num_rows, model.dim))
-            ids = np.asarray(table.column("image_id").to_pylist(), dtype="S32")
+            vectors.append(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                           .reshape(table.num_rows, model.dim))
+            ids.append(np.asarray(table.column("image_id").to_pylist(), dtype="S32"))
             if all_reference:
-                is_ref = np.ones(table.num_rows, dtype=bool)
+                is_ref.append(np.ones(table.num_rows, dtype=bool))
             elif reference_split is None:
-                is_ref = np.zeros(table.num_rows, dtype=bool)
+                is_ref.append(np.zeros(table.num_rows, dtype=bool))
             else:
-                is_ref = np.asarray(pc.fill_null(pc.equal(table.column("split"), reference_split), False))
-            if is_ref.any():
-                model.add(vectors[is_ref], ids[is_ref], reference=True)
-            if (~is_ref).any():
-                model.add(vectors[~is_ref], ids[~is_ref], reference=False)
+                is_ref.append(np.asarray(pc.fill_null(pc.equal(table.column("split"), reference_split), False)))
+        if not vectors:
+            return model.sizes()
+        all_ids = np.concatenate(ids)
+        order = np.argsort(all_ids, kind="stable")
+        all_vectors, all_ids, reference = l2_normalize(np.concatenate(vectors))[order], all_ids[order], np.concatenate(is_ref)[order]
+        if reference.any():
+            model.add(all_vectors[reference], all_ids[reference], reference=True)
+        if (~reference).any():
+            model.add(all_vectors[~reference], all_ids[~reference], reference=False)
         return model.sizes()
 
     def add(self, alias: str, vectors: np.ndarray, ids: np.ndarray, reference: bool = True) -> dict[str, int]:

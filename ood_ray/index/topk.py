@@ -24,7 +24,8 @@ def clean(similarities: np.ndarray, positions: np.ndarray, ids: np.ndarray) -> t
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Global top-``k`` ``(similarities, ids)`` per query from per-shard ``(n, k_i)`` results.
 
-    Ties keep shard order (a stable sort), so the result is deterministic.
+    Equal similarities are ordered by id, so the answer does not depend on how the vectors were
+    split into shards or in which order they were added.
     """
     sims = np.concatenate([p[0] for p in parts], axis=1)
     ids = np.concatenate([p[1] for p in parts], axis=1)
@@ -32,7 +33,7 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
         pad = k - sims.shape[1]
         sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-np.inf)
         ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=MISSING_ID)
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((ids, -sims), axis=1)[:, :k]
     return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
 

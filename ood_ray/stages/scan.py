@@ -134,7 +134,8 @@ class ScanStage(Stage):
         cfg = ctx.section(self)
         staged = bool(ctx.infos) or cfg.autoencoder.enabled
         sink = ScanSink(ctx.layout.out, ctx.layout.run_id, staged={"images"} if staged else (),
-                        ledger_dir=ctx.layout.ledger_dir, retry=ctx.retry, reference_split=cfg.ood.reference_split)
+                        ledger_dir=ctx.layout.ledger_dir if cfg.ray.ledger else None, retry=ctx.retry,
+                        reference_split=cfg.ood.reference_split)
         manifest = self._remaining(ctx, sink)
         started = time.perf_counter()
         if manifest.num_rows:
