@@ -211,6 +211,7 @@ class RunLayout:
         storage.write_bytes_atomic(storage.join(self.out, RUN_FILE), _dumps(run))  # the commit point
         self._remove_uncommitted_s3(run)
         self.remove_other_runs()
+        storage.delete_tree(self.root)  # everything of it was copied out
 
     def _remove_uncommitted_s3(self, run: dict[str, Any]) -> None:
         """Delete the files under the table and artifact prefixes that ``run`` does not list."""

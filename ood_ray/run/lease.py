@@ -27,6 +27,7 @@ from typing import Any
 
 from ood_ray.config import ConfigError
 from ood_ray.io import storage
+from ood_ray.run.ray_runtime import process_start as _process_start
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +39,6 @@ SETTLE_S = 0.2
 
 class LeaseLost(RuntimeError):
     """Another run took this run's output directory; nothing is committed."""
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of ``pid`` (field 22 of ``/proc/<pid>/stat``), or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def _now() -> str:

@@ -72,7 +72,9 @@ for pid, start in known.items():
 """
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
+    """The start time of ``pid`` (field 22 of ``/proc/<pid>/stat``): with the pid, it names one
+    process (a reused pid has another); None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             return f.read().rsplit(")", 1)[1].split()[19]
@@ -94,7 +96,7 @@ def _start_reaper() -> None:
                         children.append(int(entry))
             except (OSError, ValueError, IndexError):
                 continue
-    roots = [f"{pid}:{_process_start(pid)}" for pid in children if _process_start(pid)]
+    roots = [f"{pid}:{process_start(pid)}" for pid in children if process_start(pid)]
     if not roots:
         return
     reaper = subprocess.Popen([sys.executable, "-c", _REAPER, *roots], stdin=subprocess.PIPE, start_new_session=True,

@@ -82,3 +82,29 @@ def test_transient_s3_faults_leave_no_wrong_rows(s3_objects, tmp_path, name, dec
     for action, count in minimum.items():
         assert proxy.counts[action] >= count, proxy.counts
     check_complete(out)
+
+
+def test_a_run_on_s3_killed_between_stages_resumes_to_the_same_tables(ray_session, s3_objects, tmp_path):
+    from ood_ray.config import load_config
+    from ood_ray.pipeline import run_audit
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
+    from faults import comparable, kill_driver, start, wait_for
+
+    sets = ["io.rows_per_block=16"]
+    baseline = f"s3://{BUCKET}/runs/resume-baseline"
+    run_audit(load_config(None, sets, source=str(s3_objects["manifest"]), out=baseline))
+    out = f"s3://{BUCKET}/runs/resume"
+    command = [sys.executable, "-m", "ood_ray.cli", "audit", str(s3_objects["manifest"]), "--out", out,
+               "--set", "ray.num_cpus=2", "--set", "ray.object_store_memory_mb=200", "--set", sets[0]]
+    log = tmp_path / "killed.log"
+    process = start(command, log, OOD_RAY_PAUSE_AT="before:dedup")
+    assert wait_for(lambda: "pausing at before:dedup" in log.read_text(errors="replace"), 240, process=process)
+    assert kill_driver(process) == []
+    assert not storage.exists(f"{out}/run.json")
+    assert storage.list_files(f"{out}/_runs")  # the interrupted run's parts and ledger, apart from any table
+    resumed = run_audit(load_config(None, sets, source=str(s3_objects["manifest"]), out=out), resume=True)
+    assert resumed["resume"]["resumes"] == 1 and resumed["stage_seconds"]["scan"] == 0.0
+    for table in ("images", "channels", "lint", "duplicates"):
+        assert comparable(out, table) == comparable(baseline, table), table
+    assert [uri for uri, _ in storage.list_files(f"{out}/_runs")] == []
