@@ -452,7 +452,7 @@ class DriftConfig:
     alpha: float = 0.05
     correction: str = "fdr"
     statistics: list[str] | None = None
-    sample_size: int = 50_000
+    sample_size: int = 20_000
     mmd_sample: int = 1_000
     mmd_permutations: int = 500
     new_class_sample: int = 2_000

@@ -110,13 +110,24 @@ def test_cramer_von_mises_with_ties_keeps_its_level():
     rng = np.random.default_rng(3)
     a, b = rng.normal(size=300), rng.normal(size=200)
     values, groups = np.unique(np.concatenate([a, b]), return_inverse=True)
-    first = np.arange(500) < 300
-    assert _cvm_tied(groups, first, len(values)) == pytest.approx(stats.cramervonmises_2samp(a, b).statistic, rel=1e-9)
+    counts_ref = np.bincount(groups[:300], minlength=len(values))
+    counts_all = np.bincount(groups, minlength=len(values))
+    assert _cvm_tied(counts_ref[None, :], counts_all, 300, 200)[0] == pytest.approx(stats.cramervonmises_2samp(a, b).statistic, rel=1e-9)
     rejections = sum(cvm_test(rng.integers(0, 3, 2000).astype(float), rng.integers(0, 3, 500).astype(float), 200, seed=i).p_value <= 0.05
                      for i in range(100))
     assert rejections <= 11  # binomial(100, 0.05): mean 5, sd 2.2
     shifted = np.minimum(rng.integers(0, 3, 500) + (rng.random(500) < 0.15), 2).astype(float)
     assert cvm_test(rng.integers(0, 3, 2000).astype(float), shifted).p_value < 0.01
+    # The hypergeometric draws are label permutations: the same p-value law as shuffling labels.
+    x, y = rng.integers(0, 5, 400).astype(float), rng.integers(0, 5, 300).astype(float)
+    pooled = np.concatenate([x, y])
+    values, groups = np.unique(pooled, return_inverse=True)
+    counts_all = np.bincount(groups, minlength=len(values))
+    observed = _cvm_tied(np.bincount(groups[:400], minlength=len(values))[None, :], counts_all, 400, 300)[0]
+    shuffled = [_cvm_tied(np.bincount(rng.permutation(groups)[:400], minlength=len(values))[None, :], counts_all, 400, 300)[0]
+                for _ in range(2000)]
+    by_shuffling = (1 + sum(s >= observed - 1e-12 for s in shuffled)) / 2001
+    assert cvm_test(x, y, 2000, seed=1).p_value == pytest.approx(by_shuffling, abs=0.04)
 
 
 def test_drift_detected_on_a_shifted_sample():

@@ -1,0 +1,216 @@
+"""How each stage's driver work grows with the number of rows: 10^5, 10^6, 10^7.
+
+Every step runs in its own process (so its peak memory is its own: ``ru_maxrss``) on synthetic
+inputs of ``N`` rows written as Parquet parts of 100,000 rows:
+
+- ``manifest``: a Parquet manifest of ``N`` URIs (5% of them named twice) -> the manifest the
+  scan starts from (ids included), as the audit builds it;
+- ``lint``: thresholds and flags over an ``images`` table of ``N`` rows with every statistic;
+- ``dedup``: exact and near-duplicate groups over ``N`` rows of ``hash_pixels``/``phash``/``dhash``
+  (random hashes, 2% planted near copies within 3 bits);
+- ``drift``: the statistics' tests (KS, CvM) of a ``test`` split (10%) against a ``train`` split
+  (90%) at the default sample sizes;
+- ``pipeline``: (``--pipeline N``) the whole audit of an ``N``-row manifest naming 1,000 tiny PNGs
+  through hard links, its stage seconds and the driver's peak memory.
+
+Targets (issue 12): driver peak memory flat (<= 2 GB at 10^7), every step <= 12x slower from
+10^6 to 10^7. Prints a table and writes ``benchmarks/results/scale.json``.
+
+Usage: ``python benchmarks/bench_scale.py [--sizes 100000,1000000] [--pipeline 100000] [--json PATH]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PART_ROWS = 100_000
+
+
+def _parts(folder: Path, n: int, make) -> list[str]:
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for start in range(0, n, PART_ROWS):
+        path = folder / f"part-{start // PART_ROWS:05d}.parquet"
+        pq.write_table(make(start, min(PART_ROWS, n - start)), path)
+        uris.append(str(path))
+    return uris
+
+
+def synthetic_images(start: int, n: int):
+    import pyarrow as pa
+
+    from ood_ray.stats.image import IMAGE_STAT_NAMES
+
+    rng = np.random.default_rng(start)
+    columns = {"image_id": [f"{i:032x}" for i in range(start, start + n)],
+               "uri": [f"/data/img_{i}.png" for i in range(start, start + n)],
+               "split": np.where(rng.random(n) < 0.9, "train", "test").tolist(),
+               "label": [f"c{i % 10}" for i in range(start, start + n)],
+               "status": ["ok"] * n}
+    for name in IMAGE_STAT_NAMES:
+        columns[name] = rng.normal(0.5, 0.1, n) if name not in ("width", "height", "size", "channels", "depth") \
+            else rng.integers(16, 64, n)
+    hashes = rng.integers(0, 2**63, (n, 3), dtype=np.int64).astype(np.uint64)
+    near = rng.random(n) < 0.02
+    flips = (np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64)) | (np.uint64(1) << rng.integers(0, 64, n).astype(np.uint64))
+    hashes[near, 1] = hashes[np.roll(np.arange(n), 1)[near], 1] ^ flips[near]
+    columns["hash_pixels"] = [f"{h:032x}" for h in hashes[:, 0]]
+    columns["phash"] = pa.array(hashes[:, 1], pa.uint64())
+    columns["dhash"] = pa.array(hashes[:, 2], pa.uint64())
+    return pa.table(columns)
+
+
+def prepare(name: str, n: int, workdir: Path) -> None:
+    """Write the step's inputs (in another process than the measured one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if name == "manifest":
+        def manifest(start: int, rows: int):
+            uris = [f"s3://bucket/data/{i % 997}/img_{i}.png" for i in range(start, start + rows)]
+            uris = [uris[i - 1] if i % 20 == 0 and i else u for i, u in enumerate(uris)]
+            return pa.table({"uri": uris, "label": [f"c{i % 10}" for i in range(start, start + rows)]})
+
+        _parts(workdir / "manifest", n, manifest)
+        pq.write_table(pq.read_table(workdir / "manifest"), workdir / "manifest.parquet")
+    elif name != "pipeline":
+        _parts(workdir / "images", n, synthetic_images)
+
+
+def step(name: str, n: int, workdir: Path) -> dict:
+    """Run one step in this process over the prepared inputs; returns its seconds."""
+    import duckdb
+
+    from ood_ray.config import load_config
+
+    if name == "manifest":
+        from ood_ray.io.sources import build_manifest
+        from ood_ray.tables import RESERVED_COLUMNS
+
+        started = time.perf_counter()
+        table = build_manifest(load_config(None, [], source=str(workdir / "manifest.parquet"), out="o"), RESERVED_COLUMNS)
+        assert table.num_rows == n
+        return {"seconds": time.perf_counter() - started}
+    files = sorted(str(p) for p in (workdir / "images").glob("*.parquet"))
+    from ood_ray.query import register_table
+
+    con = duckdb.connect()
+    register_table(con, "images", files)
+    config = load_config(None, [], source="x", out="o")
+    started = time.perf_counter()
+    if name == "lint":
+        from ood_ray.lint.linter import run_lint
+
+        run_lint(con, config.lint)
+    elif name == "dedup":
+        from ood_ray.dedup.hash_groups import run_dedup
+
+        run_dedup(con, config.dedup)
+    elif name == "drift":
+        from ood_ray.drift.drift_pass import run_drift
+
+        run_drift(con, "status = 'ok' AND split = 'train'", "status = 'ok' AND split <> 'train'", config, [], None)
+    else:
+        raise ValueError(name)
+    return {"seconds": time.perf_counter() - started}
+
+
+def pipeline(n: int, workdir: Path) -> dict:
+    """The whole audit of an ``n``-row manifest (1,000 PNGs named through hard links)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    originals = workdir / "originals"
+    originals.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1000):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(originals / f"{i}.png")
+    links = workdir / "links"
+    uris = []
+    for i in range(n):
+        folder = links / f"{i // 10000:04d}"
+        if i % 10000 == 0:
+            folder.mkdir(parents=True)
+        path = folder / f"{i}.png"
+        os.link(originals / f"{i % 1000}.png", path)
+        uris.append(str(path))
+    pq.write_table(pa.table({"uri": uris}), workdir / "manifest.parquet")
+    del uris
+    from ood_ray.config import load_config
+    from ood_ray.pipeline import run_audit
+
+    started = time.perf_counter()
+    run = run_audit(load_config(None, ["io.rows_per_block=1024", "ray.num_cpus=2", "ray.progress_interval_s=60"],
+                                source=str(workdir / "manifest.parquet"), out=str(workdir / "out")))
+    return {"seconds": time.perf_counter() - started, "stage_seconds": run["stage_seconds"]}
+
+
+def measure(name: str, n: int) -> dict:
+    """Prepare the inputs in one process, run the step in a fresh one: its wall seconds and peak
+    memory (``ru_maxrss``)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("--prepare", "--worker"):
+            done = subprocess.run([sys.executable, __file__, mode, name, str(n), tmp], capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--steps", default="manifest,lint,dedup,drift")
+    parser.add_argument("--pipeline", default="", help="row counts of full audits, e.g. 100000")
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prepare:
+        prepare(args.prepare[0], int(args.prepare[1]), Path(args.prepare[2]))
+        return 0
+    if args.worker:
+        name, n, workdir = args.worker[0], int(args.worker[1]), Path(args.worker[2])
+        result = pipeline(n, workdir) if name == "pipeline" else step(name, n, workdir)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    results: dict[str, dict[int, dict]] = {}
+    for name in args.steps.split(","):
+        for n in sizes:
+            results.setdefault(name, {})[n] = measure(name, n)
+            print(name, n, results[name][n], flush=True)
+    for n in [int(s) for s in args.pipeline.split(",") if s]:
+        results.setdefault("pipeline", {})[n] = measure("pipeline", n)
+        print("pipeline", n, results["pipeline"][n], flush=True)
+    print(f"\n{'step':<10}" + "".join(f"{n:>22,}" for n in sizes) + "     growth (last/first)")
+    for name, by_n in results.items():
+        cells = [by_n.get(n, {}) for n in sizes]
+        text = "".join(f"{c['seconds']:>10.2f} s {c['peak_rss_mb']:>7.0f} MB" if "seconds" in c else f"{'-':>22}" for c in cells)
+        ok = [c for c in cells if "seconds" in c]
+        growth = f"x{ok[-1]['seconds'] / ok[0]['seconds']:.1f}" if len(ok) > 1 and ok[0]["seconds"] > 0 else ""
+        print(f"{name:<10}{text}     {growth}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
