@@ -5,9 +5,10 @@ inputs of ``N`` rows written as Parquet parts of 100,000 rows:
 
 - ``manifest``: a Parquet manifest of ``N`` URIs (5% of them named twice) -> the manifest the
   scan starts from (ids included), as the audit builds it;
-- ``lint``: thresholds and flags over an ``images`` table of ``N`` rows with every statistic;
+- ``lint``: thresholds and flags over an ``images`` table of ``N`` rows with every statistic (Ray
+  tasks over the parts, as the audit runs it; the driver's memory is what is measured);
 - ``dedup``: exact and near-duplicate groups over ``N`` rows of ``hash_pixels``/``phash``/``dhash``
-  (random hashes, 2% planted near copies within 3 bits);
+  (random hashes, 2% planted near copies within 2 bits; the shuffle in Ray tasks as the audit runs it);
 - ``drift``: the statistics' tests (KS, CvM) of a ``test`` split (10%) against a ``train`` split
   (90%) at the default sample sizes;
 - ``pipeline``: (``--pipeline N``) the whole audit of an ``N``-row manifest naming 1,000 tiny PNGs
@@ -109,17 +110,31 @@ def step(name: str, n: int, workdir: Path) -> dict:
     from ood_ray.query import register_table
 
     con = duckdb.connect()
+    if os.environ.get("DUCKDB_LIMIT"):
+        con.execute(f"SET memory_limit = '{os.environ['DUCKDB_LIMIT']}'")
+        con.execute(f"SET temp_directory = '{workdir / 'spill'}'")
     register_table(con, "images", files)
     config = load_config(None, [], source="x", out="o")
     started = time.perf_counter()
-    if name == "lint":
-        from ood_ray.lint.linter import run_lint
+    if name in ("lint", "dedup"):
+        import ray
 
-        run_lint(con, config.lint)
-    elif name == "dedup":
-        from ood_ray.dedup.hash_groups import run_dedup
+        from ood_ray.parts import RayParts
+        from ood_ray.run.layout import RunLayout
 
-        run_dedup(con, config.dedup)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        parts = RayParts(files, RunLayout(str(workdir / "out")))
+        started = time.perf_counter()  # the Ray start is not the step's
+        if name == "lint":
+            from ood_ray.lint.linter import run_lint
+
+            run_lint(parts, config.lint)
+        else:
+            from ood_ray.dedup.hash_groups import run_dedup
+
+            duplicates, summary = run_dedup(parts, config.dedup, n)
+            seconds = time.perf_counter() - started
+            return {"seconds": seconds, "groups": summary["groups"], "partitions": summary["partitions"]}
     elif name == "drift":
         from ood_ray.drift.drift_pass import run_drift
 

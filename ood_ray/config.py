@@ -10,6 +10,8 @@ flags (``SOURCE``, ``--out``, ``--overwrite``, ``--address``).
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import types
 import typing
@@ -50,6 +52,7 @@ class IOConfig:
     ``retry_*``: transient object-store errors (503 SlowDown, 5xx, reset or timed-out
     connections) are retried up to ``retry_attempts`` times with exponential backoff from
     ``retry_base_delay_s`` to ``retry_max_delay_s`` (jittered); a 404 or 403 is not retried.
+    ``manifest_rows_per_task``: rows of a Parquet manifest read (and hashed) by one task.
     """
 
     max_pixels: int = 178_956_970
@@ -60,6 +63,7 @@ class IOConfig:
     layout: str = "auto"
     fetch_threads: int = 8
     rows_per_block: int = 64
+    manifest_rows_per_task: int = 500_000
     retry_attempts: int = 12
     retry_base_delay_s: float = 0.1
     retry_max_delay_s: float = 5.0
@@ -73,6 +77,7 @@ class IOConfig:
         _check_positive(f"{prefix}.retry_max_delay_s", self.retry_max_delay_s, allow_zero=True)
         _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
         _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
+        _check_positive(f"{prefix}.manifest_rows_per_task", self.manifest_rows_per_task)
         if self.layout not in LAYOUTS:
             _fail(f"{prefix}.layout", self.layout, f"must be one of {', '.join(LAYOUTS)}")
         for ext in self.extensions or []:
@@ -154,6 +159,8 @@ class DedupConfig:
     least ``bands - near_distance`` bands, so joining on every such combination of bands finds
     every pair without comparing all pairs. Buckets with more than ``max_bucket`` distinct hashes
     are skipped (and reported) so that a pathological dataset cannot explode the join.
+    The join is a hash-partitioned shuffle in Ray tasks; ``partitions`` reduce tasks (``0``: one per
+    4 million ``(band combination, hash)`` keys, at least 4).
     """
 
     enabled: bool = True
@@ -161,6 +168,7 @@ class DedupConfig:
     near_methods: list[str] = field(default_factory=lambda: list(NEAR_METHODS))
     bands: int | None = None
     max_bucket: int = 2000
+    partitions: int = 0
 
     def validate(self, prefix: str) -> None:
         if not 0 <= self.near_distance <= 16:
@@ -171,10 +179,19 @@ class DedupConfig:
         if self.bands is not None and not self.near_distance < self.bands <= 32:
             _fail(f"{prefix}.bands", self.bands, f"must be > near_distance ({self.near_distance}) and <= 32")
         _check_positive(f"{prefix}.max_bucket", self.max_bucket)
+        if self.partitions < 0:
+            _fail(f"{prefix}.partitions", self.partitions, "must be >= 0 (0: chosen from the number of rows)")
 
     @property
     def effective_bands(self) -> int:
         return self.bands if self.bands is not None else self.near_distance + 2
+
+    def partitions_for(self, rows: int) -> int:
+        """Reduce tasks of the near-duplicate join for ``rows`` images (see class docstring)."""
+        if self.partitions:
+            return self.partitions
+        combinations = math.comb(self.effective_bands, self.near_distance)
+        return max(4, math.ceil(rows * combinations / 4_000_000))
 
 
 @dataclass(frozen=True)
@@ -271,12 +288,17 @@ class EmbedConfig:
 
     ``num_cpus_per_actor`` also sets torch's threads in the actor. On a 2-CPU machine keep
     ``num_actors * num_cpus_per_actor`` below the CPU count so the decode tasks keep a CPU.
+    ``precision``: ``fp32`` (default), or ``fp16``/``bf16`` to run the models under
+    ``torch.autocast`` (mixed precision: faster on GPUs with tensor cores; embeddings change in
+    the last digits -- ``benchmarks/bench_gpu.py`` measures by how much). On CUDA the pixels are
+    copied from page-locked memory with non-blocking transfers.
     """
 
     batch_size: int = 64
     num_actors: int = 1
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
+    precision: str = "fp32"
     top_k: int = 5
     max_full_probabilities: int = 1000
 
@@ -285,6 +307,8 @@ class EmbedConfig:
         _check_positive(f"{prefix}.num_actors", self.num_actors)
         _check_positive(f"{prefix}.num_cpus_per_actor", self.num_cpus_per_actor)
         _check_positive(f"{prefix}.num_gpus_per_actor", self.num_gpus_per_actor, allow_zero=True)
+        if self.precision not in ("fp32", "fp16", "bf16"):
+            _fail(f"{prefix}.precision", self.precision, "must be one of fp32, fp16, bf16")
         _check_positive(f"{prefix}.top_k", self.top_k)
         _check_positive(f"{prefix}.max_full_probabilities", self.max_full_probabilities, allow_zero=True)
 

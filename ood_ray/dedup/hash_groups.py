@@ -13,10 +13,15 @@ choices of ``m - d`` bands, hashes are bucketed by those bits; pairs are taken i
 kept when their full distance is ``<= d``. More bands means longer keys, smaller buckets and more
 keys per hash.
 
-The join runs in DuckDB over **distinct** hash values, so thousands of identical hashes (all-black
-images, say) are one value, not a million pairs. Buckets that still hold more than
-``dedup.max_bucket`` distinct values are skipped and reported (their pairs may still be found
-through another band combination). Pairs are joined into groups by connected components
+The join is a hash-partitioned map/reduce in Ray tasks over the ``images`` parts
+(:meth:`ood_ray.parts.Parts.shuffle`): each map task emits the **distinct** ``(combination, key,
+hash)`` triples of its parts, partitioned by ``(combination, key)``; each reduce task sorts its
+partition's distinct triples into buckets and pairs the hashes inside each bucket, keeping those
+within ``d`` bits. Thousands of identical hashes (all-black images, say) are one value, not a
+million pairs. Buckets that still hold more than ``dedup.max_bucket`` distinct values are skipped
+and reported (their pairs may still be found through another band combination). The same shuffle
+groups ``hash_pixels`` (exact groups) and counts hashes held by more than one image. The driver
+receives only pairs and group members; pairs are joined into groups by connected components
 (union-find); a near group is reported when it holds at least two images and more than one
 distinct ``hash_pixels`` (a group of pixel-identical images is already an exact group). Each
 member's ``distance`` is its smallest Hamming distance to another member of its group.
@@ -28,12 +33,14 @@ import itertools
 import logging
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
 
 from ood_ray.config import DedupConfig
 from ood_ray.dedup.components import compute_components
+from ood_ray.parts import Parts
 from ood_ray.tables import DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -54,64 +61,184 @@ def band_masks(bands: int, distance: int) -> list[int]:
     return masks
 
 
-def find_exact_groups(con: duckdb.DuckDBPyConnection) -> pa.Table:
+def _mix(values: np.ndarray) -> np.ndarray:
+    """A 64-bit mixer (SplitMix64's finaliser) so that partitions are even whatever the keys."""
+    with np.errstate(over="ignore"):
+        z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _ok(table: pa.Table) -> pa.Table:
+    return table.filter(pc.fill_null(pc.equal(table.column("status"), "ok"), False))
+
+
+def _hashes(table: pa.Table, method: str) -> np.ndarray:
+    column = table.column(method)
+    return column.drop_null().to_numpy().astype(np.uint64) if column.null_count else column.to_numpy().astype(np.uint64)
+
+
+def map_hashes(table: pa.Table, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """One part's contribution to every partition: its ``ok`` rows' ``hash_pixels`` with their
+    ``image_id`` (exact groups); per near method the distinct ``(combination, key, hash)`` triples
+    and the distinct hashes with their number of images."""
+    partitions = spec["partitions"]
+    table = _ok(table)
+    out: list[dict[str, Any]] = [{"exact": None, "keys": {}, "counts": {}} for _ in range(partitions)]
+    pixels = table.select(["hash_pixels", "image_id"]).filter(pc.is_valid(table.column("hash_pixels")))
+    pixel_part = np.array([xxhash.xxh3_64_intdigest(h.encode()) for h in pixels.column("hash_pixels").to_pylist()], dtype=np.uint64)
+    pixel_part = (_mix(pixel_part) % np.uint64(partitions)).astype(np.intp)
+    for p in range(partitions):
+        out[p]["exact"] = pixels.filter(pa.array(pixel_part == p))
+    for method in spec["methods"]:
+        if method not in table.column_names:
+            continue
+        hashes, counts = np.unique(_hashes(table, method), return_counts=True)
+        owner = (_mix(hashes) % np.uint64(partitions)).astype(np.intp)
+        for p in range(partitions):
+            out[p]["counts"][method] = (hashes[owner == p], counts[owner == p])
+        masks = np.array(spec["masks"], dtype=np.uint64)
+        combination = np.repeat(np.arange(len(masks), dtype=np.uint64), len(hashes))
+        keys = (hashes[None, :] & masks[:, None]).ravel()
+        values = np.tile(hashes, len(masks))
+        owner = (_mix(keys ^ _mix(combination)) % np.uint64(partitions)).astype(np.intp)
+        for p in range(partitions):
+            mine = owner == p
+            out[p]["keys"][method] = (combination[mine], keys[mine], values[mine])
+    return out
+
+
+def _bucket_pairs(combination: np.ndarray, keys: np.ndarray, values: np.ndarray, distance: int,
+                  max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Pairs ``(h1 < h2, d)`` within ``distance`` inside every ``(combination, key)`` bucket of the
+    distinct triples; buckets over ``max_bucket`` skipped and returned as ``(c, key, size)``."""
+    triples = np.unique(np.stack([combination, keys, values], axis=1), axis=0)  # sorted by c, key, h
+    if len(triples) < 2:
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, np.zeros(0, np.int64), []
+    bucket_start = np.r_[True, np.any(triples[1:, :2] != triples[:-1, :2], axis=1)]
+    bucket = np.cumsum(bucket_start) - 1
+    sizes = np.bincount(bucket)
+    big = np.flatnonzero(sizes > max_bucket)
+    skipped = []
+    if big.size:
+        firsts = np.flatnonzero(bucket_start)[big]
+        skipped = [(int(triples[i, 0]), int(triples[i, 1]), int(sizes[b])) for i, b in zip(firsts, big)]
+        keep = sizes[bucket] <= max_bucket
+        triples, bucket = triples[keep], bucket[keep]
+    h = triples[:, 2]
+    found_a, found_b = [], []
+    for offset in range(1, int(min(sizes.max(), max_bucket))):
+        same = bucket[offset:] == bucket[:-offset]
+        if not same.any():
+            break
+        a, b = h[:-offset][same], h[offset:][same]
+        near = np.bitwise_count(a ^ b) <= distance
+        found_a.append(a[near])
+        found_b.append(b[near])
+    if not found_a:
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, np.zeros(0, np.int64), skipped
+    pairs = np.unique(np.stack([np.concatenate(found_a), np.concatenate(found_b)], axis=1), axis=0)
+    h1, h2 = pairs[:, 0], pairs[:, 1]
+    return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), skipped
+
+
+def reduce_hashes(results: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    """One partition: its exact groups, and per near method its pairs, skipped buckets and the
+    hashes that more than one image holds."""
+    exact = pa.concat_tables([r["exact"] for r in results]) if results else None
+    out: dict[str, Any] = {"exact": None, "pairs": {}, "skipped": {}, "shared": {}}
+    if exact is not None and exact.num_rows:
+        counts = exact.group_by("hash_pixels").aggregate([("image_id", "count")])
+        repeated = counts.filter(pc.greater(counts.column("image_id_count"), 1))
+        out["exact"] = exact.filter(pc.is_in(exact.column("hash_pixels"), repeated.column("hash_pixels")))
+    for method in spec["methods"]:
+        keys = [r["keys"][method] for r in results if method in r["keys"]]
+        if not keys:
+            continue
+        combination, key, value = (np.concatenate([k[i] for k in keys]) for i in range(3))
+        h1, h2, d, skipped = _bucket_pairs(combination, key, value, spec["distance"], spec["max_bucket"])
+        out["pairs"][method], out["skipped"][method] = (h1, h2, d), skipped
+        hashes = np.concatenate([r["counts"][method][0] for r in results])
+        counts = np.concatenate([r["counts"][method][1] for r in results])
+        distinct, inverse = np.unique(hashes, return_inverse=True)
+        out["shared"][method] = distinct[np.bincount(inverse, weights=counts) > 1]
+    return out
+
+
+def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]:
+    """Per method, the ``ok`` rows whose hash is in ``spec["wanted"][method]`` (sorted)."""
+    table = _ok(table)
+    out = {}
+    for method, wanted in spec["wanted"].items():
+        if method not in table.column_names or len(wanted) == 0:
+            continue
+        hashes = table.column(method).fill_null(0).to_numpy().astype(np.uint64)
+        position = np.minimum(np.searchsorted(wanted, hashes), len(wanted) - 1)
+        hit = (wanted[position] == hashes) & np.asarray(pc.is_valid(table.column(method)))
+        rows = table.filter(pa.array(hit))
+        out[method] = pa.table({"image_id": rows.column("image_id"), "h": rows.column(method).cast(pa.uint64()),
+                                "hash_pixels": rows.column("hash_pixels")})
+    return out
+
+
+def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> dict[str, list[pa.Table]]:
+    for method, rows in part.items():
+        total.setdefault(method, []).extend(rows if isinstance(rows, list) else [rows])
+    return total
+
+
+COLUMNS = ["image_id", "status", "hash_pixels", "phash", "dhash"]
+
+
+def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
+    """The map/reduce of the module docstring: one result per partition."""
+    spec = {"partitions": config.partitions_for(rows), "methods": list(config.near_methods), "distance": config.near_distance,
+            "masks": band_masks(config.effective_bands, config.near_distance), "max_bucket": int(config.max_bucket)}
+    return parts.shuffle(map_hashes, reduce_hashes, spec, COLUMNS)
+
+
+def find_exact_groups(reduced: list[dict[str, Any]]) -> pa.Table:
     """Groups of images with identical ``hash_pixels``."""
-    return con.sql(
-        """SELECT 'exact-pixel-' || substr(hash_pixels, 1, 16) AS group_id, image_id, 'exact' AS kind,
-                  'pixel' AS method, 0.0 AS distance, count(*) OVER (PARTITION BY hash_pixels) AS group_size,
-                  NULL::VARCHAR AS model
-           FROM images
-           WHERE status = 'ok' AND hash_pixels IN (
-               SELECT hash_pixels FROM images WHERE status = 'ok' GROUP BY hash_pixels HAVING count(*) > 1)
-           ORDER BY group_id, image_id""").to_arrow_table()
+    members = [r["exact"] for r in reduced if r["exact"] is not None and r["exact"].num_rows]
+    if not members:
+        return DUPLICATES_SCHEMA.empty_table()
+    table = pa.concat_tables(members)
+    sizes = table.group_by("hash_pixels").aggregate([("image_id", "count")])
+    table = table.join(sizes, "hash_pixels")
+    n = table.num_rows
+    group_id = pc.binary_join_element_wise("exact-pixel-", pc.utf8_slice_codeunits(table.column("hash_pixels"), 0, 16), "")
+    out = pa.table({"group_id": group_id, "image_id": table.column("image_id"), "kind": pa.array(["exact"] * n),
+                    "method": pa.array(["pixel"] * n), "distance": pa.array(np.zeros(n)),
+                    "group_size": table.column("image_id_count"), "model": pa.nulls(n, pa.string())})
+    return out.cast(DUPLICATES_SCHEMA).sort_by([("group_id", "ascending"), ("image_id", "ascending")])
 
 
-def find_near_pairs(
-    con: duckdb.DuckDBPyConnection, method: str, config: DedupConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def find_near_pairs(reduced: list[dict[str, Any]], method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Distinct hash pairs ``(h1 < h2)`` within ``near_distance`` bits, and the skipped buckets."""
-    distance = config.near_distance
-    masks = band_masks(config.effective_bands, distance)
-    con.register("_masks", pa.table({"c": list(range(len(masks))), "mask": pa.array(masks, pa.uint64())}))
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _hashes AS SELECT DISTINCT {method} AS h FROM images WHERE status = 'ok' AND {method} IS NOT NULL")
-    con.execute("CREATE OR REPLACE TEMP TABLE _keys AS SELECT c, h & mask AS key, h FROM _hashes, _masks")
-    big = con.execute(
-        f"SELECT c, key, count(*) AS n FROM _keys GROUP BY c, key HAVING count(*) > {int(config.max_bucket)}"
-    ).fetchall()
-    skipped = [{"method": method, "band_combination": int(c), "key": int(key), "distinct_hashes": int(n)} for c, key, n in big]
+    found = [r["pairs"][method] for r in reduced if method in r["pairs"]]
+    skipped = [{"method": method, "band_combination": c, "key": key, "distinct_hashes": n}
+               for r in reduced for c, key, n in r["skipped"].get(method, [])]
     if skipped:
-        log.warning("dedup %s: skipping %d buckets larger than max_bucket=%d (largest %d)", method, len(skipped),
-                    config.max_bucket, max(s["distinct_hashes"] for s in skipped))
-        con.execute(
-            f"DELETE FROM _keys WHERE (c, key) IN (SELECT c, key FROM _keys GROUP BY c, key HAVING count(*) > {int(config.max_bucket)})"
-        )
-    pairs = con.sql(
-        f"""SELECT DISTINCT a.h AS h1, b.h AS h2, bit_count(xor(a.h, b.h)) AS d
-            FROM _keys a JOIN _keys b ON a.c = b.c AND a.key = b.key AND a.h < b.h
-            WHERE bit_count(xor(a.h, b.h)) <= {distance}""").to_arrow_table()
-    con.unregister("_masks")
-    return (
-        pairs.column("h1").to_numpy().astype(np.uint64),
-        pairs.column("h2").to_numpy().astype(np.uint64),
-        pairs.column("d").to_numpy().astype(np.int64),
-        skipped,
-    )
+        log.warning("dedup %s: skipped %d buckets larger than max_bucket (largest %d)", method, len(skipped),
+                    max(s["distinct_hashes"] for s in skipped))
+    if not found:
+        empty = np.zeros(0, np.uint64)
+        return empty, empty, np.zeros(0, np.int64), skipped
+    pairs = np.unique(np.stack([np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])], axis=1),
+                      axis=0)  # one pair can come from several band combinations, in several partitions
+    h1, h2 = pairs[:, 0], pairs[:, 1]
+    return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
 
 
-def find_near_groups(con: duckdb.DuckDBPyConnection, method: str, config: DedupConfig) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Near-duplicate groups by one perceptual hash (see module docstring)."""
-    h1, h2, dist, skipped = find_near_pairs(con, method, config)
-    con.register("_pair_hashes", pa.table({"h": pa.array(np.concatenate([h1, h2]), pa.uint64())}))
-    members = con.sql(
-        f"""SELECT image_id, {method} AS h, hash_pixels FROM images
-            WHERE status = 'ok' AND ({method} IN (SELECT h FROM _pair_hashes)
-                  OR {method} IN (SELECT {method} FROM images WHERE status = 'ok' AND {method} IS NOT NULL
-                                  GROUP BY {method} HAVING count(*) > 1))
-            ORDER BY image_id""").to_arrow_table()
-    con.unregister("_pair_hashes")
+def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray) -> pa.Table:
+    """Near-duplicate groups by one perceptual hash from its pairs and the images holding their
+    hashes or a hash shared with another image (see module docstring)."""
     if members.num_rows == 0:
-        return DUPLICATES_SCHEMA.empty_table(), skipped
-
+        return DUPLICATES_SCHEMA.empty_table()
+    members = members.sort_by("image_id")
     hashes = members.column("h").to_numpy().astype(np.uint64)
     values, node = np.unique(hashes, return_inverse=True)
     labels = compute_components(len(values), np.searchsorted(values, h1), np.searchsorted(values, h2))
@@ -141,24 +268,36 @@ def find_near_groups(con: duckdb.DuckDBPyConnection, method: str, config: DedupC
             rows["distance"].append(float(nearest[node[i]]))
             rows["group_size"].append(len(indices))
             rows["model"].append(None)
-    return pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA), skipped
+    return pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA)
 
 
-def run_dedup(con: duckdb.DuckDBPyConnection, config: DedupConfig, embedding_groups: pa.Table | None = None) -> tuple[pa.Table, dict[str, Any]]:
+def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups: pa.Table | None = None
+              ) -> tuple[pa.Table, dict[str, Any]]:
     """The ``duplicates`` table (exact, near per hash method, then embedding groups when given)
-    and a summary for ``run.json``."""
-    parts = [find_exact_groups(con).cast(DUPLICATES_SCHEMA)]
+    and a summary for ``run.json``; ``rows``: the number of images (sizes the shuffle)."""
+    reduced = shuffle_hashes(parts, config, rows)
+    tables = [find_exact_groups(reduced)]
     summary: dict[str, Any] = {
         "near_distance": config.near_distance, "bands": config.effective_bands,
-        "max_bucket": config.max_bucket, "skipped_buckets": [],
+        "max_bucket": config.max_bucket, "partitions": len(reduced), "skipped_buckets": [],
     }
+    pairs, wanted = {}, {}
     for method in config.near_methods:
-        table, skipped = find_near_groups(con, method, config)
-        parts.append(table)
+        h1, h2, dist, skipped = find_near_pairs(reduced, method)
+        pairs[method] = (h1, h2, dist)
         summary["skipped_buckets"].extend(skipped)
+        shared = [r["shared"][method] for r in reduced if method in r["shared"]]
+        wanted[method] = np.unique(np.concatenate([h1, h2, *shared]))
+    found = parts.merge(select_members, {"wanted": wanted}, COLUMNS, _concat_members, dict)
+    for method in config.near_methods:
+        members = found.get(method, [])
+        members = pa.concat_tables(members) if members else pa.table({"image_id": pa.array([], pa.string()),
+                                                                      "h": pa.array([], pa.uint64()),
+                                                                      "hash_pixels": pa.array([], pa.string())})
+        tables.append(find_near_groups(members, method, *pairs[method]))
     if embedding_groups is not None:
-        parts.append(embedding_groups)
-    duplicates = pa.concat_tables(parts)
+        tables.append(embedding_groups)
+    duplicates = pa.concat_tables(tables)
     groups = {}
     for kind, method, group_id in zip(*(duplicates.column(c).to_pylist() for c in ("kind", "method", "group_id"))):
         groups.setdefault(f"{kind}/{method}", set()).add(group_id)

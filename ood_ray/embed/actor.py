@@ -49,6 +49,7 @@ class EmbedSettings:
     max_full_probabilities: int
     num_cpus: float
     num_gpus: float
+    precision: str = "fp32"
 
 
 def ensemble_members(infos: list[ModelInfo]) -> list[ModelInfo]:
@@ -122,6 +123,13 @@ def _pixel_matrix(column: pa.ChunkedArray, height: int, width: int) -> tuple[np.
     return rows, data.reshape(len(rows), height, width, 3)
 
 
+def _autocast_dtype(precision: str) -> Any:
+    """``torch.autocast``'s dtype for ``embed.precision`` (``None``: full float32)."""
+    import torch
+
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
 class EmbedActor:
     """Loads the models once; embeds, classifies and scores each block (see module docstring)."""
 
@@ -136,6 +144,7 @@ class EmbedActor:
         if not use_cuda:
             torch.set_num_threads(max(1, int(round(settings.num_cpus))))
         self.models = [build_model(info.spec, info.import_root).to(self.device) for info in infos]
+        self.autocast = _autocast_dtype(settings.precision)
         self.fields = {f.name: f for f in output_fields(infos, settings)}
         self.ensemble = ensemble_members(infos)
         log.info("embedding actor: %d models on %s", len(self.models), self.device)
@@ -157,8 +166,12 @@ class EmbedActor:
                 logits = np.zeros((0, info.num_classes), np.float32) if info.num_classes else None
             else:
                 images = torch.from_numpy(pixels.copy())
-                x = normalize_batch(images.to(self.device), info.data_config["mean"], info.data_config["std"])
-                with torch.inference_mode():
+                if self.device.type == "cuda":  # page-locked, so the copy overlaps the previous model's work
+                    images = images.pin_memory()
+                x = normalize_batch(images.to(self.device, non_blocking=True), info.data_config["mean"],
+                                    info.data_config["std"])
+                with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
+                                                            enabled=self.autocast is not None):
                     emb_t, logits_t = embed_and_logits(model, x)
                 embedding = emb_t.float().cpu().numpy()
                 logits = logits_t.float().cpu().numpy() if logits_t is not None else None

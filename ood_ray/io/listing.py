@@ -65,6 +65,13 @@ class ListingReport:
         if len(self.examples) < MAX_REPORTED:
             self.examples.append(f"{storage.local_uri(path)} -> {storage.local_uri(target)} (already listed)")
 
+    def merge(self, other: ListingReport) -> ListingReport:
+        self.links_skipped += other.links_skipped
+        self.examples = (self.examples + other.examples)[:MAX_REPORTED]
+        self.unlistable_folders += other.unlistable_folders
+        self.unreadable_entries += other.unreadable_entries
+        return self
+
     def to_dict(self) -> dict:
         return {"symlinks_to_listed_folders_skipped": self.links_skipped, "examples": self.examples,
                 "unlistable_folders": self.unlistable_folders, "unreadable_entries": self.unreadable_entries}
@@ -86,36 +93,65 @@ def _stat_error(path: str, exc: OSError) -> str:
     return f"cannot stat: {_reason(exc)}"
 
 
-def walk_local(root: str) -> tuple[list[ListedEntry], ListingReport]:
-    """Every entry under the local folder ``root`` (see module docstring), sorted by URI."""
-    report = ListingReport()
-    top = os.stat(root)
-    visited = {(top.st_dev, top.st_ino)}
-    entries: list[ListedEntry] = []
-    folders: list[tuple[str, tuple[str, ...]]] = [(root, ())]
+@dataclass(frozen=True)
+class FolderLink:
+    """A symbolic link to a folder met by a walk that does not follow links (a fan-out task): the
+    driver decides, in path order after every real folder is known, which of them to enter."""
+
+    path: str
+    parts: tuple[str, ...]
+    key: tuple[int, int]
+
+
+@dataclass
+class Walk:
+    """What one walk produced: entries, what it skipped, the folders it entered (``(dev, inode)``)
+    and, when it did not follow links, the links to folders it met."""
+
+    entries: list[ListedEntry] = field(default_factory=list)
+    report: ListingReport = field(default_factory=ListingReport)
+    visited: set[tuple[int, int]] = field(default_factory=set)
+    links: list[FolderLink] = field(default_factory=list)
+
+
+def walk_folder(folder: str, parts: tuple[str, ...] = (), recursive: bool = True, follow_links: bool = True,
+                visited: set[tuple[int, int]] | None = None) -> Walk:
+    """Every entry under the local ``folder`` whose names below the audit's root start with
+    ``parts`` (see module docstring). ``recursive=False`` lists only the folder's own non-folder
+    entries; ``follow_links=False`` returns links to folders instead of entering them."""
+    walk = Walk(visited=set(visited or ()))
+    report, entries = walk.report, walk.entries
+    try:
+        top = os.stat(folder)
+        walk.visited.add((top.st_dev, top.st_ino))
+    except OSError:
+        pass  # reported below as a folder that cannot be listed
+    folders: list[tuple[str, tuple[str, ...]]] = [(folder, parts)]
     links: list[tuple[str, tuple[str, ...], os.stat_result]] = []
     while folders or links:
         if folders:
-            folder, parts = folders.pop()
+            current, current_parts = folders.pop()
         else:
-            folder, parts, target = links.pop(0)
+            current, current_parts, target = links.pop(0)
             key = (target.st_dev, target.st_ino)
-            if key in visited:
-                report.skip_link(folder, os.path.realpath(folder))
+            if key in walk.visited:
+                report.skip_link(current, os.path.realpath(current))
                 continue
-            visited.add(key)
+            walk.visited.add(key)
         try:
-            with os.scandir(folder) as it:
+            with os.scandir(current) as it:
                 children = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             report.unlistable_folders += 1
-            entries.append(ListedEntry(storage.local_uri(folder), parts, error=f"cannot list folder: {_reason(exc)}",
-                                       is_folder=True))
+            entries.append(ListedEntry(storage.local_uri(current), current_parts,
+                                       error=f"cannot list folder: {_reason(exc)}", is_folder=True))
             continue
         for child in children:
             if child.name.startswith("."):
                 continue
-            path, child_parts = child.path, (*parts, storage.display_text(child.name))
+            path, child_parts = child.path, (*current_parts, storage.display_text(child.name))
+            if not recursive and child.is_dir(follow_symlinks=False):
+                continue  # a real sub-folder: another fragment's
             try:
                 info = os.stat(path)
             except OSError as exc:
@@ -124,9 +160,12 @@ def walk_local(root: str) -> tuple[list[ListedEntry], ListingReport]:
                 continue
             if stat.S_ISDIR(info.st_mode):
                 if child.is_symlink():
-                    links.append((path, child_parts, info))
+                    if follow_links:
+                        links.append((path, child_parts, info))
+                    else:
+                        walk.links.append(FolderLink(path, child_parts, (info.st_dev, info.st_ino)))
                     continue
-                visited.add((info.st_dev, info.st_ino))
+                walk.visited.add((info.st_dev, info.st_ino))
                 folders.append((path, child_parts))
             elif stat.S_ISREG(info.st_mode):
                 entries.append(ListedEntry(storage.local_uri(path), child_parts, size=info.st_size))
@@ -134,23 +173,32 @@ def walk_local(root: str) -> tuple[list[ListedEntry], ListingReport]:
                 report.unreadable_entries += 1
                 entries.append(ListedEntry(storage.local_uri(path), child_parts, size=None,
                                            error=f"{storage.file_kind(info.st_mode)}, not a regular file"))
-    if report.links_skipped:
-        log.info("listing %s: %d symbolic links to folders already listed were not followed (e.g. %s)",
-                 root, report.links_skipped, report.examples[0])
+        if not recursive:
+            break
     entries.sort(key=lambda e: e.uri)
-    return entries, report
+    return walk
 
 
-def walk_s3(root: str) -> tuple[list[ListedEntry], ListingReport]:
-    """Every object under the ``s3://`` prefix ``root`` (keys split on ``/`` only)."""
+def walk_local(root: str) -> tuple[list[ListedEntry], ListingReport]:
+    """Every entry under the local folder ``root`` in one process (see module docstring), sorted by URI."""
+    walk = walk_folder(root)
+    if walk.report.links_skipped:
+        log.info("listing %s: %d symbolic links to folders already listed were not followed (e.g. %s)",
+                 root, walk.report.links_skipped, walk.report.examples[0])
+    return walk.entries, walk.report
+
+
+def walk_s3(root: str, parts: tuple[str, ...] = (), recursive: bool = True) -> tuple[list[ListedEntry], ListingReport]:
+    """Every object under the ``s3://`` prefix ``root`` (keys split on ``/`` only); ``parts`` are
+    the names of ``root`` below the audit's root; ``recursive=False``: only the objects directly in it."""
     fs, path = storage.resolve(root)
     prefix = path.rstrip("/") + "/"
     entries = []
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True)):
         if info.type != pafs.FileType.File:
             continue
         relative = info.path[len(prefix):] if info.path.startswith(prefix) else info.path
-        entries.append(ListedEntry(storage.S3_SCHEME + info.path, tuple(relative.split("/")), size=info.size))
+        entries.append(ListedEntry(storage.S3_SCHEME + info.path, (*parts, *relative.split("/")), size=info.size))
     entries.sort(key=lambda e: e.uri)
     return entries, ListingReport()
 

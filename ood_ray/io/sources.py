@@ -14,8 +14,8 @@ A SOURCE is one of
   usable URI (empty, a NUL byte, a number, an ``s3://`` URI that is not UTF-8) becomes a row with
   the reason; a local path that is not UTF-8 is kept as its ``file://`` percent-encoded URI.
 
-Listing happens on the driver; for 10^7+ objects pass a manifest (listing a bucket of 10^8 keys
-from one process does not scale, reading a Parquet manifest does).
+An audit reads, lists and hashes its inputs in Ray tasks (:mod:`ood_ray.io.inputs`); the functions
+here are what those tasks run on one fragment.
 
 ``image_id`` is the XXH3-128 of the canonical URI (32 hex characters): the same object gets the
 same id in every run and from every kind of source. If a manifest names one URI ``k`` more times,
@@ -38,12 +38,13 @@ import xxhash
 
 from ood_ray.config import AuditConfig, ConfigError
 from ood_ray.io import storage
-from ood_ray.io.listing import ListingReport, list_entries
 from ood_ray.columns import INPUT_ERROR
 
 log = logging.getLogger(__name__)
 
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".csv.gz")
+#: Columns a manifest may hold that the audit itself reads (any other is carried into ``images``).
+MANIFEST_OWN_COLUMNS = {"uri", "label", "split", "listed_size", INPUT_ERROR}
 
 
 def image_id_of(uri: str, occurrence: int = 0) -> str:
@@ -81,10 +82,8 @@ def _split_label(parts: tuple[str, ...], layout: str) -> tuple[str | None, str |
     return None, None
 
 
-def list_folder(root: str, layout: str, extensions: list[str] | None) -> tuple[pa.Table, ListingReport]:
-    """Manifest of every entry under a local folder or S3 prefix (see :mod:`ood_ray.io.listing`)."""
-    root = storage.normalize_uri(root)
-    entries, report = list_entries(root)
+def listing_table(entries: list, layout: str, extensions: list[str] | None) -> pa.Table:
+    """Manifest rows of listed entries (hidden names and unwanted suffixes left out)."""
     wanted = tuple(e.lower() for e in extensions) if extensions else None
     uris, splits, labels, sizes, errors = [], [], [], [], []
     for entry in entries:
@@ -98,15 +97,13 @@ def list_folder(root: str, layout: str, extensions: list[str] | None) -> tuple[p
         labels.append(label)
         sizes.append(entry.size)
         errors.append(entry.error)
-    log.info("listed %d objects under %s", len(uris), root)
-    table = pa.table({
+    return pa.table({
         "uri": pa.array(uris, pa.string()),
         "split": pa.array(splits, pa.string()),
         "label": pa.array(labels, pa.string()),
         "listed_size": pa.array(sizes, pa.int64()),
         INPUT_ERROR: pa.array(errors, pa.string()),
     })
-    return table, report
 
 
 def _text_column(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -169,7 +166,8 @@ def resolve_manifest_uri(cell: Any, base: str) -> tuple[str, str | None]:
         return storage.display_text(cell), f"unusable uri: {exc}"
 
 
-def _read_manifest_table(path: str) -> pa.Table:
+def read_manifest_file(path: str) -> pa.Table:
+    """A whole manifest file (Parquet, or CSV with ``uri``/``label``/``split`` read as text)."""
     fs, fs_path = storage.resolve(path)
     try:
         if path.lower().endswith(".parquet"):
@@ -184,13 +182,11 @@ def _read_manifest_table(path: str) -> pa.Table:
         raise ConfigError(f"source={path!r}: cannot read the manifest: {str(exc).splitlines()[0]}") from None
 
 
-def read_manifest(path: str) -> pa.Table:
-    """Read a Parquet/CSV manifest; resolve relative URIs; ``label``/``split`` as strings; cells that
-    are not usable URIs keep a row and get the reason in the internal input-error column."""
-    table = _read_manifest_table(path)
+def normalize_manifest(table: pa.Table, path: str, base: str) -> pa.Table:
+    """Resolve relative URIs against ``base``; ``label``/``split`` as strings; cells that are not
+    usable URIs keep a row and get the reason in the internal input-error column."""
     if "uri" not in table.column_names:
         raise ConfigError(f"source={path!r}: manifest has no 'uri' column (columns: {', '.join(table.column_names)})")
-    base = path.rsplit("/", 1)[0] if storage.is_s3(path) else os.path.dirname(storage.normalize_uri(path))
     resolved = [resolve_manifest_uri(cell, base) for cell in _raw_cells(table.column("uri"))]
     table = table.set_column(table.column_names.index("uri"), "uri", pa.array([u for u, _ in resolved], pa.string()))
     for index, name in enumerate(table.column_names):
@@ -208,38 +204,21 @@ def read_manifest(path: str) -> pa.Table:
     return table.append_column(INPUT_ERROR, pa.array(errors, pa.string()))
 
 
-def is_manifest(source: str) -> bool:
-    return source.lower().endswith(MANIFEST_SUFFIXES) and not storage.is_dir(source)
+def read_manifest(path: str) -> pa.Table:
+    """Read a Parquet/CSV manifest in this process (see :func:`normalize_manifest`)."""
+    base = path.rsplit("/", 1)[0] if storage.is_s3(path) else os.path.dirname(storage.normalize_uri(path))
+    return normalize_manifest(read_manifest_file(path), path, base)
 
 
 def build_manifest(config: AuditConfig, reserved_columns: set[str], report: dict | None = None) -> pa.Table:
-    """The manifest for ``config.source``: ``image_id``, ``uri``, ``split``, ``label``, extras.
+    """The whole manifest for ``config.source`` as one table in this process: ``image_id``,
+    ``uri``, ``split``, ``label``, extras -- the same fragments, URIs and ids as the run's manifest
+    parts (:mod:`ood_ray.io.inputs`), for ``ood-ray holdout`` and tests.
 
     Raises :class:`ConfigError` when the source does not exist or cannot be read, or when a
     manifest column would collide with an output column. ``report`` (a dict) receives what the
     listing skipped.
     """
-    source = config.source
-    if is_manifest(source):
-        if not storage.exists(source):
-            raise ConfigError(f"source={source!r}: manifest file not found")
-        table = read_manifest(source)
-    else:
-        if not storage.is_s3(source):
-            if not os.path.isdir(source):
-                raise ConfigError(f"source={source!r}: not a folder, s3:// prefix or manifest ({', '.join(MANIFEST_SUFFIXES)})")
-            if not os.access(source, os.R_OK | os.X_OK):
-                raise ConfigError(f"source={source!r}: the folder cannot be listed (permission denied)")
-        table, listing = list_folder(source, config.io.layout, config.io.extensions)
-        if report is not None:
-            report.update(listing.to_dict())
-    clashes = sorted((set(table.column_names) - {"uri", "label", "split", "listed_size", INPUT_ERROR}) & reserved_columns)
-    if clashes:
-        raise ConfigError(f"source={source!r}: manifest columns {clashes} collide with output columns; rename them")
-    ids = compute_image_ids(table.column("uri").to_pylist())
-    table = table.add_column(0, "image_id", pa.array(ids, pa.string()))
-    if "listed_size" not in table.column_names:
-        table = table.append_column("listed_size", pa.nulls(table.num_rows, pa.int64()))
-    if INPUT_ERROR not in table.column_names:
-        table = table.append_column(INPUT_ERROR, pa.nulls(table.num_rows, pa.string()))
-    return table
+    from ood_ray.io.inputs import local_manifest
+
+    return local_manifest(config, reserved_columns, report)

@@ -268,7 +268,7 @@ def write_bytes_atomic(uri: str, data: bytes, retry: RetryPolicy = DEFAULT_RETRY
     retry.call(put, uri)
 
 
-def write_parquet(uri: str, table, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+def write_parquet(uri: str, table, retry: RetryPolicy = DEFAULT_RETRY, row_group_size: int | None = None) -> None:
     """Write one Parquet file (zstd): locally to a temporary name renamed into place, on S3 as
     one upload retried on transient errors -- a reader never sees half a file."""
     import pyarrow.parquet as pq
@@ -277,10 +277,11 @@ def write_parquet(uri: str, table, retry: RetryPolicy = DEFAULT_RETRY) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         make_parent_dirs(path)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size)
         os.replace(tmp, path)
         return
-    retry.call(lambda: pq.write_table(table, path, filesystem=fs, compression="zstd"), uri)
+    retry.call(lambda: pq.write_table(table, path, filesystem=fs, compression="zstd", row_group_size=row_group_size),
+               uri)
 
 
 def read_parquet(uri: str, columns: list[str] | None = None, retry: RetryPolicy = DEFAULT_RETRY):
@@ -289,6 +290,21 @@ def read_parquet(uri: str, columns: list[str] | None = None, retry: RetryPolicy 
 
     fs, path = resolve(uri)
     return retry.call(lambda: pq.read_table(path, filesystem=fs, columns=columns), uri)
+
+
+def read_parquet_present(uri: str, columns: list[str], retry: RetryPolicy = DEFAULT_RETRY):
+    """The ``columns`` of one Parquet file that it has (one open of the file; retried on S3)."""
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+
+    def read():
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            present = set(parquet.schema_arrow.names)
+            return parquet.read(columns=[c for c in columns if c in present])
+
+    return retry.call(read, uri)
 
 
 def copy_file(source: str, target: str, retry: RetryPolicy = DEFAULT_RETRY) -> None:

@@ -1,10 +1,20 @@
 """The lint pass: thresholds per metric (optionally per class) and the ``lint`` table of flags.
 
-Two DuckDB queries over ``images`` (``status = 'ok'`` rows only): one aggregation gives each
-metric's mean, std, median, quartiles, MAD and mean absolute deviation (per label when
-``lint.per_class``); :func:`ood_ray.lint.thresholds.compute_bounds` turns them into bounds; one
-``UNPIVOT ... JOIN bounds`` emits a row per flag. Metrics whose spread is zero get no bounds and
-are reported as skipped. Every threshold used is returned for ``run.json``.
+Nothing here holds the data on the driver. The thresholds come from exact, mergeable summaries of
+the ``ok`` rows (:mod:`ood_ray.lint.summaries`), computed part by part (:mod:`ood_ray.parts`: Ray
+tasks over the run's part files in an audit, in-memory tables in tests) in eight passes over the
+metric columns:
+
+1. per (scope, metric): count, exact sum, and the top 16 bits of every value's sort key;
+2.-4. the next 16 bits inside the buckets that hold the quartiles' and median's ranks (and, in the
+   first of them, the exact sum of squared deviations from the mean);
+5.-8. the same for ``|x - median|`` (the MAD) and its exact sum (the mean absolute deviation).
+
+The summaries equal NumPy's on the whole column (quartiles, median and MAD to the last bit; mean
+and population std are exact sums rounded once), for any split into parts. :func:`ood_ray.lint.thresholds.compute_bounds`
+turns them into bounds; a last pass emits a row per flag (written part by part). Metrics whose
+spread is zero get no bounds and are reported as skipped. Every threshold used is returned for
+``run.json``.
 """
 
 from __future__ import annotations
@@ -12,10 +22,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ood_ray.config import LintConfig
+from ood_ray.parts import Parts
+from ood_ray.lint.summaries import (
+    ExactSum,
+    OrderStatistic,
+    bucket_counts,
+    float_keys,
+    interpolate,
+    median_ranks,
+    merge_buckets,
+    middle,
+    quantile_ranks,
+)
 from ood_ray.lint.thresholds import MetricSummary, compute_bounds
 from ood_ray.stats.image import IMAGE_STAT_NAMES
 from ood_ray.tables import LINT_SCHEMA
@@ -25,114 +48,204 @@ log = logging.getLogger(__name__)
 #: The ``scope`` of thresholds computed over the whole dataset (per-class scopes are labels).
 ALL_SCOPE = "all"
 UNLABELLED_SCOPE = "(none)"
+QUANTILES = (0.25, 0.5, 0.75)
+_NONE = (np.zeros(0, np.uint16), np.zeros(0, np.int64))
 
 
-def _group_expression(per_class: bool) -> str:
-    return f"coalesce(label, '{UNLABELLED_SCOPE}')" if per_class else f"'{ALL_SCOPE}'"
+# -- per part (runs in the workers) -------------------------------------------------------------
+
+def _scopes(table: pa.Table, per_class: bool) -> dict[str, np.ndarray]:
+    """``{scope: row mask}`` of the ``ok`` rows of one part."""
+    ok = np.asarray(pc.fill_null(pc.equal(table.column("status"), "ok"), False))
+    if not per_class:
+        return {ALL_SCOPE: ok}
+    labels = np.asarray(pc.fill_null(table.column("label").cast(pa.string()), UNLABELLED_SCOPE).to_pylist(), dtype=object)
+    return {str(label): ok & (labels == label) for label in set(labels[ok].tolist())}
 
 
-def _create_values_view(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> None:
-    values = ", ".join(f'CAST("{m}" AS DOUBLE) AS "{m}"' for m in metrics)
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _lint_values AS "
-        f"SELECT image_id, {_group_expression(per_class)} AS grp, {values} FROM images WHERE status = 'ok' ORDER BY image_id"
-    )
+def _values(table: pa.Table, metric: str, mask: np.ndarray) -> np.ndarray:
+    values = table.column(metric).cast(pa.float64()).to_numpy(zero_copy_only=False)[mask]
+    return values[~np.isnan(values)]
 
 
-def summarize_metrics(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
-    """``{(group, metric): MetricSummary}`` over the ``ok`` rows of ``images``.
+def compute_pass(table: pa.Table, spec: dict[str, Any]) -> dict[str, Any]:
+    """What one part contributes to a pass (see :func:`summarize_metrics` for ``spec``)."""
+    out: dict[str, Any] = {"n": {}, "sums": {}, "buckets": {}}
+    targets_of: dict[str, list[tuple[str, str, int, int]]] = {}
+    for target, (t_key, transform, prefix, level) in spec["targets"].items():
+        targets_of.setdefault(t_key, []).append((target, transform, prefix, level))
+    for scope, mask in _scopes(table, spec["per_class"]).items():
+        for metric in spec["metrics"]:
+            key = f"{scope}\x00{metric}"
+            x = _values(table, metric, mask)
+            keys: dict[str, np.ndarray] = {}
+            if key in spec["medians"]:
+                deviations = np.abs(x - spec["medians"][key])
+            if spec["stage"] == "moments":
+                keys["value"] = float_keys(x)
+                out["n"][key] = int(x.size)
+                out["sums"][key] = ExactSum().add(x).to_state()
+                out["buckets"][key] = bucket_counts(keys["value"], 0, 0)
+            elif spec["stage"] == "squares" and key in spec["means"]:
+                with np.errstate(over="ignore"):  # squares beyond float64 sum to inf, as in NumPy
+                    out["sums"][key] = ExactSum().add((x - spec["means"][key]) ** 2).to_state()
+            elif spec["stage"] == "deviations" and key in spec["medians"]:
+                keys["deviation"] = float_keys(deviations)
+                out["sums"][key] = ExactSum().add(deviations).to_state()
+                out["buckets"][key] = bucket_counts(keys["deviation"], 0, 0)
+            for target, transform, prefix, level in targets_of.get(key, ()):
+                if transform not in keys:
+                    keys[transform] = float_keys(deviations if transform == "deviation" else x)
+                out["buckets"][target] = bucket_counts(keys[transform], prefix, level)
+    return out
 
-    Two scans whatever the number of metrics: the moments, medians and quartiles of every metric
-    in one aggregation, then the absolute deviations from those medians in a second. The rows are
-    aggregated in ``image_id`` order on one thread, so the floating-point sums -- and the bounds --
-    are the same to the last bit however the rows were split into part files (a resumed run's
-    thresholds equal an uninterrupted run's).
-    """
-    from ood_ray.query import single_threaded
 
-    with single_threaded(con):
-        return _summarize(con, metrics, per_class)
+def merge_pass(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Merge one part's contribution into the running total (counts and exact sums add)."""
+    for key, n in part["n"].items():
+        total["n"][key] = total["n"].get(key, 0) + n
+    for key, state in part["sums"].items():
+        addend = state if isinstance(state, ExactSum) else ExactSum.from_state(state)
+        total["sums"][key] = total["sums"].get(key, ExactSum()).merge(addend)
+    for target, buckets in part["buckets"].items():
+        if target in total["buckets"]:
+            buckets = merge_buckets([total["buckets"][target], buckets])
+        total["buckets"][target] = buckets
+    return total
 
 
-def _summarize(con: duckdb.DuckDBPyConnection, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
-    _create_values_view(con, metrics, per_class)
-    first = ", ".join(
-        f'count("{m}"), avg("{m}"), stddev_pop("{m}"), median("{m}"), quantile_cont("{m}", 0.25), quantile_cont("{m}", 0.75)'
-        for m in metrics
-    )
-    base = con.execute(f"SELECT grp, {first} FROM _lint_values GROUP BY grp").fetchall()
-    medians = {"grp": [row[0] for row in base]}
-    for i in range(len(metrics)):
-        medians[f"med_{i}"] = [row[1 + 6 * i + 3] for row in base]
-    con.register("_lint_medians", pa.table(medians))
-    deviations = ", ".join(
-        f'median(abs(v."{m}" - d.med_{i})), avg(abs(v."{m}" - d.med_{i}))' for i, m in enumerate(metrics)
-    )
-    spread = {
-        row[0]: row[1:]
-        for row in con.execute(f"SELECT v.grp, {deviations} FROM _lint_values v JOIN _lint_medians d USING (grp) GROUP BY v.grp").fetchall()
-    }
-    con.unregister("_lint_medians")
-    summaries = {}
-    for row in base:
-        for i, metric in enumerate(metrics):
-            n, mean, std, median, q1, q3 = row[1 + 6 * i : 7 + 6 * i]
-            if not n:
+def empty_pass() -> dict[str, Any]:
+    return {"n": {}, "sums": {}, "buckets": {}}
+
+
+def _columns(spec: dict[str, Any]) -> list[str]:
+    return ["image_id", "status", "label", *(spec.get("metrics") or spec.get("bounds", {}))]
+
+
+def run_pass(parts: Parts, spec: dict[str, Any]) -> dict[str, Any]:
+    """One pass over every part (``spec`` as :func:`compute_pass` reads it), merged."""
+    return parts.merge(compute_pass, spec, _columns(spec), merge_pass, empty_pass)
+
+
+def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
+    """The ``lint`` rows of one part: every (image, metric) outside its scope's bounds."""
+    rows: dict[str, list] = {f.name: [] for f in LINT_SCHEMA}
+    ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
+    for scope, mask in _scopes(table, spec["per_class"]).items():
+        for metric, bounds in spec["bounds"].items():
+            if scope not in bounds:
                 continue
-            mad, mean_abs_dev = spread[row[0]][2 * i : 2 * i + 2]
-            summaries[(row[0], metric)] = MetricSummary(
-                n=int(n), mean=mean, std=std or 0.0, median=median, mad=mad or 0.0,
-                mean_abs_dev=mean_abs_dev or 0.0, q1=q1, q3=q3,
-            )
+            lower, upper, method, threshold = bounds[scope]
+            values = table.column(metric).cast(pa.float64()).to_numpy(zero_copy_only=False)
+            hit = mask & ~np.isnan(values) & ((values < lower) | (values > upper))
+            for i in np.flatnonzero(hit):
+                rows["image_id"].append(ids[i])
+                rows["metric"].append(metric)
+                rows["value"].append(float(values[i]))
+                rows["lower"].append(lower)
+                rows["upper"].append(upper)
+                rows["method"].append(method)
+                rows["threshold"].append(float(threshold))
+                rows["scope"].append(scope)
+    return pa.Table.from_pydict(rows, schema=LINT_SCHEMA)
+
+
+# -- on the driver: bounded state ---------------------------------------------------------------
+
+def _order_statistics(parts: Parts, base: dict[str, Any], searches: dict[str, OrderStatistic],
+                      targets: dict[str, tuple[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
+    """Refine ``searches`` (level 0 already resolved) to full keys; returns the merged extras of
+    the first refinement pass (``extra`` describes what else it computes)."""
+    first: dict[str, Any] = {}
+    while any(not s.done for s in searches.values()):
+        open_targets = {}
+        for name, search in searches.items():
+            if not search.done:
+                key, transform = targets[name]
+                open_targets[name] = (key, transform, search.prefix, search.level)
+        result = run_pass(parts, {**base, **extra, "targets": open_targets})
+        if not first:
+            first, extra = result, {"stage": "refine"}
+        for name in open_targets:
+            searches[name].refine(result["buckets"].get(name, _NONE))
+    return first
+
+
+def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
+    """``{(scope, metric): MetricSummary}`` over the ``ok`` rows (see module docstring)."""
+    base = {"metrics": metrics, "per_class": per_class, "means": {}, "medians": {}}
+    # 1. counts, exact sums, top 16 bits of every value
+    first = run_pass(parts, {**base, "stage": "moments", "targets": {}})
+    keys = sorted(k for k, n in first["n"].items() if n > 0)
+    counts = {k: first["n"][k] for k in keys}
+    means = {k: first["sums"][k].divided(counts[k]) for k in keys}
+    targets: dict[str, tuple[str, str]] = {}
+    searches: dict[str, OrderStatistic] = {}
+    plan: dict[str, dict[float, tuple[str, str, float]]] = {}
+    for k in keys:
+        for q in QUANTILES:
+            low, high, weight = quantile_ranks(counts[k], q) if q != 0.5 else (*median_ranks(counts[k]), None)
+            names = (f"{k}\x00v{q}\x00lo", f"{k}\x00v{q}\x00hi")
+            for name, rank in zip(names, (low, high)):
+                targets[name], searches[name] = (k, "value"), OrderStatistic(rank)
+            plan.setdefault(k, {})[q] = (*names, weight)
+    for name, search in searches.items():
+        search.refine(first["buckets"].get(targets[name][0], _NONE))
+    # 2.-4. the next bits of the quartiles and the median; the squared deviations from the mean
+    squares = _order_statistics(parts, base, searches, targets, {"stage": "squares", "means": means})
+    quantiles = {k: {q: middle(searches[lo].value, searches[hi].value) if w is None
+                     else interpolate(searches[lo].value, searches[hi].value, w) for q, (lo, hi, w) in by_q.items()}
+                 for k, by_q in plan.items()}
+    medians = {k: quantiles[k][0.5] for k in keys}
+    # 5.-8. the MAD and the mean absolute deviation from the median
+    mad_targets, mad_searches, mad_plan = {}, {}, {}
+    for k in keys:
+        names = (f"{k}\x00mad\x00lo", f"{k}\x00mad\x00hi")
+        for name, rank in zip(names, median_ranks(counts[k])):
+            mad_targets[name], mad_searches[name] = (k, "deviation"), OrderStatistic(rank)
+        mad_plan[k] = names
+    base["medians"] = medians
+    level0 = run_pass(parts, {**base, "stage": "deviations", "targets": {}})
+    for name, search in mad_searches.items():
+        search.refine(level0["buckets"].get(mad_targets[name][0], _NONE))
+    _order_statistics(parts, base, mad_searches, mad_targets, {"stage": "refine"})
+    summaries = {}
+    for k in keys:
+        scope, metric = k.split("\x00")
+        n = counts[k]
+        variance = squares["sums"][k].divided(n) if k in squares.get("sums", {}) else 0.0
+        lo, hi = mad_plan[k]
+        summaries[(scope, metric)] = MetricSummary(
+            n=n, mean=means[k], std=float(np.sqrt(variance)), median=medians[k],
+            mad=middle(mad_searches[lo].value, mad_searches[hi].value),
+            mean_abs_dev=level0["sums"][k].divided(n), q1=quantiles[k][0.25], q3=quantiles[k][0.75])
     return summaries
 
 
-def run_lint(con: duckdb.DuckDBPyConnection, config: LintConfig) -> tuple[pa.Table, dict[str, Any]]:
-    """Flags of every metric as a ``lint`` table, and the thresholds used (for ``run.json``).
-
-    The thresholds are ``{metric: {scope: {method, threshold, n, lower, upper | skipped}}}`` where
-    ``scope`` is ``"all"``, or each label when ``per_class``. The flags come from one more scan:
-    each row is tested against every metric's bounds at once and only the flags are kept.
-    """
+def run_lint(parts: Parts, config: LintConfig) -> tuple[Any, dict[str, Any]]:
+    """Flags of every metric (``lint`` parts written by the tasks, or a table for in-memory parts) and the
+    thresholds used: ``{metric: {scope: {method, threshold, n, lower, upper | skipped}}}``."""
     metrics = list(config.metrics or IMAGE_STAT_NAMES)
-    summaries = summarize_metrics(con, metrics, config.per_class)
-    groups = sorted({group for group, _ in summaries})
-    bounds: dict[str, list] = {"grp": groups}
+    summaries = summarize_metrics(parts, metrics, config.per_class)
     used: dict[str, Any] = {}
-    flagged_metrics = []
-    for i, metric in enumerate(metrics):
+    bounds: dict[str, dict[str, tuple]] = {}
+    for (scope, metric), summary in sorted(summaries.items()):
         method, multiplier = config.rule_for(metric)
-        lower, upper = [None] * len(groups), [None] * len(groups)
-        for g, group in enumerate(groups):
-            summary = summaries.get((group, metric))
-            if summary is None:
-                continue
-            entry: dict[str, Any] = {"method": method, "threshold": multiplier, "n": summary.n}
-            found = compute_bounds(summary, method, multiplier)
-            if found is None:
-                entry["skipped"] = "zero spread"
-            else:
-                entry["lower"], entry["upper"] = lower[g], upper[g] = found
-            used.setdefault(metric, {})[group] = entry
-        if any(value is not None for value in lower):
-            bounds[f"lo_{i}"], bounds[f"hi_{i}"] = lower, upper
-            flagged_metrics.append((i, metric, method, multiplier))
+        entry: dict[str, Any] = {"method": method, "threshold": multiplier, "n": summary.n}
+        found = compute_bounds(summary, method, multiplier)
+        if found is None:
+            entry["skipped"] = "zero spread"
+        else:
+            entry["lower"], entry["upper"] = found
+            bounds.setdefault(metric, {})[scope] = (*found, method, multiplier)
+        used.setdefault(metric, {})[scope] = entry
+    spec = {"per_class": config.per_class, "bounds": bounds}
+    flags = parts.write(flag_table, spec, _columns(spec), "lint")
+    return flags, used
 
-    if not flagged_metrics:
-        return LINT_SCHEMA.empty_table(), used
-    con.register("_lint_bounds", pa.table({k: pa.array(v, pa.float64() if k != "grp" else pa.string()) for k, v in bounds.items()}))
-    tests = ", ".join(
-        f"""{{'metric': '{m}', 'value': v."{m}", 'lower': b.lo_{i}, 'upper': b.hi_{i},
-             'method': '{method}', 'threshold': {float(multiplier)!r}}}"""
-        for i, m, method, multiplier in flagged_metrics
-    )
-    flags = con.sql(
-        f"""SELECT image_id, f.metric, f.value, f.lower, f.upper, f.method, f.threshold, scope FROM (
-                SELECT v.image_id, v.grp AS scope, unnest([{tests}]) AS f
-                FROM _lint_values v JOIN _lint_bounds b USING (grp))
-            WHERE f.value < f.lower OR f.value > f.upper
-            ORDER BY f.metric, image_id"""
-    ).to_arrow_table()
-    con.unregister("_lint_bounds")
-    log.info("lint: %d flags on %d images", flags.num_rows, len(set(flags.column("image_id").to_pylist())))
-    return flags.cast(LINT_SCHEMA), used
+
+def flag_table(tables: list[pa.Table], spec: dict[str, Any]) -> pa.Table:
+    """The flags of some parts, ordered by metric and image."""
+    flags = [flag_rows(table, spec) for table in tables]
+    table = pa.concat_tables(flags) if flags else LINT_SCHEMA.empty_table()
+    return table.sort_by([("metric", "ascending"), ("image_id", "ascending")])

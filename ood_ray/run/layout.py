@@ -119,9 +119,9 @@ class RunLayout:
         return uri
 
     def write_staged_part(self, table: str, part: str, data: pa.Table,
-                          retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> str:
+                          retry: storage.RetryPolicy = storage.DEFAULT_RETRY, row_group_size: int | None = None) -> str:
         uri = self.staged_uri(table, part)
-        storage.write_parquet(uri, data, retry)
+        storage.write_parquet(uri, data, retry, row_group_size=row_group_size)
         return uri
 
     # -- before the run -----------------------------------------------------------------------

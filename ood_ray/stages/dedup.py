@@ -1,5 +1,5 @@
 """Stage ``dedup``: duplicate groups -- exact by ``hash_pixels``, near by perceptual hashes
-(:mod:`ood_ray.dedup.hash_groups`), and with models near by embedding: the kNN stage's candidate
+(:mod:`ood_ray.dedup.hash_groups`: a hash-partitioned join in Ray tasks over the ``images`` parts), and with models near by embedding: the kNN stage's candidate
 pairs, made unique (table ``duplicate_pairs``) and grouped by union-find
 (:mod:`ood_ray.dedup.embedding_groups`). Table ``duplicates``, one row per member."""
 
@@ -12,7 +12,7 @@ from ood_ray.stages.base import Stage, StageResult
 
 class DedupStage(Stage):
     name = "dedup"
-    reads = ("dedup",)
+    reads = ("dedup", "ray")
     writes = ("duplicates", "duplicate_pairs")
     report_key = "dedup"
 
@@ -22,6 +22,7 @@ class DedupStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.dedup.embedding_groups import embedding_groups, unique_pairs
         from ood_ray.dedup.hash_groups import run_dedup
+        from ood_ray.parts import RayParts
         from ood_ray.query import register_table
 
         con = ctx.con()
@@ -32,6 +33,8 @@ class DedupStage(Stage):
             pairs = unique_pairs(con)
             files["duplicate_pairs"] = [(ctx.layout.write_part("duplicate_pairs", "00000", pairs, ctx.retry), pairs.num_rows)]
             groups = embedding_groups(pairs)
-        duplicates, summary = run_dedup(con, ctx.section(self).dedup, groups)
+        cfg = ctx.section(self)
+        parts = RayParts(ctx.images_uris(), ctx.layout, ctx.retry, num_cpus=cfg.ray.task_num_cpus)
+        duplicates, summary = run_dedup(parts, cfg.dedup, ctx.manifest.num_rows, groups)
         files["duplicates"] = [(ctx.layout.write_part("duplicates", "00000", duplicates, ctx.retry), duplicates.num_rows)]
         return StageResult(files=files, report=summary)

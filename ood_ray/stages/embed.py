@@ -34,7 +34,8 @@ class EmbedStage(Stage):
 
         embed = ctx.config.embed
         settings = EmbedSettings(top_k=embed.top_k, max_full_probabilities=embed.max_full_probabilities,
-                                 num_cpus=embed.num_cpus_per_actor, num_gpus=embed.num_gpus_per_actor)
+                                 num_cpus=embed.num_cpus_per_actor, num_gpus=embed.num_gpus_per_actor,
+                                 precision=embed.precision)
         return dataset.map_batches(
             EmbedActor, batch_format="pyarrow", batch_size=embed.batch_size,
             fn_constructor_kwargs={"infos": ctx.infos, "settings": settings, "progress": tracker},

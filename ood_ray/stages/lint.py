@@ -1,5 +1,6 @@
-"""Stage ``lint``: extreme values -- thresholds per statistic over the ``ok`` rows (DuckDB over the
-written ``images``, :mod:`ood_ray.lint.linter`) and table ``lint``, one row per flag."""
+"""Stage ``lint``: extreme values -- thresholds per statistic over the ``ok`` rows, from exact
+mergeable summaries computed by Ray tasks over the written ``images`` parts
+(:mod:`ood_ray.lint.linter`), and table ``lint``, one row per flag, written by those tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from ood_ray.stages.base import Stage, StageResult
 
 class LintStage(Stage):
     name = "lint"
-    reads = ("lint",)
+    reads = ("lint", "ray")
     writes = ("lint",)
     report_key = "lint_thresholds"
 
@@ -18,8 +19,13 @@ class LintStage(Stage):
         return ctx.config.lint.enabled
 
     def run(self, ctx: Any) -> StageResult:
+        from ood_ray.parts import RayParts
         from ood_ray.lint.linter import run_lint
+        from ood_ray.tables import LINT_SCHEMA
 
-        lint, thresholds = run_lint(ctx.con(), ctx.section(self).lint)
-        uri = ctx.layout.write_part("lint", "00000", lint, ctx.retry)
-        return StageResult(files={"lint": [(uri, lint.num_rows)]}, report=thresholds)
+        cfg = ctx.section(self)
+        parts = RayParts(ctx.images_uris(), ctx.layout, ctx.retry, num_cpus=cfg.ray.task_num_cpus)
+        files, thresholds = run_lint(parts, cfg.lint)
+        if not files:  # no flags: one empty part, so that the table exists and reads as empty
+            files = [(ctx.layout.write_part("lint", "00000", LINT_SCHEMA.empty_table(), ctx.retry), 0)]
+        return StageResult(files={"lint": files}, report=thresholds)

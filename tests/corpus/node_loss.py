@@ -1,6 +1,8 @@
 """A node lost mid-run, for real: a two-node Ray cluster on this machine (``ray.cluster_utils``),
 the second node offering the custom resource ``helpers`` (so the progress actor and the kNN shards
-are placed on it), its raylet killed while the kNN stage queries its shards.
+are placed on it): the full audit with a model runs once undisturbed (``baseline``: the two-node
+run that the test compares with a single-node run of the same audit), then again with the second
+node's raylet killed while the kNN stage queries its shards (``disturbed``).
 
 Run as a script (its own Ray): ``python node_loss.py SOURCE WORKDIR``; prints a JSON line with
 both runs' ids and whether the node was removed. The test compares the two runs' tables.
@@ -13,6 +15,13 @@ import logging
 import sys
 import threading
 import time
+
+
+#: The audit both clusters run: a model (a deterministic custom embedder), two kNN shards, small
+#: blocks so that every stage has several tasks. The two-node runs add ``ray.helper_resources``.
+SETS = ["models=[{name: 'custom_models:channel_stats_embedder', alias: stats}]", "io.rows_per_block=8",
+        "embed.batch_size=8", "embed.num_cpus_per_actor=0.5", "ray.task_num_cpus=0.5", "knn.shards=2",
+        "knn.num_cpus_per_shard=0.25", "ray.progress_interval_s=0.5"]
 
 
 class StageWatcher(logging.Handler):
@@ -38,9 +47,7 @@ def main(source: str, workdir: str) -> int:
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
     helper_node = cluster.add_node(num_cpus=1, resources={"helpers": 1}, object_store_memory=150 * 2**20)
     ray.init(address=cluster.address)
-    sets = ["models=[{name: 'custom_models:channel_stats_embedder', alias: stats}]", "io.rows_per_block=8",
-            "embed.batch_size=8", "embed.num_cpus_per_actor=0.5", "ray.task_num_cpus=0.5", "knn.shards=2",
-            "knn.num_cpus_per_shard=0.25", "ray.helper_resources={helpers: 1}", "ray.progress_interval_s=0.5"]
+    sets = [*SETS, "ray.helper_resources={helpers: 1}"]
     baseline = run_audit(load_config(None, sets, source=source, out=f"{workdir}/baseline"))
     watcher = StageWatcher("stage knn: started")
     logging.getLogger("ood_ray").addHandler(watcher)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,7 +10,9 @@ from hypothesis import strategies as st
 
 from ood_ray.config import load_config
 from ood_ray.dedup.components import compute_components
-from ood_ray.dedup.hash_groups import band_masks, find_near_pairs, run_dedup
+from ood_ray.dedup.hash_groups import band_masks, run_dedup, shuffle_hashes
+from ood_ray.dedup.hash_groups import find_near_pairs as near_pairs
+from ood_ray.parts import LocalParts
 
 
 def dedup_config(*overrides: str):
@@ -43,18 +44,26 @@ def test_band_masks_cover_64_bits():
     assert union == 2**64 - 1
 
 
-def _con(hashes: np.ndarray, pixel_hashes: list[str] | None = None, splits: list[str] | None = None):
+def _con(hashes: np.ndarray, pixel_hashes: list[str] | None = None, splits: list[str] | None = None,
+         parts: int = 3) -> LocalParts:
+    """The rows as ``parts`` in-memory part files (shuffled, random sizes), as a run writes them."""
     n = len(hashes)
-    con = duckdb.connect()
-    con.register("images", pa.table({
+    table = pa.table({
         "image_id": [f"id{i:05d}" for i in range(n)],
         "status": ["ok"] * n,
         "phash": pa.array(hashes, pa.uint64()),
         "dhash": pa.array(hashes, pa.uint64()),
-        "hash_pixels": pixel_hashes or [f"px{i}" for i in range(n)],
+        "hash_pixels": pixel_hashes or [f"{i:032x}" for i in range(n)],
         "split": splits or ["train"] * n,
-    }))
-    return con
+    })
+    rng = np.random.default_rng(n)
+    table = table.take(rng.permutation(n))
+    cuts = sorted(rng.integers(0, n + 1, parts - 1).tolist())
+    return LocalParts([table.slice(a, b - a) for a, b in zip([0, *cuts], [*cuts, n])])
+
+
+def find_near_pairs(parts: LocalParts, method: str, config, rows: int | None = None):
+    return near_pairs(shuffle_hashes(parts, config, rows or 10**6), method)
 
 
 def brute_force_pairs(hashes: np.ndarray, distance: int) -> set[tuple[int, int]]:
@@ -79,6 +88,21 @@ def test_near_pairs_equal_brute_force(distance, bands):
     assert not skipped
     assert set(zip(h1.tolist(), h2.tolist())) == brute_force_pairs(hashes, distance)
     assert np.all(d <= distance)
+
+
+@pytest.mark.parametrize("partitions,parts", [(1, 1), (3, 5), (16, 2)])
+def test_shuffle_gives_the_same_groups_for_any_partitions_and_parts(partitions, parts):
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 2**63, size=400, dtype=np.uint64)
+    near = base[:150] ^ (np.uint64(1) << rng.integers(0, 64, 150).astype(np.uint64))
+    hashes = np.concatenate([base, near, base[:20]])
+    pixels = [f"{i * 0x9E3779B97F4A7C15 % 2**64:016x}{i:016x}" for i in [*range(550), *range(20)]]  # 20 exact copies
+    config = dedup_config(f"dedup.partitions={partitions}", "dedup.near_methods=phash")
+    duplicates, summary = run_dedup(_con(hashes, pixels, parts=parts), config)
+    reference, _ = run_dedup(_con(hashes, pixels, parts=1), dedup_config("dedup.partitions=1", "dedup.near_methods=phash"))
+    assert duplicates.equals(reference)
+    assert summary["partitions"] == partitions
+    assert summary["groups"] == {"exact/pixel": 20, "near/phash": 150}
 
 
 def test_huge_buckets_are_skipped_and_reported():

@@ -1,14 +1,21 @@
-"""Lint thresholds: DataEval's rules as a peer, the DuckDB summaries against NumPy, the flags."""
+"""Lint thresholds: DataEval's rules as a peer, the mergeable summaries against NumPy on the whole
+array for any split into parts, the flags."""
 
 from __future__ import annotations
 
-import duckdb
+import math
+from fractions import Fraction
+
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ood_ray.config import load_config
+from ood_ray.parts import LocalParts
 from ood_ray.lint.linter import run_lint, summarize_metrics
+from ood_ray.lint.summaries import ExactSum, float_keys, keys_to_floats
 from ood_ray.lint.thresholds import MetricSummary, compute_bounds
 
 
@@ -45,35 +52,86 @@ def test_zero_spread_gives_no_bounds_and_mad_falls_back_to_mean_deviation():
     assert compute_bounds(summary, "iqr", 1.5) is None
 
 
-def _images(values: dict[str, np.ndarray], labels: list[str]) -> duckdb.DuckDBPyConnection:
+def _images(values: dict[str, np.ndarray], labels: list[str], parts: int = 1, status=None, seed: int = 0) -> LocalParts:
+    """The rows as ``parts`` in-memory part files of random sizes (the rows shuffled first)."""
     n = len(labels)
-    table = pa.table({"image_id": [f"id{i:03d}" for i in range(n)], "label": labels, "status": ["ok"] * n, **values})
-    con = duckdb.connect()
-    con.register("images", table)
-    return con
+    table = pa.table({"image_id": [f"id{i:03d}" for i in range(n)], "label": labels,
+                      "status": status or ["ok"] * n, **values})
+    rng = np.random.default_rng(seed)
+    table = table.take(rng.permutation(n))
+    cuts = np.sort(rng.integers(0, n + 1, parts - 1))
+    bounds = [0, *cuts.tolist(), n]
+    return LocalParts([table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])])
 
 
-def test_sql_summaries_equal_numpy_per_class():
+def _exact_mean_std(values: np.ndarray) -> tuple[float, float]:
+    mean = float(sum(map(Fraction, values.tolist())) / len(values))
+    squares = sum(Fraction(float(d)) for d in (values - mean) ** 2)
+    return mean, math.sqrt(float(squares / len(values)))
+
+
+def _assert_equals_numpy(got: MetricSummary, values: np.ndarray) -> None:
+    expected = MetricSummary.of(values)
+    for field in ("n", "median", "mad", "q1", "q3"):
+        assert getattr(got, field) == getattr(expected, field), field  # bit for bit
+    mean, std = _exact_mean_std(values[~np.isnan(values)])
+    assert (got.mean, got.std) == (mean, pytest.approx(std, rel=1e-15, abs=0))
+    assert (got.mean, got.std, got.mean_abs_dev) == pytest.approx((expected.mean, expected.std, expected.mean_abs_dev),
+                                                                   rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 7, 40])
+def test_summaries_equal_numpy_per_class_for_any_split_into_parts(parts):
     rng = np.random.default_rng(3)
-    a, b = rng.normal(0, 1, 101), rng.exponential(2, 101)
-    labels = ["x" if i % 3 else "y" for i in range(101)]
-    con = _images({"mean": a, "entropy": b}, labels)
-    summaries = summarize_metrics(con, ["mean", "entropy"], per_class=True)
-    mask = np.array(labels) == "y"
-    for name, values in (("mean", a), ("entropy", b)):
-        expected = MetricSummary.of(values[mask])
-        got = summaries[("y", name)]
-        for field in ("n", "mean", "std", "median", "mad", "mean_abs_dev", "q1", "q3"):
-            assert getattr(got, field) == pytest.approx(getattr(expected, field), rel=1e-9), field
+    a, b = rng.normal(0, 1, 1001), rng.exponential(2, 1001)
+    a[::17] = np.nan  # missing statistics are left out, as NumPy's nan-free arrays
+    b[5:40] = 0.25  # ties across the middle
+    labels = ["x" if i % 3 else "y" for i in range(1001)]
+    status = ["ok" if i % 11 else "undecodable" for i in range(1001)]
+    summaries = summarize_metrics(_images({"mean": a, "entropy": b}, labels, parts, status, seed=parts),
+                                  ["mean", "entropy"], per_class=True)
+    ok = np.array(status) == "ok"
+    for scope in ("x", "y"):
+        mask = ok & (np.array(labels) == scope)
+        for name, values in (("mean", a), ("entropy", b)):
+            _assert_equals_numpy(summaries[(scope, name)], values[mask])
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.floats(allow_nan=False, allow_infinity=False, width=64, min_value=-1e300, max_value=1e300),
+                       min_size=1, max_size=60),
+       parts=st.integers(1, 6), seed=st.integers(0, 1000))
+def test_summaries_equal_numpy_on_arbitrary_floats(values, parts, seed):
+    """Negative zeros, subnormals, huge and tiny magnitudes together, duplicates, one value."""
+    array = np.array(values, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = MetricSummary.of(array)
+    got = summarize_metrics(_images({"mean": array}, ["a"] * len(array), parts, seed=seed), ["mean"], False)
+    got = got[("all", "mean")]
+    for field in ("n", "median", "mad", "q1", "q3"):
+        assert getattr(got, field) == getattr(expected, field) or (
+            math.isnan(getattr(expected, field)) and math.isnan(getattr(got, field))), field
+    assert got.mean == float(sum(map(Fraction, values)) / len(values))
+    assert got.std == pytest.approx(expected.std, rel=1e-12) or (math.isinf(got.std) and math.isinf(expected.std))
+
+
+def test_exact_sum_is_exact_and_order_free():
+    values = np.array([1e16, 1.0, -1e16, 3e-300, 2.0 ** -1074, -1.0, 0.5])
+    total = ExactSum().add(values[:3]).merge(ExactSum().add(values[3:]))
+    assert total.fraction() == sum(map(Fraction, values.tolist()))
+    assert ExactSum.from_state(total.to_state()).fraction() == total.fraction()
+    keys = float_keys(np.array([-np.inf, -2.0, -0.0, 0.0, 2.0 ** -1074, 1.0, np.inf]))
+    assert np.all(np.diff(keys.astype(object)) > 0)  # sort order of the floats, -0.0 before 0.0
+    assert keys_to_floats(keys).tolist() == [-np.inf, -2.0, -0.0, 0.0, 2.0 ** -1074, 1.0, np.inf]
 
 
 def test_flags_are_exactly_the_values_outside_the_bounds():
     rng = np.random.default_rng(4)
     values = rng.normal(0.5, 0.05, 200)
     values[[7, 50]] = [0.95, 0.01]
-    con = _images({"mean": values, "std": np.full(200, 0.1)}, ["a"] * 200)
+    parts = _images({"mean": values, "std": np.full(200, 0.1)}, ["a"] * 200, parts=5)
     config = load_config(None, ["lint.metrics=mean,std"], source="s", out="o").lint
-    flags, used = run_lint(con, config)
+    flags, used = run_lint(parts, config)
     mean, std = values.mean(), values.std()
     expected = {f"id{i:03d}" for i in np.flatnonzero(np.abs(values - mean) > 3 * std)}
     assert {7, 50} <= {int(i[2:]) for i in expected}
@@ -89,7 +147,7 @@ def test_per_class_thresholds_flag_within_each_class():
     dark = rng.normal(0.2, 0.02, 100)
     bright = rng.normal(0.9, 0.02, 100)
     dark[0] = 0.9
-    con = _images({"mean": np.concatenate([dark, bright])}, ["dark"] * 100 + ["bright"] * 100)
+    con = _images({"mean": np.concatenate([dark, bright])}, ["dark"] * 100 + ["bright"] * 100, parts=3)
     global_config = load_config(None, ["lint.metrics=mean", "lint.method=modzscore"], source="s", out="o").lint
     per_class = load_config(None, ["lint.metrics=mean", "lint.method=modzscore", "lint.per_class=true"], source="s", out="o").lint
     assert "id000" not in run_lint(con, global_config)[0].column("image_id").to_pylist()
