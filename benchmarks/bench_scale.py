@@ -3,14 +3,14 @@
 Every step runs in its own process (so its peak memory is its own: ``ru_maxrss``) on synthetic
 inputs of ``N`` rows written as Parquet parts of 100,000 rows:
 
-- ``manifest``: a Parquet manifest of ``N`` URIs (5% of them named twice) -> the manifest the
-  scan starts from (ids included), as the audit builds it;
+- ``manifest``: a folder of Parquet manifest parts of 100,000 rows, ``N`` URIs (5% named twice) -> the run's manifest
+  parts (ids included, repeats numbered), built by Ray tasks as the audit builds them;
 - ``lint``: thresholds and flags over an ``images`` table of ``N`` rows with every statistic (Ray
   tasks over the parts, as the audit runs it; the driver's memory is what is measured);
 - ``dedup``: exact and near-duplicate groups over ``N`` rows of ``hash_pixels``/``phash``/``dhash``
   (random hashes, 2% planted near copies within 2 bits; the shuffle in Ray tasks as the audit runs it);
 - ``drift``: the statistics' tests (KS, CvM) of a ``test`` split (10%) against a ``train`` split
-  (90%) at the default sample sizes;
+  (90%) at the default sample sizes, the samples drawn by Ray tasks as in the audit;
 - ``pipeline``: (``--pipeline N``) the whole audit of an ``N``-row manifest naming 1,000 tiny PNGs
   through hard links, its stage seconds and the driver's peak memory.
 
@@ -99,13 +99,19 @@ def step(name: str, n: int, workdir: Path) -> dict:
     from ood_ray.config import load_config
 
     if name == "manifest":
-        from ood_ray.io.sources import build_manifest
+        import ray
+
+        from ood_ray.io import storage
+        from ood_ray.io.inputs import build_inputs
+        from ood_ray.run.layout import RunLayout
         from ood_ray.tables import RESERVED_COLUMNS
 
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        config = load_config(None, [], source=str(workdir / "manifest"), out=str(workdir / "out"))
         started = time.perf_counter()
-        table = build_manifest(load_config(None, [], source=str(workdir / "manifest.parquet"), out="o"), RESERVED_COLUMNS)
-        assert table.num_rows == n
-        return {"seconds": time.perf_counter() - started}
+        inputs = build_inputs(config, RESERVED_COLUMNS, RunLayout(config.out), storage.DEFAULT_RETRY)
+        assert inputs.num_rows == n
+        return {"seconds": time.perf_counter() - started, "parts": len(inputs.parts)}
     files = sorted(str(p) for p in (workdir / "images").glob("*.parquet"))
     from ood_ray.query import register_table
 
@@ -136,9 +142,16 @@ def step(name: str, n: int, workdir: Path) -> dict:
             seconds = time.perf_counter() - started
             return {"seconds": seconds, "groups": summary["groups"], "partitions": summary["partitions"]}
     elif name == "drift":
-        from ood_ray.drift.drift_pass import run_drift
+        import ray
 
-        run_drift(con, "status = 'ok' AND split = 'train'", "status = 'ok' AND split <> 'train'", config, [], None)
+        from ood_ray.drift.drift_pass import run_drift
+        from ood_ray.parts import RayParts
+        from ood_ray.sampling import Sampler
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        started = time.perf_counter()
+        run_drift(con, "status = 'ok' AND split = 'train'", "status = 'ok' AND split <> 'train'", config, [], None,
+                  sampler=Sampler(RayParts(files)))
     else:
         raise ValueError(name)
     return {"seconds": time.perf_counter() - started}

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.config import OODConfig
+from ood_ray.sampling import Sampler, hash_order
 from ood_ray.detectors import REGISTRY
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
 from ood_ray.columns import EMBEDDING_PREFIX
@@ -42,22 +43,11 @@ class OODFit:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def hash_order(tag: str | int, column: str = "image_id") -> str:
-    """SQL ordering key of a seeded, reproducible sample: ``hash(image_id || '#<tag>')``."""
-    return f"hash({column} || '#{tag}')"
-
-
-def stratified_sample(con: duckdb.DuckDBPyConnection, where: str, column: str, config: OODConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """``(image_ids, labels, embeddings)`` of a seeded, per-label-capped sample."""
-    table = con.sql(
-        f"""SELECT image_id, label, "{column}" AS v FROM (
-                SELECT image_id, label, "{column}",
-                       row_number() OVER (PARTITION BY label ORDER BY {hash_order(int(config.seed))}) AS r
-                FROM images WHERE {where} AND label IS NOT NULL AND "{column}" IS NOT NULL)
-            WHERE r <= {int(config.clf_max_per_class)}
-            ORDER BY {hash_order(int(config.seed))} LIMIT {int(config.clf_max_samples)}"""
-    ).to_arrow_table()
-    return _unpack(table)
+def stratified_sample(sampler: Sampler, where: str, column: str, config: OODConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(image_ids, labels, embeddings)`` of a seeded, per-label-capped sample (drawn part by part)."""
+    table = sampler.select(["label", column], f'{where} AND label IS NOT NULL AND "{column}" IS NOT NULL',
+                           hash_order(int(config.seed)), config.clf_max_samples, "label", config.clf_max_per_class)
+    return _unpack(table.rename_columns(["image_id", "label", "v"]))
 
 
 def _unpack(table: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -85,7 +75,7 @@ def _build(name: str, config: OODConfig) -> Any:
 
 
 def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig,
-            where: str, described: str) -> OODFit:
+            where: str, described: str, sampler: Sampler) -> OODFit:
     """Thresholds for ``score_columns`` and the fitted embedding detectors, over the reference rows
     selected by the SQL condition ``where`` (see module docstring)."""
     fit = OODFit()
@@ -105,7 +95,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
         if not names:
             continue
         column = f"{EMBEDDING_PREFIX}{info.alias}"
-        ids, labels, X = stratified_sample(con, where, column, config)
+        ids, labels, X = stratified_sample(sampler, where, column, config)
         classes = sorted(set(labels.tolist()))
         if len(classes) < 2:
             for name in names:

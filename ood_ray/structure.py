@@ -19,7 +19,7 @@ import pyarrow as pa
 from ood_ray.cluster.kmeans import ClusterModel, fit_clusters
 from ood_ray.columns import EMBEDDING_PREFIX, embedding_matrix
 from ood_ray.config import AuditConfig
-from ood_ray.ood_fit import hash_order
+from ood_ray.sampling import Sampler, hash_order
 from ood_ray.project.maps import Projections, fit_projections
 
 log = logging.getLogger(__name__)
@@ -39,15 +39,15 @@ def cluster_model_alias(config: AuditConfig, aliases: list[str]) -> str | None:
     return config.cluster.model or aliases[0]
 
 
-def _sample(con: duckdb.DuckDBPyConnection, column: str, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
-    table = con.sql(
-        f"""SELECT image_id, "{column}" AS v FROM images WHERE status = 'ok' AND "{column}" IS NOT NULL
-            ORDER BY {hash_order(f"structure{int(seed)}")} LIMIT {int(limit)}"""
-    ).to_arrow_table()
-    return table.column("image_id").to_pylist(), embedding_matrix(table.column("v"))[1]
+def _sample(sampler: Sampler, column: str, limit: int, seed: int) -> tuple[list[str], np.ndarray]:
+    table = sampler.select([column], f"""status = 'ok' AND "{column}" IS NOT NULL""",
+                           hash_order(f"structure{int(seed)}"), limit)
+    if table.num_rows == 0:
+        return [], np.zeros((0, 0), np.float32)
+    return table.column("image_id").to_pylist(), embedding_matrix(table.column(column))[1]
 
 
-def fit_structure(con: duckdb.DuckDBPyConnection, config: AuditConfig, aliases: list[str]) -> StructureFit:
+def fit_structure(sampler: Sampler, config: AuditConfig, aliases: list[str]) -> StructureFit:
     """Clusters and maps of the cluster model, fitted on one sample of the staged rows."""
     import time
 
@@ -56,7 +56,7 @@ def fit_structure(con: duckdb.DuckDBPyConnection, config: AuditConfig, aliases: 
         return fit
     cluster, project = config.cluster, config.project
     started = time.perf_counter()
-    ids, X = _sample(con, f"{EMBEDDING_PREFIX}{fit.model}", max(cluster.sample_size, project.sample_size), cluster.seed)
+    ids, X = _sample(sampler, f"{EMBEDDING_PREFIX}{fit.model}", max(cluster.sample_size, project.sample_size), cluster.seed)
     fit.report = {"model": fit.model, "sample": len(ids)}
     sampled = time.perf_counter()
     if len(X) < 3:
@@ -94,7 +94,7 @@ def structure_state(fit: StructureFit) -> dict[str, Any]:
     return state
 
 
-def load_structure(state: dict[str, Any], con: duckdb.DuckDBPyConnection, config: AuditConfig, source: str) -> StructureFit:
+def load_structure(state: dict[str, Any], sampler: Sampler, config: AuditConfig, source: str) -> StructureFit:
     """A saved fit (:func:`structure_state`) applied to new data: the reference's clusters and PCA
     axes, so ``cluster`` and ``x_pca`` mean the same as in the reference run; UMAP / t-SNE (when
     configured) are fitted on the new data."""
@@ -113,7 +113,7 @@ def load_structure(state: dict[str, Any], con: duckdb.DuckDBPyConnection, config
     others = [m for m in config.project.methods if m != "pca"]
     if others:
         project = config.project
-        ids, X = _sample(con, f"{EMBEDDING_PREFIX}{fit.model}", project.sample_size, project.seed)
+        ids, X = _sample(sampler, f"{EMBEDDING_PREFIX}{fit.model}", project.sample_size, project.seed)
         if len(X) >= 3:
             refit = fit_projections(X, ids, others, project.seed, project.tsne_sample, project.umap_neighbors, project.tsne_perplexity)
             projections.umap, projections.tsne = refit.umap, refit.tsne

@@ -12,13 +12,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import numpy as np
 
 from ood_ray.autoencoder.model import load_autoencoder, reconstruction_error
 from ood_ray.autoencoder.train import default_storage_path, train_autoencoder
 from ood_ray.config import AuditConfig
-from ood_ray.ood_fit import hash_order
+from ood_ray.sampling import Sampler, hash_order
 from ood_ray.columns import AUTOENCODER_PIXELS
 
 log = logging.getLogger(__name__)
@@ -31,21 +30,19 @@ class AutoencoderFit:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _pixels(con: duckdb.DuckDBPyConnection, where: str, held_out: bool, limit: int, size: int, seed: int) -> np.ndarray:
+def _pixels(sampler: Sampler, where: str, held_out: bool, limit: int, size: int, seed: int) -> np.ndarray:
     bucket = f"{hash_order(f'ae{int(seed)}')} % 10 {'=' if held_out else '<>'} 0"
-    table = con.sql(
-        f"""SELECT "{AUTOENCODER_PIXELS}" AS p FROM images WHERE {where} AND "{AUTOENCODER_PIXELS}" IS NOT NULL AND {bucket}
-            ORDER BY {hash_order(f"ae-order{int(seed)}")} LIMIT {int(limit)}"""
-    ).to_arrow_table()
-    blobs = table.column("p").to_pylist()
+    table = sampler.select([AUTOENCODER_PIXELS], f'{where} AND "{AUTOENCODER_PIXELS}" IS NOT NULL AND {bucket}',
+                           hash_order(f"ae-order{int(seed)}"), limit)
+    blobs = table.column(AUTOENCODER_PIXELS).to_pylist() if table.num_rows else []
     return np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), size, size, 3) if blobs else np.zeros((0, size, size, 3), np.uint8)
 
 
-def fit_autoencoder(con: duckdb.DuckDBPyConnection, where: str, config: AuditConfig, storage_path: str | None) -> AutoencoderFit:
+def fit_autoencoder(sampler: Sampler, where: str, config: AuditConfig, storage_path: str | None) -> AutoencoderFit:
     """Train on the reference images and set the ``score_recon`` threshold (see module docstring)."""
     ae = config.autoencoder
-    train = _pixels(con, where, False, ae.max_train_images, ae.image_size, ae.seed)
-    held = _pixels(con, where, True, config.ood.threshold_sample, ae.image_size, ae.seed)
+    train = _pixels(sampler, where, False, ae.max_train_images, ae.image_size, ae.seed)
+    held = _pixels(sampler, where, True, config.ood.threshold_sample, ae.image_size, ae.seed)
     if len(train) == 0:
         train = held
     fit = AutoencoderFit()

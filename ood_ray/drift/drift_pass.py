@@ -40,7 +40,7 @@ from ood_ray.drift.tests import (
     mann_whitney_greater,
     mmd_test,
 )
-from ood_ray.ood_fit import hash_order
+from ood_ray.sampling import Sampler, hash_order
 from ood_ray.stats.image import IMAGE_STAT_NAMES
 from ood_ray.tables import DRIFT_SCHEMA
 
@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 class Side:
     """One side of a comparison: a DuckDB connection with ``images``/``embeddings`` and a row filter."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, where: str, seed: int) -> None:
-        self.con, self.where, self.seed = con, where, seed
+    def __init__(self, con: duckdb.DuckDBPyConnection, where: str, seed: int, sampler: Sampler | None = None) -> None:
+        self.con, self.where, self.seed, self.sampler = con, where, seed, sampler
 
     def _order(self) -> str:
         return hash_order(f"drift{int(self.seed)}")
@@ -64,11 +64,15 @@ class Side:
         """A seeded sample of scalar columns (nulls dropped per column)."""
         if not names:
             return {}
-        select = ", ".join(f'CAST("{n}" AS DOUBLE) AS "{n}"' for n in names)
-        table = self.con.sql(f"SELECT {select} FROM images WHERE {self.where} ORDER BY {self._order()} LIMIT {int(limit)}").to_arrow_table()
+        if self.sampler is not None:  # drawn part by part in Ray tasks
+            table = self.sampler.select(names, self.where, self._order(), limit)
+        else:
+            select = ", ".join(f'"{n}"' for n in names)
+            table = self.con.sql(f"SELECT {select} FROM images WHERE {self.where} ORDER BY {self._order()}, image_id "
+                                 f"LIMIT {int(limit)}").to_arrow_table()
         out = {}
         for name in names:
-            column = table.column(name).drop_null() if table.num_rows else pa.array([], pa.float64())
+            column = table.column(name).drop_null().cast(pa.float64()) if table.num_rows else pa.array([], pa.float64())
             out[name] = np.asarray(column.to_numpy(), dtype=np.float64)
         return out
 
@@ -180,15 +184,18 @@ def new_class_tests(reference: Side, new: Side, split: str, model: str, config: 
 
 
 def run_drift(con: duckdb.DuckDBPyConnection, reference_where: str, new_where: str, config: Any, models: list[str],
-              cluster_model: str | None, reference_con: duckdb.DuckDBPyConnection | None = None) -> pa.Table:
-    """Every drift test for every new split (see module docstring); ``config`` is the audit config."""
+              cluster_model: str | None, reference_con: duckdb.DuckDBPyConnection | None = None,
+              sampler: Sampler | None = None, reference_sampler: Sampler | None = None) -> pa.Table:
+    """Every drift test for every new split (see module docstring); ``config`` is the audit config.
+    The statistics' samples are drawn by ``sampler``/``reference_sampler`` (Ray tasks) when given."""
     drift = config.drift
-    reference = Side(reference_con or con, reference_where, drift.seed)
+    reference = Side(reference_con or con, reference_where, drift.seed,
+                     reference_sampler if reference_con is not None else sampler)
     splits = [row[0] for row in con.execute(f"SELECT DISTINCT split FROM images WHERE {new_where} ORDER BY 1").fetchall()]
     rows: list[dict[str, Any]] = []
     for split in splits:
         condition = "split IS NULL" if split is None else f"split = '{split.replace(chr(39), chr(39) * 2)}'"
-        new = Side(con, f"({new_where}) AND {condition}", drift.seed)
+        new = Side(con, f"({new_where}) AND {condition}", drift.seed, sampler)
         name = split if split is not None else "(none)"
         rows += statistic_tests(reference, new, name, drift)
         rows += label_shift_test(reference, new, name, drift)

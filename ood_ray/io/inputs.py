@@ -22,7 +22,7 @@ each partition sorts its repeated ids by sequence number and gives repeat ``j`` 
 no repeats (paths are distinct), so it skips the shuffle.
 
 **Blocks.** Parts are written with row groups of ``io.rows_per_block`` rows, so the scan reads
-block ``b`` as one row group (:meth:`Inputs.locate`). The run's fingerprint holds a digest of
+block ``b`` as one row group (:func:`ood_ray.stages.scan.read_block`). The run's fingerprint holds a digest of
 every part (for ``--resume``).
 """
 
@@ -75,19 +75,6 @@ class Inputs:
     @property
     def num_rows(self) -> int:
         return sum(rows for _, rows in self.parts)
-
-    def block_counts(self) -> np.ndarray:
-        return np.array([-(-rows // self.rows_per_block) for _, rows in self.parts], dtype=np.int64)
-
-    @property
-    def num_blocks(self) -> int:
-        return int(self.block_counts().sum())
-
-    def locate(self, block: int) -> tuple[str, int]:
-        """``(part uri, row group)`` of block ``block``."""
-        ends = np.cumsum(self.block_counts())
-        index = int(np.searchsorted(ends, block, side="right"))
-        return self.parts[index][0], block - int(ends[index - 1] if index else 0)
 
     def to_state(self) -> dict[str, Any]:
         return {"parts": [list(p) for p in self.parts], "digest": self.digest, "rows_per_block": self.rows_per_block,

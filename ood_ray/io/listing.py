@@ -14,7 +14,8 @@ be named, stat'ed or listed never stops the walk:
   (a loop such as ``ln -s .. d/loop``, or a second link to one folder) is not entered again. Real
   sub-folders are walked before symbolic links to folders, so a link to a folder inside the tree
   never lists it twice and the labels come from the real path; a link to a folder outside the
-  tree is listed once, under the link's path.
+  tree is listed once, under the path of the first link in path order. An audit walks real
+  sub-folders in parallel tasks (:mod:`ood_ray.io.inputs`) and enters the links the same way.
 
 Names are kept losslessly: a file name that is not UTF-8 gets the URI ``file://`` + its
 percent-encoded bytes (:func:`ood_ray.io.storage.local_uri`). Hidden names (starting with ``.``)
@@ -132,6 +133,7 @@ def walk_folder(folder: str, parts: tuple[str, ...] = (), recursive: bool = True
         if folders:
             current, current_parts = folders.pop()
         else:
+            links.sort(key=lambda link: link[0])  # links to folders are entered in path order
             current, current_parts, target = links.pop(0)
             key = (target.st_dev, target.st_ino)
             if key in walk.visited:

@@ -1,7 +1,8 @@
 """Everything a stage needs about the run it is part of: :class:`RunContext`.
 
 :func:`open_run` prepares a run before any stage: it reads the ``--reference`` run, inspects the
-models, takes the output directory's lease, builds the manifest, and either starts a fresh run
+models, takes the output directory's lease, starts Ray and has its tasks build the manifest parts
+(:mod:`ood_ray.io.inputs`), and either starts a fresh run
 (writing its fingerprint) or reopens an interrupted one (``--resume``: same run id, fingerprint
 checked, unfinished parts removed). :meth:`RunContext.commit` assembles ``run.json`` and commits.
 """
@@ -16,10 +17,10 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-import pyarrow as pa
 
 from ood_ray.config import AuditConfig, ConfigError
 from ood_ray.io import storage
+from ood_ray.io.inputs import Inputs
 from ood_ray.run.layout import LEDGER, RunLayout
 from ood_ray.run.lease import Lease
 from ood_ray.run.ledger import Ledger, differences, fingerprint
@@ -77,7 +78,7 @@ class RunContext:
     layout: RunLayout
     lease: Lease
     ledger: Ledger
-    manifest: pa.Table
+    inputs: Inputs
     infos: list = field(default_factory=list)
     reference: RunState | None = None
     resumed: bool = False
@@ -123,6 +124,15 @@ class RunContext:
             return "status = 'ok'"
         return "status = 'ok' AND split = '" + split.replace("'", "''") + "'"
 
+    def sampler(self, uris: list[str] | None = None) -> Any:
+        """Seeded samples of the newest ``images`` parts (or of ``uris``) drawn by Ray tasks
+        (:mod:`ood_ray.sampling`)."""
+        from ood_ray.parts import RayParts
+        from ood_ray.sampling import Sampler
+
+        return Sampler(RayParts(self.images_uris() if uris is None else uris, self.layout, self.retry,
+                                num_cpus=self.config.ray.task_num_cpus))
+
     def con(self) -> Any:
         """A DuckDB connection whose ``images`` (and ``embeddings``) views are the newest files."""
         import duckdb
@@ -162,7 +172,7 @@ class RunContext:
         info = {
             "format_version": FORMAT_VERSION,
             "source": self.config.source,
-            "objects_in": self.manifest.num_rows,
+            "objects_in": self.inputs.num_rows,
             "rows_out": sum(rows for _, rows in self.files.get("images", [])),
             "status_counts": dict(sorted(scan.get("status_counts", {}).items())),
             "stage_seconds": self.timer.seconds,
@@ -228,10 +238,12 @@ def _resumable_run(base: RunLayout, lease: Lease) -> str:
 def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     """Prepare the run (see module docstring); raises :class:`ConfigError` before any cluster work
     when the output is taken, the reference is unusable, or a resume does not match."""
-    from ood_ray.io.sources import build_manifest
+    from ood_ray.io.inputs import build_inputs, plan_fragments
+    from ood_ray.run.ray_runtime import init_ray
     from ood_ray.tables import RESERVED_COLUMNS
 
     timer = StageTimer()
+    plan_fragments(config, RESERVED_COLUMNS)  # a missing or unreadable source fails here, before Ray
     reference = read_state(config.reference, "reference") if config.reference else None
     infos = []
     if config.models or reference is not None:
@@ -251,11 +263,12 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     lease = Lease(layout.out, layout.run_id)
     lease.acquire()
     try:
-        listing: dict[str, Any] = {}
+        init_ray(config)
         with timer.stage("manifest"):
-            manifest = build_manifest(config, RESERVED_COLUMNS, listing)
+            inputs = build_inputs(config, RESERVED_COLUMNS, layout, storage.RetryPolicy(
+                config.io.retry_attempts, config.io.retry_base_delay_s, config.io.retry_max_delay_s))
         ledger = Ledger(layout.ledger_dir)
-        current = fingerprint(config.to_dict(), manifest, reference.run_id if reference else None)
+        current = fingerprint(config.to_dict(), inputs, reference.run_id if reference else None)
         if resume:
             recorded = ledger.read_fingerprint() or {}
             changed = differences(recorded, current)
@@ -273,9 +286,10 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     except BaseException:
         lease.release()
         raise
-    log.info("run %s: %d objects from %s -> %s", layout.run_id, manifest.num_rows, config.source, layout.out)
-    return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, manifest=manifest, infos=infos,
-                      reference=reference, resumed=resume, timer=timer, listing=listing,
+    log.info("run %s: %d objects from %s -> %s (%d manifest parts)", layout.run_id, inputs.num_rows, config.source,
+             layout.out, len(inputs.parts))
+    return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
+                      reference=reference, resumed=resume, timer=timer, listing=inputs.listing,
                       resume_report=ledger.read_resume() if resume else {})
 
 

@@ -25,7 +25,6 @@ import os
 import uuid
 from typing import Any
 
-import pyarrow as pa
 import xxhash
 
 from ood_ray.io import storage
@@ -34,16 +33,6 @@ log = logging.getLogger(__name__)
 
 #: Keys of the configuration that do not change a run's results (left out of the fingerprint).
 UNFINGERPRINTED = ("out", "overwrite", "address", "ray")
-
-
-def manifest_hash(manifest: pa.Table) -> str:
-    """XXH3-128 of the manifest's Arrow IPC stream (columns, types and every value)."""
-    digest = xxhash.xxh3_128()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, manifest.schema) as writer:
-        writer.write_table(manifest.combine_chunks())
-    digest.update(sink.getvalue().to_pybytes())
-    return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,9 +57,12 @@ def code_version() -> str:
     return f"{version}+{digest.hexdigest()}"
 
 
-def fingerprint(config_dict: dict[str, Any], manifest: pa.Table, reference_run_id: str | None) -> dict[str, Any]:
+def fingerprint(config_dict: dict[str, Any], inputs: Any, reference_run_id: str | None) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one: the configuration (but
+    :data:`UNFINGERPRINTED`), the manifest (a digest of every manifest part, computed by the tasks
+    that wrote them), the reference run and the code."""
     config = {k: v for k, v in config_dict.items() if k not in UNFINGERPRINTED}
-    return {"config": config, "manifest_hash": manifest_hash(manifest), "manifest_rows": manifest.num_rows,
+    return {"config": config, "manifest_hash": inputs.digest, "manifest_rows": inputs.num_rows,
             "reference_run_id": reference_run_id, "code_version": code_version()}
 
 

@@ -41,7 +41,7 @@ class AutoencoderStage(Stage):
             state = {**saved, "from": ctx.reference.out, "report": report}
             return StageResult(state=state, report=report, value=self.load(ctx, state))
         storage_path = ctx.config.autoencoder.storage_path or ctx.layout.work_dir("train")
-        fit = fit_autoencoder(ctx.con(), ctx.reference_where(), ctx.section(self), storage_path)
+        fit = fit_autoencoder(ctx.sampler(), ctx.reference_where(), ctx.section(self), storage_path)
         result = StageResult(value=fit)
         if fit.weights is not None:
             name = f"autoencoder/autoencoder-{ctx.layout.run_id}.pt"

@@ -35,6 +35,6 @@ class DedupStage(Stage):
             groups = embedding_groups(pairs)
         cfg = ctx.section(self)
         parts = RayParts(ctx.images_uris(), ctx.layout, ctx.retry, num_cpus=cfg.ray.task_num_cpus)
-        duplicates, summary = run_dedup(parts, cfg.dedup, ctx.manifest.num_rows, groups)
+        duplicates, summary = run_dedup(parts, cfg.dedup, ctx.inputs.num_rows, groups)
         files["duplicates"] = [(ctx.layout.write_part("duplicates", "00000", duplicates, ctx.retry), duplicates.num_rows)]
         return StageResult(files=files, report=summary)

@@ -48,8 +48,10 @@ class DriftStage(Stage):
         structure = ctx.values.get("structure")
         started = time.perf_counter()
         try:
+            reference_sampler = ctx.sampler(ctx.reference.files("images")) if ctx.reference is not None else None
             drift = run_drift(ctx.con(), reference_where, new_where, ctx.section(self), [info.alias for info in ctx.infos],
-                              structure.model if structure is not None else None, reference_con)
+                              structure.model if structure is not None else None, reference_con, ctx.sampler(),
+                              reference_sampler)
         finally:
             if reference_con is not None:
                 reference_con.close()

@@ -218,12 +218,12 @@ class FinalizeStage(Stage):
             finalize_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"settings": settings},
             num_cpus=cfg.ray.task_num_cpus)
         sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry)
-        with ProgressLogger(tracker, {"finalize": ctx.manifest.num_rows}, cfg.ray.progress_interval_s):
+        with ProgressLogger(tracker, {"finalize": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
             dataset.write_datasink(sink)
         ray.kill(tracker)
         files = {table: entries for table, entries in sink.files.items() if entries}
         files.setdefault("images", [])
         rows = sum(r for _, r in files["images"])
-        if rows != ctx.manifest.num_rows:
-            raise RuntimeError(f"counts do not reconcile after finalize: {ctx.manifest.num_rows} objects, {rows} rows")
+        if rows != ctx.inputs.num_rows:
+            raise RuntimeError(f"counts do not reconcile after finalize: {ctx.inputs.num_rows} objects, {rows} rows")
         return StageResult(files=files, staged={"images": []}, state={"thresholds": thresholds})

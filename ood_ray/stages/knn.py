@@ -45,6 +45,7 @@ from ood_ray.index.topk import drop_self, merge_topk
 from ood_ray.io import storage
 from ood_ray.progress import report
 from ood_ray.run.sink import PartSink
+from ood_ray.sampling import hash_order
 from ood_ray.stages.base import Stage, StageResult
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, NEIGHBORS_SCHEMA
 
@@ -256,9 +257,9 @@ class KNNStage(Stage):
                      n_reference, info.embedding_dim, plan.factory, plan.reason, plan.memory_bytes / 2**20, count)
             template = None
             if plan.kind != "flat":
-                sample = con.sql(f'SELECT "{column}" AS v FROM images WHERE {where} AND "{column}" IS NOT NULL '
-                                 f"USING SAMPLE {int(knn.train_sample)} ROWS (reservoir, 0)").to_arrow_table()
-                template = train_template(plan, l2_normalize(embedding_matrix(sample.column("v"))[1]), knn.nprobe)
+                sample = ctx.sampler().select([column], f'{where} AND "{column}" IS NOT NULL', hash_order("knn-train"),
+                                              knn.train_sample)
+                template = train_template(plan, l2_normalize(embedding_matrix(sample.column(column))[1]), knn.nprobe)
             for i in range(count):
                 per_shard[i].append({"alias": info.alias, "dim": info.embedding_dim, "template": template, "column": column,
                                      "files": staged[i::count], "reference_split": ctx.reference_split,
@@ -302,7 +303,7 @@ class KNNStage(Stage):
                 query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
                 fn_kwargs={"settings": settings, "rows": knn.query_rows})
             sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry)
-            with ProgressLogger(tracker, {"knn": ctx.manifest.num_rows}, cfg.ray.progress_interval_s):
+            with ProgressLogger(tracker, {"knn": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
                 dataset.write_datasink(sink, ray_remote_args={"num_cpus": knn.query_num_cpus})
             ray.kill(tracker)
             if ctx.reference is None:

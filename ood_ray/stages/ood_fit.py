@@ -67,7 +67,8 @@ class OODFitStage(Stage):
         rows = ctx.states["scan"].get("reference_rows", 0)
         described = (f"split = {ctx.reference_split!r} ({rows} rows)" if ctx.reference_split is not None
                      else "all ok rows (no reference split)")
-        fit = fit_ood(ctx.con(), ctx.infos, columns, ctx.section(self).ood, ctx.reference_where(), described)
+        fit = fit_ood(ctx.con(), ctx.infos, columns, ctx.section(self).ood, ctx.reference_where(), described,
+                      ctx.sampler())
         detectors, artifacts = {}, []
         for column, entry in fit.fitted.items():
             name = f"detectors/{column}-{ctx.layout.run_id}.json"

@@ -2,12 +2,16 @@
 models, the embedding operator of :mod:`ood_ray.stages.embed`) -- into ``images``, ``channels`` and
 ``predictions`` part files.
 
-The manifest is cut into blocks of ``io.rows_per_block`` rows; a ``map_batches`` task per block
+The manifest parts (:mod:`ood_ray.io.inputs`) hold blocks of ``io.rows_per_block`` rows, one
+Parquet row group each; the dataset is the *numbers* of the blocks to scan (``ray.data.range``: the
+driver never holds a manifest row), and a ``map_batches`` task per block reads its row group and
 runs :func:`ood_ray.scan.scan_batch` (bytes fetched *in the worker*, each object decoded once inside
 its own error handling). :class:`ScanSink` writes one part per table per write task and records it
-in the run's ledger as soon as its files are complete. A resumed run keeps every recorded part and
-scans only the rows that no recorded part holds (a part written but not recorded is removed and its
-rows scanned again), so a kill costs at most the blocks in flight.
+in the run's ledger, with the number of rows of each block it holds, as soon as its files are
+complete. A resumed run keeps every recorded part, skips the blocks whose rows are all recorded and
+rescans the others but for their recorded rows (a part written but not recorded is removed and its
+rows scanned again), so a kill costs at most the blocks in flight; the driver keeps a count per
+block, not an id per row.
 
 The stage's state: status counts, worker seconds, and the reference selection -- the split
 ``ood.reference_split`` when it has ``ok`` rows, else every ``ok`` row (``reference_split: null``).
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -33,6 +39,7 @@ from ood_ray.columns import (
     TOPK_PROB_PREFIX,
 )
 from ood_ray.io import storage
+from ood_ray.io.inputs import SEQUENCE
 from ood_ray.io.memory import default_decode_budget
 from ood_ray.run.sink import PartSink
 from ood_ray.stages.base import Stage, StageResult
@@ -41,6 +48,8 @@ from ood_ray.tables import CHANNELS_SCHEMA, PREDICTIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
+#: Internal column: the manifest block a scanned row came from (counted per ledger record, dropped).
+BLOCK = "_block"
 _NEVER_STORED = (CHANNEL_LIST_PREFIX, PROBABILITIES_PREFIX, LOGITS_PREFIX, TOPK_CLASS_PREFIX, TOPK_PROB_PREFIX)
 
 
@@ -73,7 +82,7 @@ def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     """
     predictions = predictions_of(block)
     drop = [name for name in block.column_names if name.startswith(_NEVER_STORED)
-            or name in (INPUT_ERROR, FETCH_SECONDS, SCAN_SECONDS)]
+            or name in (INPUT_ERROR, FETCH_SECONDS, SCAN_SECONDS, BLOCK)]
     images = block.drop_columns(drop)
     if "listed_size" in images.column_names:
         # A missing object has no fetched size; the listing's size (when listed) stands in.
@@ -114,7 +123,8 @@ class ScanSink(PartSink):
         ok = pc.equal(block.column("status"), "ok")
         in_split = pc.equal(block.column("split"), self.reference_split) if self.reference_split is not None else ok
         reference = int(pc.sum(pc.fill_null(pc.and_(ok, in_split), False)).as_py() or 0)
-        return {"statuses": statuses, "seconds": seconds, "reference": {"rows": reference}}
+        blocks = {str(b.as_py()): int(c.as_py()) for b, c in zip(*pc.value_counts(block.column(BLOCK)).flatten())}
+        return {"statuses": statuses, "seconds": seconds, "reference": {"rows": reference}, "blocks": blocks}
 
 
 class ScanStage(Stage):
@@ -128,7 +138,7 @@ class ScanStage(Stage):
         from ood_ray.embed.preprocess import preprocessing_key
         from ood_ray.progress import ProgressLogger, start_tracker
         from ood_ray.run.ray_runtime import configure_ray_data
-        from ood_ray.scan import ScanSettings, scan_batch
+        from ood_ray.scan import ScanSettings
         from ood_ray.stages.embed import EmbedStage
 
         cfg = ctx.section(self)
@@ -136,9 +146,9 @@ class ScanStage(Stage):
         sink = ScanSink(ctx.layout.out, ctx.layout.run_id, staged={"images"} if staged else (),
                         ledger_dir=ctx.layout.ledger_dir if cfg.ray.ledger else None, retry=ctx.retry,
                         reference_split=cfg.ood.reference_split)
-        manifest = self._remaining(ctx, sink)
+        plan = self._remaining(ctx, sink)
         started = time.perf_counter()
-        if manifest.num_rows:
+        if plan.rows:
             configure_ray_data(ctx.config)
             model_inputs = {preprocessing_key(info.data_config): info.data_config for info in ctx.infos}
             settings = ScanSettings(
@@ -148,17 +158,18 @@ class ScanStage(Stage):
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
                 task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry)
             tracker = start_tracker(cfg.ray.helper_resources)
-            blocks = [manifest.slice(i, cfg.io.rows_per_block) for i in range(0, manifest.num_rows, cfg.io.rows_per_block)]
-            dataset = ray.data.from_arrow(blocks).map_batches(
-                scan_batch, batch_format="pyarrow", batch_size=None,
-                fn_kwargs={"settings": settings, "progress": tracker}, num_cpus=cfg.ray.task_num_cpus,
+            blocks = len(plan.blocks)
+            dataset = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+                scan_blocks, batch_format="pyarrow", batch_size=None,
+                fn_kwargs={"plan": ray.put(plan), "settings": settings, "progress": tracker},
+                num_cpus=cfg.ray.task_num_cpus,
                 # An op with a ray_remote_args_fn is never fused into the following actor map:
                 # decoding stays in parallel CPU tasks, not in the (few) embedding actors.
                 ray_remote_args_fn=_no_extra_remote_args)
-            steps = {"decode": manifest.num_rows}
+            steps = {"decode": plan.rows}
             if ctx.infos:
                 dataset = EmbedStage.operator(dataset, ctx, tracker)
-                steps["embed"] = manifest.num_rows
+                steps["embed"] = plan.rows
             before = ctx.ledger.read_progress() if ctx.resumed else {}
 
             def snapshot(totals: dict[str, int]) -> None:
@@ -176,7 +187,7 @@ class ScanStage(Stage):
         state = {
             "status_counts": statuses,
             "worker_seconds": {k: round(v, 3) for k, v in sink.totals.get("seconds", {}).items()},
-            "images_per_second": round(manifest.num_rows / seconds, 2) if manifest.num_rows and seconds > 0 else None,
+            "images_per_second": round(plan.rows / seconds, 2) if plan.rows and seconds > 0 else None,
             "reference_split": reference_split,
             "reference_rows": reference_rows if reference_split else statuses.get("ok", 0),
             "max_decode_bytes": cfg.io.max_decode_bytes or default_decode_budget(cfg.ray.task_num_cpus),
@@ -185,38 +196,122 @@ class ScanStage(Stage):
         return StageResult(files=files, staged={"images": [uri for uri, _ in sink.files["images"]]} if staged else {},
                            state=state)
 
-    def _remaining(self, ctx: Any, sink: ScanSink) -> pa.Table:
-        """The manifest rows still to scan: all of them, or on resume those no recorded part holds."""
+    def _remaining(self, ctx: Any, sink: ScanSink) -> ScanPlan:
+        """The blocks still to scan: all of them, or on resume those whose rows are not all in a
+        recorded part (with the ids of their recorded rows, which are not scanned again)."""
+        inputs = ctx.inputs
+        sizes = block_sizes(inputs)
         if not ctx.resumed:
-            return ctx.manifest
+            return ScanPlan(inputs.parts, inputs.rows_per_block, np.arange(len(sizes), dtype=np.int64), {},
+                            int(sizes.sum()))
         records = ctx.ledger.read_parts()
-        kept: set[str] = set()
         recorded_files = set()
         for record in records:
             sink.absorb(record)
-            for table, entries in record.get("tables", {}).items():
+            for entries in record.get("tables", {}).values():
                 recorded_files.update(uri for uri, _ in entries)
-                if table == "images":
-                    for uri, _ in entries:
-                        kept.update(storage.read_parquet(uri, ["image_id"], ctx.retry).column("image_id").to_pylist())
         orphans = [uri for folder in ("images", "channels", "predictions", "_staging/images")
                    for uri, _ in storage.list_files(storage.join(ctx.layout.root, folder)) if uri not in recorded_files]
         if orphans:
             log.info("resume: removing %d part files that were written but not recorded", len(orphans))
             storage.delete_files(orphans)
-        remaining = ctx.manifest.filter(pc.invert(pc.is_in(ctx.manifest.column("image_id"), pa.array(sorted(kept), pa.string()))))
+        kept = np.zeros(len(sizes), dtype=np.int64)
+        for block, rows in sink.totals.get("blocks", {}).items():
+            kept[int(block)] += int(rows)
+        todo = np.flatnonzero(kept < sizes).astype(np.int64)
+        skip = self._recorded_ids(ctx, records, set(np.flatnonzero((kept > 0) & (kept < sizes)).tolist()))
+        rows_kept = int(kept.sum())
+        plan = ScanPlan(inputs.parts, inputs.rows_per_block, todo, skip, int(sizes[todo].sum() - (kept[todo]).sum()))
         progress = ctx.ledger.read_progress()
         decoded_before = int(progress.get("decode", 0))
-        twice = max(0, decoded_before - len(kept))
+        twice = max(0, decoded_before - rows_kept)
         ctx.resume_report.update({
-            "rows_kept": len(kept), "parts_kept": len(records), "rows_scanned_again": remaining.num_rows,
+            "rows_kept": rows_kept, "parts_kept": len(records), "rows_scanned_again": plan.rows,
+            "blocks_skipped": int(len(sizes) - len(todo)), "blocks_partly_kept": len(skip),
             "decoded_before_interruption_at_least": decoded_before,
             "decoded_twice_at_least": ctx.resume_report.get("decoded_twice_at_least", 0) + twice})
         ctx.resume_report["share_decoded_twice"] = round(ctx.resume_report["decoded_twice_at_least"]
-                                                         / max(1, ctx.manifest.num_rows), 4)
+                                                         / max(1, inputs.num_rows), 4)
         ctx.ledger.write_resume(ctx.resume_report)
-        log.info("resume: %d rows kept from %d recorded parts, %d rows to scan", len(kept), len(records), remaining.num_rows)
-        return remaining
+        log.info("resume: %d rows kept from %d recorded parts, %d rows in %d blocks to scan", rows_kept, len(records),
+                 plan.rows, len(todo))
+        return plan
+
+    @staticmethod
+    def _recorded_ids(ctx: Any, records: list[dict[str, Any]], partial: set[int]) -> dict[int, list[str]]:
+        """``{block: ids of its recorded rows}`` for the blocks only partly recorded (a block can
+        straddle write tasks); only the parts that hold such a block are read."""
+        if not partial:
+            return {}
+        recorded: set[str] = set()
+        for record in records:
+            if partial & {int(b) for b in record.get("summary", {}).get("blocks", {})}:
+                for uri, _ in record.get("tables", {}).get("images", []):
+                    recorded.update(storage.read_parquet(uri, ["image_id"], ctx.retry).column("image_id").to_pylist())
+        out = {}
+        for block in sorted(partial):
+            ids = read_block(ctx.inputs.parts, ctx.inputs.rows_per_block, block, ctx.retry).column("image_id").to_pylist()
+            out[block] = [i for i in ids if i in recorded]
+        return out
+
+
+@dataclass
+class ScanPlan:
+    """What the scan tasks read: the manifest parts, the block numbers to scan and, per partly
+    recorded block, the ids not to scan again; ``rows``: how many rows that makes."""
+
+    parts: list[tuple[str, int]]
+    rows_per_block: int
+    blocks: np.ndarray
+    skip: dict[int, list[str]]
+    rows: int
+
+
+def block_sizes(inputs: Any) -> np.ndarray:
+    """Rows of every block of the manifest parts, in block order."""
+    sizes = []
+    for _, rows in inputs.parts:
+        full, rest = divmod(rows, inputs.rows_per_block)
+        sizes += [inputs.rows_per_block] * full + ([rest] if rest else [])
+    return np.array(sizes, dtype=np.int64)
+
+
+def read_block(parts: list[tuple[str, int]], rows_per_block: int, block: int,
+               retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> pa.Table:
+    """Block ``block`` of the manifest parts (one row group), without the sequence column."""
+    import pyarrow.parquet as pq
+
+    counts = np.array([-(-rows // rows_per_block) for _, rows in parts], dtype=np.int64)
+    ends = np.cumsum(counts)
+    index = int(np.searchsorted(ends, block, side="right"))
+    group = block - int(ends[index - 1] if index else 0)
+    fs, path = storage.resolve(parts[index][0])
+
+    def read() -> pa.Table:
+        with fs.open_input_file(path) as handle:
+            return pq.ParquetFile(handle).read_row_group(group)
+
+    table = retry.call(read, parts[index][0])
+    return table.drop_columns([SEQUENCE]) if SEQUENCE in table.column_names else table
+
+
+def scan_blocks(batch: pa.Table, plan: Any, settings: Any, progress: Any = None) -> pa.Table:
+    """The scan of the blocks numbered in ``batch`` (``id``: positions in ``plan.blocks``)."""
+    import ray
+
+    from ood_ray.scan import scan_batch
+
+    if isinstance(plan, ray.ObjectRef):
+        plan = ray.get(plan)
+    out = []
+    for position in batch.column("id").to_pylist():
+        block = int(plan.blocks[position])
+        rows = read_block(plan.parts, plan.rows_per_block, block, settings.retry)
+        if block in plan.skip:
+            rows = rows.filter(pc.invert(pc.is_in(rows.column("image_id"), pa.array(plan.skip[block], pa.string()))))
+        rows = rows.append_column(BLOCK, pa.array(np.full(rows.num_rows, block, dtype=np.int64)))
+        out.append(scan_batch(rows, settings, progress))
+    return pa.concat_tables(out) if len(out) > 1 else out[0]
 
 
 def _no_extra_remote_args() -> dict[str, Any]:

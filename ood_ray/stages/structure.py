@@ -33,7 +33,7 @@ class StructureStage(Stage):
             return StructureFit(model=state.get("model"))
         base = state.get("from") or ctx.layout.root
         saved = json.loads(storage.read_bytes(storage.join(base, state["file"])))
-        return load_structure(saved, ctx.con(), ctx.section(self), state.get("source", "this run"))
+        return load_structure(saved, ctx.sampler(), ctx.section(self), state.get("source", "this run"))
 
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.structure import fit_structure, load_structure, structure_state
@@ -42,11 +42,12 @@ class StructureStage(Stage):
         if ctx.reference is not None and ctx.reference.stage(self.name).get("file"):
             saved = ctx.reference.stage(self.name)
             source = f"reference run {ctx.reference.run_id}"
-            fit = load_structure(json.loads(ctx.reference.read_artifact(saved["file"])), ctx.con(), ctx.section(self), source)
+            fit = load_structure(json.loads(ctx.reference.read_artifact(saved["file"])), ctx.sampler(), ctx.section(self),
+                                 source)
             state = {"file": saved["file"], "model": fit.model, "from": ctx.reference.out, "source": source,
                      "refit_on_resume": refit}
             return StageResult(state=state, report=fit.report, value=fit)
-        fit = fit_structure(ctx.con(), ctx.section(self), [info.alias for info in ctx.infos])
+        fit = fit_structure(ctx.sampler(), ctx.section(self), [info.alias for info in ctx.infos])
         result = StageResult(value=fit, state={"model": fit.model, "refit_on_resume": refit})
         if fit.clusters is not None or fit.projections is not None:
             name = f"detectors/structure-{ctx.layout.run_id}.json"
