@@ -24,11 +24,11 @@ SETS = [EMBEDDER, "io.rows_per_block=8", "embed.batch_size=8"]
 
 #: (what, a process title to kill, a title that must be present too: the stage is at work)
 TARGETS = (
-    ("decode", "MapBatches(scan_batch)", None),
-    ("embedding actor", "MapWorker(MapBatches(EmbedActor))", "MapBatches(scan_batch)"),
+    ("decode", "MapBatches(scan_blocks)", None),
+    ("embedding actor", "MapWorker(MapBatches(EmbedActor))", "MapBatches(scan_blocks)"),
     ("kNN shard", "ray::IndexShard", "query_staged_files"),
     ("finalize", "MapBatches(finalize_files)", None),
-    ("progress actor", "ray::ProgressTracker", "MapBatches(scan_batch)"),
+    ("progress actor", "ray::ProgressTracker", "MapBatches(scan_blocks)"),
 )
 
 
