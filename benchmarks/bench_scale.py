@@ -15,7 +15,11 @@ inputs of ``N`` rows written as Parquet parts of 100,000 rows:
   through hard links, its stage seconds and the driver's peak memory.
 
 Targets (issue 12): driver peak memory flat (<= 2 GB at 10^7), every step <= 12x slower from
-10^6 to 10^7. Prints a table and writes ``benchmarks/results/scale.json``.
+10^6 to 10^7. Prints a table and writes ``benchmarks/results/scale.json``; then turns the measured
+per-CPU rates (these steps, the scan and embedding rates of the other benchmarks, and
+``knn_scale.json`` when present) into node-hours for 10^8 and 10^9 images on the node types of
+``ray_cluster.yaml`` (see :data:`SCAN_RATES` and :data:`ASSUMED_GPU_IMAGES_PER_S` for what is
+measured and what is assumed).
 
 Usage: ``python benchmarks/bench_scale.py [--sizes 100000,1000000] [--pipeline 100000] [--json PATH]``
 """
@@ -200,12 +204,60 @@ def measure(name: str, n: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: Per-CPU rates measured elsewhere in this repository (this 2-CPU machine), used by the plan.
+SCAN_RATES = {
+    # images/s per CPU, end to end through the Ray pipeline (issue 13's measurement on landed main:
+    # 50,000 CIFAR-10 JPEGs at 1,037 images/s on 2 CPUs)
+    "scan, 32 px images (CIFAR-size)": 1037 / 2,
+    # images/s per core, bytes -> everything, DTD photos >= 640 x 480 (benchmarks/bench_scan.py);
+    # the pipeline's fixed costs are small next to 8 ms per image
+    "scan, photos (>= 640 x 480)": 126,
+    # images/s per CPU, ResNet-50 @224 in the Ray actor on CPU (benchmarks/bench_embed.py, 20.8/s on 2)
+    "embed ResNet-50 @224 on CPU": 20.8 / 2,
+}
+#: An A10G (g5.2xlarge) embedding ResNet-50 @224: NOT measured here (no GPU was lent to this
+#: session) and no per-GPU figure is in the Ray Data material we hold; an assumption to replace
+#: with benchmarks/bench_gpu.py's figure.
+ASSUMED_GPU_IMAGES_PER_S = 1000.0
+NODES = {"cpu": ("c6i.8xlarge", 32), "gpu": ("g5.2xlarge", 1)}
+
+
+def plan(results: dict, knn: dict | None) -> list[tuple[str, str, float, float]]:
+    """``(work, node type, node-hours at 10^8, at 10^9)`` from the measured per-CPU rates."""
+    rows = []
+    cpu_name, cpus = NODES["cpu"]
+    for work, per_cpu in SCAN_RATES.items():
+        rows.append((work, cpu_name, 1e8 / per_cpu / cpus / 3600, 1e9 / per_cpu / cpus / 3600))
+    rows.append(("embed ResNet-50 @224 on GPU (assumed rate)", NODES["gpu"][0],
+                 1e8 / ASSUMED_GPU_IMAGES_PER_S / 3600, 1e9 / ASSUMED_GPU_IMAGES_PER_S / 3600))
+    for name, by_n in results.items():
+        measured = [(n, r) for n, r in by_n.items() if "seconds" in r and name != "pipeline"]
+        if not measured:
+            continue
+        n, r = max(measured, key=lambda item: int(item[0]))
+        cpu_seconds_per_row = r["seconds"] * 2 / int(n)  # this machine: 2 CPUs
+        rows.append((f"{name} (global pass)", cpu_name, 1e8 * cpu_seconds_per_row / cpus / 3600,
+                     1e9 * cpu_seconds_per_row / cpus / 3600))
+    if knn:
+        add_per_cpu = knn["n"] / knn["add_seconds"] / 2
+        qps = max(row["queries_per_s"] for row in knn["search"] if row["nprobe"] == 16) / 2
+        # every image is added (reference) and queried once; the index grows with n, the per-query
+        # cost of IVF with nlist ~ sqrt(n) grows ~sqrt(n / n_measured)
+        for target in (1e8, 1e9):
+            slowdown = (target / knn["n"]) ** 0.5
+            hours = (target / add_per_cpu + target * slowdown / qps) / cpus / 3600
+            rows.append((f"kNN IVF-PQ (add + query), {target:.0e}", cpu_name, hours if target == 1e8 else float("nan"),
+                         hours if target == 1e9 else float("nan")))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--steps", default="manifest,lint,dedup,drift")
     parser.add_argument("--pipeline", default="", help="row counts of full audits, e.g. 100000")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    parser.add_argument("--plan-only", action="store_true", help="print the node-hours from a previous --json")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -220,22 +272,32 @@ def main() -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, dict[int, dict]] = {}
-    for name in args.steps.split(","):
+    if args.plan_only:
+        results = {k: {int(n): r for n, r in v.items()} for k, v in json.loads(Path(args.json).read_text()).items()
+                   if k != "plan"}
+        args.steps, args.pipeline = "", ""
+    for name in [step for step in args.steps.split(",") if step]:
         for n in sizes:
             results.setdefault(name, {})[n] = measure(name, n)
             print(name, n, results[name][n], flush=True)
     for n in [int(s) for s in args.pipeline.split(",") if s]:
         results.setdefault("pipeline", {})[n] = measure("pipeline", n)
         print("pipeline", n, results["pipeline"][n], flush=True)
-    print(f"\n{'step':<10}" + "".join(f"{n:>22,}" for n in sizes) + "     growth (last/first)")
+    print(f"\n{'step':<10}" + "".join(f"{n:>22,}" for n in sizes) + "     growth (last two sizes)")
     for name, by_n in results.items():
         cells = [by_n.get(n, {}) for n in sizes]
         text = "".join(f"{c['seconds']:>10.2f} s {c['peak_rss_mb']:>7.0f} MB" if "seconds" in c else f"{'-':>22}" for c in cells)
         ok = [c for c in cells if "seconds" in c]
-        growth = f"x{ok[-1]['seconds'] / ok[0]['seconds']:.1f}" if len(ok) > 1 and ok[0]["seconds"] > 0 else ""
+        growth = f"x{ok[-1]['seconds'] / ok[-2]['seconds']:.1f}" if len(ok) > 1 and ok[-2]["seconds"] > 0 else ""
         print(f"{name:<10}{text}     {growth}")
+    knn_path = Path(args.json).parent / "knn_scale.json"
+    knn = json.loads(knn_path.read_text()) if knn_path.exists() else None
+    planned = plan(results, knn)
+    print(f"\n{'work':<46}{'node type':<14}{'node-hours 10^8':>16}{'node-hours 10^9':>16}")
+    for work, node, h8, h9 in planned:
+        print(f"{work:<46}{node:<14}{h8:>16.1f}{h9:>16.1f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    Path(args.json).write_text(json.dumps({**results, "plan": planned}, indent=2, default=str))
     print(f"wrote {args.json}")
     return 0
 

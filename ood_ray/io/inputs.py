@@ -21,8 +21,10 @@ each partition sorts its repeated ids by sequence number and gives repeat ``j`` 
 ``XXH3-128(NUL j NUL uri)``; the parts holding repeats are rewritten by their tasks. A listing has
 no repeats (paths are distinct), so it skips the shuffle.
 
-**Blocks.** Parts are written with row groups of ``io.rows_per_block`` rows, so the scan reads
-block ``b`` as one row group (:func:`ood_ray.stages.scan.read_block`). The run's fingerprint holds a digest of
+**Blocks.** Block ``b`` of the scan is ``io.rows_per_block`` consecutive rows of one part; parts
+are written with row groups of a whole number of blocks (at least 8,192 rows, so that footers stay
+small), and the scan reads a block from the one row group that holds it
+(:func:`ood_ray.stages.scan.read_block`). The run's fingerprint holds a digest of
 every part (for ``--resume``).
 """
 
@@ -50,6 +52,15 @@ MANIFEST_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 #: Internal column: ``fragment << 32 | row``, the manifest order (dropped before the scan).
 SEQUENCE = "_seq"
 MANIFEST_TABLE = "manifest"
+#: Rows per row group of a manifest part, at least (a whole number of scan blocks): small row groups
+#: make large footers, which every block's read would parse.
+MIN_ROW_GROUP_ROWS = 8192
+
+
+def row_group_rows(rows_per_block: int) -> int:
+    """Rows per row group of the manifest parts: the smallest multiple of ``rows_per_block`` that
+    is at least :data:`MIN_ROW_GROUP_ROWS`."""
+    return rows_per_block * max(1, -(-MIN_ROW_GROUP_ROWS // rows_per_block))
 
 
 @dataclass(frozen=True)
@@ -456,14 +467,14 @@ def _fragment_task(index: int, fragment: Fragment, config: AuditConfig, out: str
     uri = None
     if table.num_rows:
         uri = RunLayout(out, run_id).write_staged_part(MANIFEST_TABLE, f"{index:05d}", table, retry,
-                                                       row_group_size=config.io.rows_per_block)
+                                                       row_group_size=row_group_rows(config.io.rows_per_block))
     return _result(index, result, uri, table.num_rows, table_digest(table) if table.num_rows else "")
 
 
 def _renumber_task(part: dict[str, Any], repeats: pa.Table, rows_per_block: int,
                    retry: storage.RetryPolicy) -> dict[str, Any]:
     table = renumber(storage.read_parquet(part["data"], None, retry), fragment_repeats(repeats, part["index"]))
-    storage.write_parquet(part["data"], table, retry, row_group_size=rows_per_block)
+    storage.write_parquet(part["data"], table, retry, row_group_size=row_group_rows(rows_per_block))
     return {**part, "digest": table_digest(table)}
 
 

@@ -278,18 +278,26 @@ def block_sizes(inputs: Any) -> np.ndarray:
 
 def read_block(parts: list[tuple[str, int]], rows_per_block: int, block: int,
                retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> pa.Table:
-    """Block ``block`` of the manifest parts (one row group), without the sequence column."""
+    """Block ``block`` of the manifest parts (read from the row group holding it), without the
+    sequence column."""
     import pyarrow.parquet as pq
 
     counts = np.array([-(-rows // rows_per_block) for _, rows in parts], dtype=np.int64)
     ends = np.cumsum(counts)
     index = int(np.searchsorted(ends, block, side="right"))
-    group = block - int(ends[index - 1] if index else 0)
+    first = (block - int(ends[index - 1] if index else 0)) * rows_per_block
     fs, path = storage.resolve(parts[index][0])
 
     def read() -> pa.Table:
         with fs.open_input_file(path) as handle:
-            return pq.ParquetFile(handle).read_row_group(group)
+            parquet = pq.ParquetFile(handle)
+            start = 0
+            for group in range(parquet.metadata.num_row_groups):
+                rows = parquet.metadata.row_group(group).num_rows
+                if first < start + rows:
+                    return parquet.read_row_group(group).slice(first - start, rows_per_block)
+                start += rows
+            raise IndexError(f"block {block} is beyond {parts[index][0]}")
 
     table = retry.call(read, parts[index][0])
     return table.drop_columns([SEQUENCE]) if SEQUENCE in table.column_names else table

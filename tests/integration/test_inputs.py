@@ -18,6 +18,7 @@ from ood_ray.io.inputs import SEQUENCE, build_inputs, plan_fragments
 from ood_ray.io.listing import walk_local
 from ood_ray.io.sources import build_manifest, compute_image_ids
 from ood_ray.run.layout import RunLayout
+from ood_ray.stages.scan import read_block
 from ood_ray.tables import RESERVED_COLUMNS
 
 pytestmark = pytest.mark.ray
@@ -48,7 +49,9 @@ def test_parquet_manifest_in_many_fragments_keeps_ids_and_numbers_repeats_across
     assert table.column("uri").to_pylist() == uris  # manifest order
     assert table.column("image_id").to_pylist() == compute_image_ids(uris)  # repeat j hashes NUL j NUL uri
     assert len(set(table.column("image_id").to_pylist())) == len(uris)
-    assert pq.ParquetFile(inputs.parts[0][0]).metadata.row_group(0).num_rows == 100  # one block per row group
+    blocks = [read_block(inputs.parts, 100, b) for b in range(sum(-(-rows // 100) for _, rows in inputs.parts))]
+    assert all(b.num_rows <= 100 for b in blocks)  # blocks of 100 rows, never across parts
+    assert pa.concat_tables(blocks).equals(table.drop_columns([SEQUENCE]))
     whole = build_manifest(config, RESERVED_COLUMNS)
     assert whole.equals(table.drop_columns([SEQUENCE]))
 
@@ -95,3 +98,14 @@ def test_folder_fan_out_lists_what_one_walk_lists(ray_session, tmp_path):
     far = [u for u in labels if u.endswith("far.png")]
     assert len(far) == 1 and splits[far[0]] == "test" and labels[far[0]] == "deep"
     assert inputs.listing["symlinks_to_listed_folders_skipped"] == report.links_skipped == 4
+
+
+def test_blocks_are_read_across_row_groups_of_a_large_part(ray_session, tmp_path):
+    uris = [f"s3://bucket/{i}.png" for i in range(20_000)]
+    pq.write_table(pa.table({"uri": uris}), tmp_path / "m.parquet")
+    _, inputs, table = _parts(tmp_path, str(tmp_path / "m.parquet"), "io.rows_per_block=100")
+    groups = pq.ParquetFile(inputs.parts[0][0]).metadata
+    assert [groups.row_group(i).num_rows for i in range(groups.num_row_groups)] == [8200, 8200, 3600]
+    blocks = [read_block(inputs.parts, 100, b) for b in range(200)]
+    assert [b.num_rows for b in blocks] == [100] * 200
+    assert pa.concat_tables(blocks).column("uri").to_pylist() == uris
