@@ -81,15 +81,18 @@ def ids_of(start: int, rows: int) -> np.ndarray:
 
 
 def exact_top(queries: np.ndarray, n: int, around: np.ndarray) -> np.ndarray:
-    """Exact top-K positions of every query among the first ``n`` vectors (chunk by chunk)."""
+    """Exact top-K positions of every query among the first ``n`` vectors: an ``IndexFlatIP`` per
+    regenerated chunk, the answers merged."""
+    import faiss
+
     best_sims = np.full((len(queries), K), -np.inf, np.float32)
     best_ids = np.zeros((len(queries), K), np.int64)
     for index, start in enumerate(range(0, n, CHUNK)):
-        vectors = chunk(index, min(CHUNK, n - start), around)
-        sims = queries @ vectors.T
-        top = np.argpartition(-sims, K, axis=1)[:, :K]
-        all_sims = np.concatenate([best_sims, np.take_along_axis(sims, top, 1)], axis=1)
-        all_ids = np.concatenate([best_ids, top + start], axis=1)
+        flat = faiss.IndexFlatIP(DIM)
+        flat.add(chunk(index, min(CHUNK, n - start), around))
+        sims, positions = flat.search(queries, K)
+        all_sims = np.concatenate([best_sims, sims], axis=1)
+        all_ids = np.concatenate([best_ids, positions + start], axis=1)
         order = np.argsort(-all_sims, axis=1, kind="stable")[:, :K]
         best_sims, best_ids = np.take_along_axis(all_sims, order, 1), np.take_along_axis(all_ids, order, 1)
     return best_ids

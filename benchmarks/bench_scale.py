@@ -61,7 +61,8 @@ def synthetic_images(start: int, n: int):
     from ood_ray.stats.image import IMAGE_STAT_NAMES
 
     rng = np.random.default_rng(start)
-    columns = {"image_id": [f"{i:032x}" for i in range(start, start + n)],
+    # ids that look like the audit's (XXH3-128 hex): group ids take their first 16 digits
+    columns = {"image_id": [f"{i * 0x9E3779B97F4A7C15 % 2**64:016x}{i:016x}" for i in range(start, start + n)],
                "uri": [f"/data/img_{i}.png" for i in range(start, start + n)],
                "split": np.where(rng.random(n) < 0.9, "train", "test").tolist(),
                "label": [f"c{i % 10}" for i in range(start, start + n)],

@@ -109,11 +109,22 @@ def map_hashes(table: pa.Table, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _distinct_rows(*columns: np.ndarray) -> np.ndarray:
+    """The distinct rows of equal-length ``uint64`` columns, sorted by the first column, then the
+    next (``np.lexsort`` and a neighbour comparison: ``np.unique(axis=0)`` sorts ten times slower)."""
+    if len(columns[0]) == 0:
+        return np.zeros((0, len(columns)), np.uint64)
+    order = np.lexsort(columns[::-1])
+    rows = np.stack([c[order] for c in columns], axis=1).astype(np.uint64, copy=False)
+    new = np.r_[True, np.any(rows[1:] != rows[:-1], axis=1)]
+    return rows[new]
+
+
 def _bucket_pairs(combination: np.ndarray, keys: np.ndarray, values: np.ndarray, distance: int,
                   max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Pairs ``(h1 < h2, d)`` within ``distance`` inside every ``(combination, key)`` bucket of the
     distinct triples; buckets over ``max_bucket`` skipped and returned as ``(c, key, size)``."""
-    triples = np.unique(np.stack([combination, keys, values], axis=1), axis=0)  # sorted by c, key, h
+    triples = _distinct_rows(combination, keys, values)  # sorted by c, key, h
     if len(triples) < 2:
         empty = np.zeros(0, np.uint64)
         return empty, empty, np.zeros(0, np.int64), []
@@ -140,7 +151,7 @@ def _bucket_pairs(combination: np.ndarray, keys: np.ndarray, values: np.ndarray,
     if not found_a:
         empty = np.zeros(0, np.uint64)
         return empty, empty, np.zeros(0, np.int64), skipped
-    pairs = np.unique(np.stack([np.concatenate(found_a), np.concatenate(found_b)], axis=1), axis=0)
+    pairs = _distinct_rows(np.concatenate(found_a), np.concatenate(found_b))
     h1, h2 = pairs[:, 0], pairs[:, 1]
     return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), skipped
 
@@ -227,8 +238,8 @@ def find_near_pairs(reduced: list[dict[str, Any]], method: str) -> tuple[np.ndar
     if not found:
         empty = np.zeros(0, np.uint64)
         return empty, empty, np.zeros(0, np.int64), skipped
-    pairs = np.unique(np.stack([np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found])], axis=1),
-                      axis=0)  # one pair can come from several band combinations, in several partitions
+    # one pair can come from several band combinations, in several partitions
+    pairs = _distinct_rows(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
     h1, h2 = pairs[:, 0], pairs[:, 1]
     return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
 
