@@ -244,11 +244,9 @@ def plan(results: dict, knn: dict | None) -> list[tuple[str, str, float, float]]
         qps = max(row["queries_per_s"] for row in knn["search"] if row["nprobe"] == 16) / 2
         # every image is added (reference) and queried once; the index grows with n, the per-query
         # cost of IVF with nlist ~ sqrt(n) grows ~sqrt(n / n_measured)
-        for target in (1e8, 1e9):
-            slowdown = (target / knn["n"]) ** 0.5
-            hours = (target / add_per_cpu + target * slowdown / qps) / cpus / 3600
-            rows.append((f"kNN IVF-PQ (add + query), {target:.0e}", cpu_name, hours if target == 1e8 else float("nan"),
-                         hours if target == 1e9 else float("nan")))
+        hours = [(target / add_per_cpu + target * (target / knn["n"]) ** 0.5 / qps) / cpus / 3600
+                 for target in (1e8, 1e9)]
+        rows.append(("kNN IVF-PQ (add + query, nprobe 16)", cpu_name, *hours))
     return rows
 
 
