@@ -153,57 +153,59 @@ def _manifest_fragments(files: list[str], rows_per_task: int) -> list[Fragment]:
     return fragments
 
 
-def _local_fragments(root: str, wanted: int) -> list[Fragment]:
-    """Real sub-folders (recursive) and each split folder's own files (see module docstring)."""
-    fragments = [Fragment("folder", root)]
-    for _ in range(3):
+def _fan_out(root: str, wanted: int, levels: int, kind: str, files_kind: str, subfolders: Any) -> list[Fragment]:
+    """Fragments of a tree: ``kind`` (recursive) fragments split, level by level while there are
+    fewer than ``wanted``, into one ``files_kind`` fragment for a folder's own entries and one
+    ``kind`` fragment per sub-folder (``subfolders(path)``: sorted ``(path, name)``; ``None`` when
+    the folder cannot be listed -- its task then reports why)."""
+    fragments = [Fragment(kind, root)]
+    for _ in range(levels):
         if len(fragments) >= wanted:
             break
         expanded, grew = [], False
         for fragment in fragments:
-            if fragment.kind != "folder":
+            children = subfolders(fragment.path) if fragment.kind == kind else None
+            if children is None:
                 expanded.append(fragment)
                 continue
-            try:
-                with os.scandir(fragment.path) as it:
-                    children = sorted((c for c in it if not c.name.startswith(".") and c.is_dir(follow_symlinks=False)),
-                                      key=lambda c: c.name)
-            except OSError:
-                expanded.append(fragment)  # its task reports why it cannot be listed
-                continue
             grew = grew or bool(children)
-            expanded.append(Fragment("files", fragment.path, parts=fragment.parts))
-            expanded += [Fragment("folder", c.path, parts=(*fragment.parts, storage.display_text(c.name)))
-                         for c in children]
+            expanded.append(Fragment(files_kind, fragment.path, parts=fragment.parts))
+            expanded += [Fragment(kind, path, parts=(*fragment.parts, name)) for path, name in children]
         fragments = expanded
         if not grew:
             break
     return fragments
+
+
+def _local_subfolders(path: str) -> list[tuple[str, str]] | None:
+    """Real (not linked), non-hidden sub-folders of a local folder."""
+    try:
+        with os.scandir(path) as it:
+            children = sorted((c for c in it if not c.name.startswith(".") and c.is_dir(follow_symlinks=False)),
+                              key=lambda c: c.name)
+    except OSError:
+        return None
+    return [(c.path, storage.display_text(c.name)) for c in children]
+
+
+def _s3_subfolders(uri: str) -> list[tuple[str, str]]:
+    """Common prefixes directly under an ``s3://`` prefix."""
+    import pyarrow.fs as pafs
+
+    fs, path = storage.resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory)
+    return [(storage.S3_SCHEME + f, f.rsplit("/", 1)[-1]) for f in folders]
+
+
+def _local_fragments(root: str, wanted: int) -> list[Fragment]:
+    """Real sub-folders (recursive) and each split folder's own files (see module docstring)."""
+    return _fan_out(root, wanted, 3, "folder", "files", _local_subfolders)
 
 
 def _s3_fragments(root: str, wanted: int) -> list[Fragment]:
-    import pyarrow.fs as pafs
-
-    fragments = [Fragment("s3-prefix", root)]
-    for _ in range(2):
-        if len(fragments) >= wanted:
-            break
-        expanded, grew = [], False
-        for fragment in fragments:
-            if fragment.kind != "s3-prefix":
-                expanded.append(fragment)
-                continue
-            fs, path = storage.resolve(fragment.path)
-            infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-            folders = sorted(i.path for i in infos if i.type == pafs.FileType.Directory)
-            grew = grew or bool(folders)
-            expanded.append(Fragment("s3-files", fragment.path, parts=fragment.parts))
-            expanded += [Fragment("s3-prefix", storage.S3_SCHEME + f, parts=(*fragment.parts, f.rsplit("/", 1)[-1]))
-                         for f in folders]
-        fragments = expanded
-        if not grew:
-            break
-    return fragments
+    """Common prefixes (recursive) and each split prefix's own objects."""
+    return _fan_out(root, wanted, 2, "s3-prefix", "s3-files", _s3_subfolders)
 
 
 def plan_fragments(config: AuditConfig, reserved: set[str], cpus: float = 1.0) -> tuple[str, list[Fragment]]:
