@@ -21,7 +21,8 @@ per-CPU rates (these steps, the scan and embedding rates of the other benchmarks
 ``ray_cluster.yaml`` (see :data:`SCAN_RATES` and :data:`ASSUMED_GPU_IMAGES_PER_S` for what is
 measured and what is assumed).
 
-Usage: ``python benchmarks/bench_scale.py [--sizes 100000,1000000] [--pipeline 100000] [--json PATH]``
+Usage: ``python benchmarks/bench_scale.py [--sizes 100000,1000000] [--steps dedup] [--update] [--pipeline 100000] [--json PATH]``
+(``--update``: keep the figures of the steps not measured now from the existing ``--json``).
 """
 
 from __future__ import annotations
@@ -257,6 +258,8 @@ def main() -> int:
     parser.add_argument("--pipeline", default="", help="row counts of full audits, e.g. 100000")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "scale.json"))
     parser.add_argument("--plan-only", action="store_true", help="print the node-hours from a previous --json")
+    parser.add_argument("--update", action="store_true",
+                        help="measure --steps and keep the other steps' figures from the existing --json")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -271,9 +274,10 @@ def main() -> int:
         return 0
     sizes = [int(s) for s in args.sizes.split(",") if s]
     results: dict[str, dict[int, dict]] = {}
-    if args.plan_only:
+    if args.plan_only or (args.update and Path(args.json).exists()):
         results = {k: {int(n): r for n, r in v.items()} for k, v in json.loads(Path(args.json).read_text()).items()
                    if k != "plan"}
+    if args.plan_only:
         args.steps, args.pipeline = "", ""
     for name in [step for step in args.steps.split(",") if step]:
         for n in sizes:

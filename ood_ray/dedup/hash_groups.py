@@ -14,10 +14,12 @@ kept when their full distance is ``<= d``. More bands means longer keys, smaller
 keys per hash.
 
 The join is a hash-partitioned map/reduce in Ray tasks over the ``images`` parts
-(:meth:`ood_ray.parts.Parts.shuffle`): each map task emits the **distinct** ``(combination, key,
-hash)`` triples of its parts, partitioned by ``(combination, key)``; each reduce task sorts its
-partition's distinct triples into buckets and pairs the hashes inside each bucket, keeping those
-within ``d`` bits. Thousands of identical hashes (all-black images, say) are one value, not a
+(:meth:`ood_ray.parts.Parts.shuffle`): each map task emits, per band combination, the **distinct**
+hashes of its parts, partitioned by ``(combination, key)`` (8 bytes a hash, the combination implied
+by position, the key recomputed); each reduce task permutes a combination's hashes so that the key
+bands come first (:class:`KeyFirst`), sorts them once as ``uint64`` -- buckets are then runs of
+equal top bits -- and pairs the hashes inside each bucket, keeping those within ``d`` bits (a
+permutation of bits keeps Hamming distances). Thousands of identical hashes (all-black images, say) are one value, not a
 million pairs. Buckets that still hold more than ``dedup.max_bucket`` distinct values are skipped
 and reported (their pairs may still be found through another band combination). The same shuffle
 groups ``hash_pixels`` (exact groups) and counts hashes held by more than one image. The driver
@@ -48,17 +50,61 @@ log = logging.getLogger(__name__)
 HASH_BITS = 64
 
 
+def band_edges(bands: int) -> np.ndarray:
+    """Bit positions cutting the 64 bits into ``bands`` contiguous bands of near-equal width."""
+    return np.linspace(0, HASH_BITS, bands + 1).round().astype(int)
+
+
+def band_combinations(bands: int, distance: int) -> list[tuple[int, ...]]:
+    """Every choice of ``bands - distance`` of ``bands`` bands (the key of one bucketing)."""
+    return list(itertools.combinations(range(bands), bands - distance))
+
+
 def band_masks(bands: int, distance: int) -> list[int]:
     """One 64-bit mask per choice of ``bands - distance`` of ``bands`` near-equal bit bands."""
-    edges = np.linspace(0, HASH_BITS, bands + 1).round().astype(int)
-    band_bits = [((1 << int(hi - lo)) - 1) << int(lo) for lo, hi in zip(edges[:-1], edges[1:])]
-    masks = []
-    for chosen in itertools.combinations(range(bands), bands - distance):
-        mask = 0
-        for index in chosen:
-            mask |= band_bits[index]
-        masks.append(mask)
-    return masks
+    edges = band_edges(bands)
+    return [sum(((1 << int(edges[i + 1] - edges[i])) - 1) << int(edges[i]) for i in chosen)
+            for chosen in band_combinations(bands, distance)]
+
+
+class KeyFirst:
+    """A bit permutation that moves one combination's key bands to the top of the word, the other
+    bands below them (each band keeps its bit order). Sorting the permuted hashes sorts them by
+    key, then by the rest: one ``uint64`` sort makes the buckets, and since a permutation of bits
+    keeps Hamming distances, pairs are found on the permuted values and only they are mapped back."""
+
+    def __init__(self, edges: np.ndarray, chosen: tuple[int, ...]) -> None:
+        bands = len(edges) - 1
+        order = [*chosen, *[b for b in range(bands) if b not in chosen]]
+        self.moves = []  # (source shift, width mask, target shift)
+        top = HASH_BITS
+        for band in order:
+            lo, width = int(edges[band]), int(edges[band + 1] - edges[band])
+            top -= width
+            self.moves.append((np.uint64(lo), np.uint64((1 << width) - 1), np.uint64(top)))
+        self.key_bits = sum(int(edges[b + 1] - edges[b]) for b in chosen)
+        self.mask = np.uint64(sum(((1 << int(edges[b + 1] - edges[b])) - 1) << int(edges[b]) for b in chosen))
+
+    def forward(self, hashes: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(hashes), np.uint64)
+        for source, width, target in self.moves:
+            out |= ((hashes >> source) & width) << target
+        return out
+
+    def backward(self, permuted: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(permuted), np.uint64)
+        for source, width, target in self.moves:
+            out |= ((permuted >> target) & width) << source
+        return out
+
+    def bucket(self, permuted: np.ndarray) -> np.ndarray:
+        """The key of each permuted value (its top ``key_bits``)."""
+        return permuted >> np.uint64(HASH_BITS - self.key_bits) if self.key_bits < HASH_BITS else permuted
+
+
+def key_orders(bands: int, distance: int) -> list[KeyFirst]:
+    edges = band_edges(bands)
+    return [KeyFirst(edges, chosen) for chosen in band_combinations(bands, distance)]
 
 
 def _mix(values: np.ndarray) -> np.ndarray:
@@ -79,34 +125,53 @@ def _hashes(table: pa.Table, method: str) -> np.ndarray:
     return column.drop_null().to_numpy().astype(np.uint64) if column.null_count else column.to_numpy().astype(np.uint64)
 
 
+def _partition_order(owner: np.ndarray, partitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stable order grouping rows by partition, and where each partition starts and ends in it
+    (as 16-bit keys NumPy's stable sort is a radix sort)."""
+    keys = owner.astype(np.uint16) if partitions <= 1 << 16 else owner
+    return np.argsort(keys, kind="stable"), np.r_[0, np.cumsum(np.bincount(owner, minlength=partitions))]
+
+
+def _split(values: np.ndarray, owner: np.ndarray, partitions: int) -> list[np.ndarray]:
+    """``values`` cut into one array per partition (``owner``: each value's partition)."""
+    order, bounds = _partition_order(owner, partitions)
+    values = values[order]
+    return [values[bounds[p]:bounds[p + 1]] for p in range(partitions)]
+
+
 def map_hashes(table: pa.Table, spec: dict[str, Any]) -> list[dict[str, Any]]:
     """One part's contribution to every partition: its ``ok`` rows' ``hash_pixels`` with their
-    ``image_id`` (exact groups); per near method the distinct ``(combination, key, hash)`` triples
-    and the distinct hashes with their number of images."""
+    ``image_id`` (exact groups); per near method and band combination the distinct hashes whose
+    ``(combination, key)`` the partition owns, and the distinct hashes with their number of images."""
     partitions = spec["partitions"]
     table = _ok(table)
     out: list[dict[str, Any]] = [{"exact": None, "keys": {}, "counts": {}} for _ in range(partitions)]
     pixels = table.select(["hash_pixels", "image_id"]).filter(pc.is_valid(table.column("hash_pixels")))
     pixel_part = np.array([xxhash.xxh3_64_intdigest(h.encode()) for h in pixels.column("hash_pixels").to_pylist()], dtype=np.uint64)
     pixel_part = (_mix(pixel_part) % np.uint64(partitions)).astype(np.intp)
+    order, bounds = _partition_order(pixel_part, partitions)
+    pixels = pixels.take(pa.array(order))
     for p in range(partitions):
-        out[p]["exact"] = pixels.filter(pa.array(pixel_part == p))
+        out[p]["exact"] = pixels.slice(bounds[p], bounds[p + 1] - bounds[p])
     for method in spec["methods"]:
         if method not in table.column_names:
             continue
         hashes, counts = np.unique(_hashes(table, method), return_counts=True)
         owner = (_mix(hashes) % np.uint64(partitions)).astype(np.intp)
-        for p in range(partitions):
-            out[p]["counts"][method] = (hashes[owner == p], counts[owner == p])
-        masks = np.array(spec["masks"], dtype=np.uint64)
-        combination = np.repeat(np.arange(len(masks), dtype=np.uint64), len(hashes))
-        keys = (hashes[None, :] & masks[:, None]).ravel()
-        values = np.tile(hashes, len(masks))
-        owner = (_mix(keys ^ _mix(combination)) % np.uint64(partitions)).astype(np.intp)
-        for p in range(partitions):
-            mine = owner == p
-            out[p]["keys"][method] = (combination[mine], keys[mine], values[mine])
+        for p, (mine, many) in enumerate(zip(_split(hashes, owner, partitions), _split(counts, owner, partitions))):
+            out[p]["counts"][method] = (mine, many)
+        for c, mask in enumerate(spec["masks"]):
+            owner = (_mix((hashes & np.uint64(mask)) ^ _mix(np.uint64(c))) % np.uint64(partitions)).astype(np.intp)
+            for p, mine in enumerate(_split(hashes, owner, partitions)):
+                out[p]["keys"].setdefault(method, []).append(mine)
     return out
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (a sort and a neighbour comparison: NumPy 2.4's ``np.unique``
+    hashes and then sorts, fifty times slower on four million ``uint64``)."""
+    values = np.sort(values)
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
 
 
 def _distinct_rows(*columns: np.ndarray) -> np.ndarray:
@@ -120,40 +185,45 @@ def _distinct_rows(*columns: np.ndarray) -> np.ndarray:
     return rows[new]
 
 
-def _bucket_pairs(combination: np.ndarray, keys: np.ndarray, values: np.ndarray, distance: int,
-                  max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
-    """Pairs ``(h1 < h2, d)`` within ``distance`` inside every ``(combination, key)`` bucket of the
-    distinct triples; buckets over ``max_bucket`` skipped and returned as ``(c, key, size)``."""
-    triples = _distinct_rows(combination, keys, values)  # sorted by c, key, h
-    if len(triples) < 2:
-        empty = np.zeros(0, np.uint64)
-        return empty, empty, np.zeros(0, np.int64), []
-    bucket_start = np.r_[True, np.any(triples[1:, :2] != triples[:-1, :2], axis=1)]
+def _bucket_pairs(hashes: np.ndarray, order: KeyFirst, distance: int, max_bucket: int
+                  ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """Pairs ``(h1, h2)`` within ``distance`` bits that share one combination's key, and the
+    buckets over ``max_bucket`` distinct hashes, skipped, as ``(key, size)``."""
+    permuted = _distinct(order.forward(hashes))  # sorted by key, then by the other bands
+    empty = np.zeros(0, np.uint64)
+    if len(permuted) < 2:
+        return empty, empty, []
+    keys = order.bucket(permuted)
+    bucket_start = np.r_[True, keys[1:] != keys[:-1]]
     bucket = np.cumsum(bucket_start) - 1
     sizes = np.bincount(bucket)
     big = np.flatnonzero(sizes > max_bucket)
     skipped = []
     if big.size:
         firsts = np.flatnonzero(bucket_start)[big]
-        skipped = [(int(triples[i, 0]), int(triples[i, 1]), int(sizes[b])) for i, b in zip(firsts, big)]
+        skipped = [(int(order.backward(permuted[i:i + 1])[0] & order.mask), int(sizes[b])) for i, b in zip(firsts, big)]
         keep = sizes[bucket] <= max_bucket
-        triples, bucket = triples[keep], bucket[keep]
-    h = triples[:, 2]
+        permuted, bucket = permuted[keep], bucket[keep]
     found_a, found_b = [], []
     for offset in range(1, int(min(sizes.max(), max_bucket))):
         same = bucket[offset:] == bucket[:-offset]
         if not same.any():
             break
-        a, b = h[:-offset][same], h[offset:][same]
-        near = np.bitwise_count(a ^ b) <= distance
+        a, b = permuted[:-offset][same], permuted[offset:][same]
+        near = np.bitwise_count(a ^ b) <= distance  # a permutation of bits keeps the distance
         found_a.append(a[near])
         found_b.append(b[near])
     if not found_a:
-        empty = np.zeros(0, np.uint64)
-        return empty, empty, np.zeros(0, np.int64), skipped
-    pairs = _distinct_rows(np.concatenate(found_a), np.concatenate(found_b))
+        return empty, empty, skipped
+    h1, h2 = order.backward(np.concatenate(found_a)), order.backward(np.concatenate(found_b))
+    return np.minimum(h1, h2), np.maximum(h1, h2), skipped
+
+
+def _distinct_pairs(h1: np.ndarray, h2: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct pairs ``(h1 < h2)`` sorted, with their Hamming distance."""
+    pairs = _distinct_rows(h1, h2)
     h1, h2 = pairs[:, 0], pairs[:, 1]
-    return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), skipped
+    return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64)
 
 
 def reduce_hashes(results: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
@@ -169,9 +239,14 @@ def reduce_hashes(results: list[dict[str, Any]], spec: dict[str, Any]) -> dict[s
         keys = [r["keys"][method] for r in results if method in r["keys"]]
         if not keys:
             continue
-        combination, key, value = (np.concatenate([k[i] for k in keys]) for i in range(3))
-        h1, h2, d, skipped = _bucket_pairs(combination, key, value, spec["distance"], spec["max_bucket"])
-        out["pairs"][method], out["skipped"][method] = (h1, h2, d), skipped
+        found_a, found_b, skipped = [], [], []
+        for c, order in enumerate(key_orders(spec["bands"], spec["distance"])):
+            h1, h2, big = _bucket_pairs(np.concatenate([k[c] for k in keys]), order, spec["distance"], spec["max_bucket"])
+            found_a.append(h1)
+            found_b.append(h2)
+            skipped.extend((c, key, size) for key, size in big)
+        out["pairs"][method] = _distinct_pairs(np.concatenate(found_a), np.concatenate(found_b))
+        out["skipped"][method] = skipped
         hashes = np.concatenate([r["counts"][method][0] for r in results])
         counts = np.concatenate([r["counts"][method][1] for r in results])
         distinct, inverse = np.unique(hashes, return_inverse=True)
@@ -207,6 +282,7 @@ COLUMNS = ["image_id", "status", "hash_pixels", "phash", "dhash"]
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
     """The map/reduce of the module docstring: one result per partition."""
     spec = {"partitions": config.partitions_for(rows), "methods": list(config.near_methods), "distance": config.near_distance,
+            "bands": config.effective_bands,
             "masks": band_masks(config.effective_bands, config.near_distance), "max_bucket": int(config.max_bucket)}
     return parts.shuffle(map_hashes, reduce_hashes, spec, COLUMNS)
 
@@ -239,9 +315,8 @@ def find_near_pairs(reduced: list[dict[str, Any]], method: str) -> tuple[np.ndar
         empty = np.zeros(0, np.uint64)
         return empty, empty, np.zeros(0, np.int64), skipped
     # one pair can come from several band combinations, in several partitions
-    pairs = _distinct_rows(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
-    h1, h2 = pairs[:, 0], pairs[:, 1]
-    return h1, h2, np.bitwise_count(h1 ^ h2).astype(np.int64), sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
+    h1, h2, dist = _distinct_pairs(np.concatenate([f[0] for f in found]), np.concatenate([f[1] for f in found]))
+    return h1, h2, dist, sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
 
 
 def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray) -> pa.Table:
@@ -298,7 +373,7 @@ def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups
         pairs[method] = (h1, h2, dist)
         summary["skipped_buckets"].extend(skipped)
         shared = [r["shared"][method] for r in reduced if method in r["shared"]]
-        wanted[method] = np.unique(np.concatenate([h1, h2, *shared]))
+        wanted[method] = _distinct(np.concatenate([h1, h2, *shared]))
     found = parts.merge(select_members, {"wanted": wanted}, COLUMNS, _concat_members, dict)
     for method in config.near_methods:
         members = found.get(method, [])

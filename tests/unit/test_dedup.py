@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from ood_ray.config import load_config
 from ood_ray.dedup.components import compute_components
-from ood_ray.dedup.hash_groups import band_masks, run_dedup, shuffle_hashes
+from ood_ray.dedup.hash_groups import band_masks, key_orders, run_dedup, shuffle_hashes
 from ood_ray.dedup.hash_groups import find_near_pairs as near_pairs
 from ood_ray.parts import LocalParts
 
@@ -42,6 +42,27 @@ def test_band_masks_cover_64_bits():
     for m in masks:
         union |= m
     assert union == 2**64 - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(hashes=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=40), distance=st.integers(0, 5),
+       extra=st.integers(1, 3))
+def test_key_first_permutation_is_a_bijection_that_sorts_by_key(hashes, distance, extra):
+    values = np.array(hashes, np.uint64)
+    bands = distance + extra
+    for order, mask in zip(key_orders(bands, distance), band_masks(bands, distance)):
+        assert int(order.mask) == mask
+        permuted = order.forward(values)
+        assert np.array_equal(order.backward(permuted), values)
+        # Hamming distances are kept, and the top key_bits are exactly the masked bits
+        assert np.array_equal(np.bitwise_count(permuted[:, None] ^ permuted[None, :]),
+                              np.bitwise_count(values[:, None] ^ values[None, :]))
+        same_key = (values[:, None] & np.uint64(mask)) == (values[None, :] & np.uint64(mask))
+        keys = order.bucket(permuted)
+        assert np.array_equal(keys[:, None] == keys[None, :], same_key)
+        # sorting the permuted values sorts by key first
+        ordered = np.sort(permuted)
+        assert np.all(np.diff(order.bucket(ordered).astype(np.float64)) >= 0)
 
 
 def _con(hashes: np.ndarray, pixel_hashes: list[str] | None = None, splits: list[str] | None = None,
