@@ -324,6 +324,9 @@ class OODConfig:
     ``threshold_sample`` other reference rows: ``clf_entropy`` (the OoD Tool's logistic-regression
     probes with strengths ``clf_c``; ``headless``: for models without a classifier head, ``all``,
     or ``none``), ``mahalanobis`` and ``rmd`` (every model).
+    ``driver_quantile_max_rows``: up to this many reference rows the score thresholds are computed
+    by DuckDB on the driver (it holds the column); past it, exactly the same numbers from mergeable
+    summaries in Ray tasks (:mod:`ood_ray.score_quantiles`), so the driver's memory stays flat.
     """
 
     reference_split: str = "train"
@@ -336,6 +339,7 @@ class OODConfig:
     clf_max_samples: int = 20000
     threshold_sample: int = 20000
     seed: int = 0
+    driver_quantile_max_rows: int = 1_000_000
 
     def validate(self, prefix: str) -> None:
         if self.clf_entropy not in ("headless", "all", "none"):
@@ -348,6 +352,7 @@ class OODConfig:
         _check_positive(f"{prefix}.clf_max_per_class", self.clf_max_per_class)
         _check_positive(f"{prefix}.clf_max_samples", self.clf_max_samples)
         _check_positive(f"{prefix}.threshold_sample", self.threshold_sample)
+        _check_positive(f"{prefix}.driver_quantile_max_rows", self.driver_quantile_max_rows, allow_zero=True)
 
 
 INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq")

@@ -1,14 +1,16 @@
 """Fitting the model-based OOD scores on the reference split (driver, DuckDB over staged rows).
 
-- **Thresholds**: for every score column, ``quantile_cont(score, q)`` over the reference rows
-  (split ``ood.reference_split``; all ``ok`` rows when no row has that split -- the selection the
-  scan stage records), computed by DuckDB over all of them (NumPy's default linear quantile).
+- **Thresholds**: for every score column, the linear ``q``-quantile (NumPy's default, DuckDB's
+  ``quantile_cont``) over all the reference rows (split ``ood.reference_split``; all ``ok`` rows
+  when no row has that split -- the selection the scan stage records): by DuckDB on the driver up
+  to ``ood.driver_quantile_max_rows`` rows, past it by Ray tasks from mergeable summaries
+  (:mod:`ood_ray.score_quantiles`; the same numbers).
 - **Fitted embedding detectors** (clf_entropy, Mahalanobis, RMD; when labels exist): a
   stratified sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per
   label, at most ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run
   is reproducible -- fits each detector; its threshold is the quantile over up to
   ``ood.threshold_sample`` *other* reference rows (held out from the fit, so the fit does not
-  lower it).
+  lower it), drawn part by part like the fitting sample.
 
 Without labels, label-dependent scores are skipped with a log line.
 """
@@ -25,6 +27,7 @@ import pyarrow as pa
 
 from ood_ray.config import OODConfig
 from ood_ray.sampling import Sampler, hash_order
+from ood_ray.score_quantiles import exact_quantiles
 from ood_ray.detectors import REGISTRY
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
 from ood_ray.columns import EMBEDDING_PREFIX
@@ -59,6 +62,40 @@ def _unpack(table: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, labels, values
 
 
+def held_out_sample(sampler: Sampler, where: str, column: str, fitted_ids: set[str], config: OODConfig) -> pa.Table:
+    """Up to ``threshold_sample`` reference rows outside the fitting sample, ordered by a second
+    seeded hash: the first ``threshold_sample + len(fitted_ids)`` rows of that order (drawn part by
+    part) hold them all, so the fitted rows are dropped after the draw."""
+    table = sampler.select([column], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + 1)),
+                           int(config.threshold_sample) + len(fitted_ids))
+    keep = pa.array([image_id not in fitted_ids for image_id in table.column("image_id").to_pylist()], pa.bool_())
+    return table.filter(keep).slice(0, int(config.threshold_sample)).rename_columns(["image_id", "v"])
+
+
+def score_thresholds(con: duckdb.DuckDBPyConnection, sampler: Sampler, columns: list[str], where: str,
+                     config: OODConfig) -> dict[str, tuple[float, int]]:
+    """``{column: (q-quantile over the reference rows, n)}`` (see module docstring)."""
+    q = config.in_distribution_quantile
+    if not columns:
+        return {}
+    n_rows = con.execute(f"SELECT count(*) FROM images WHERE {where}").fetchall()[0][0]
+    if n_rows > config.driver_quantile_max_rows:
+        log.info("score thresholds over %d reference rows: by Ray tasks (ood.driver_quantile_max_rows = %d)",
+                 n_rows, config.driver_quantile_max_rows)
+        found = exact_quantiles(sampler.parts, columns, where, q)
+    else:
+        found = {}
+        for column in columns:
+            value, n = con.execute(f'SELECT quantile_cont("{column}", {q}), count("{column}") '
+                                   f'FROM images WHERE {where} AND NOT isnan("{column}")').fetchall()[0]
+            if n:
+                found[column] = (float(value), int(n))
+    for column in columns:
+        if column not in found:
+            log.info("%s: no reference scores, no threshold", column)
+    return found
+
+
 def fitted_detectors(info: ModelInfo, config: OODConfig) -> list[str]:
     """Which fitted embedding detectors apply to a model (see :class:`OODConfig`)."""
     names = []
@@ -82,13 +119,9 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
     fit.report["reference"] = described
     fit.report["in_distribution_quantile"] = config.in_distribution_quantile
     q = config.in_distribution_quantile
-    for column in score_columns:
-        value, n = con.execute(f'SELECT quantile_cont("{column}", {q}), count("{column}") FROM images WHERE {where}').fetchall()[0]
-        if not n:
-            log.info("%s: no reference scores, no threshold", column)
-            continue
-        fit.thresholds[column] = float(value)
-        fit.report.setdefault("thresholds", {})[column] = {"threshold": float(value), "n_reference": int(n), "quantile": q}
+    for column, (value, n) in score_thresholds(con, sampler, score_columns, where, config).items():
+        fit.thresholds[column] = value
+        fit.report.setdefault("thresholds", {})[column] = {"threshold": value, "n_reference": n, "quantile": q}
 
     for info in infos:
         names = fitted_detectors(info, config)
@@ -102,14 +135,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
                 log.info("score_%s_%s: skipped -- the reference rows carry %d labels (needs 2 or more)", name, info.alias, len(classes))
                 fit.report.setdefault("skipped", {})[f"score_{name}_{info.alias}"] = f"{len(classes)} labels in the reference rows"
             continue
-        con.register("_fit_ids", pa.table({"image_id": ids}))
-        held_out = con.sql(
-            f"""SELECT image_id, "{column}" AS v FROM images
-                WHERE {where} AND "{column}" IS NOT NULL AND image_id NOT IN (SELECT image_id FROM _fit_ids)
-                ORDER BY {hash_order(int(config.seed + 1))} LIMIT {int(config.threshold_sample)}"""
-        ).to_arrow_table()
-        con.unregister("_fit_ids")
-        _, _, X_held = _unpack(held_out)
+        _, _, X_held = _unpack(held_out_sample(sampler, where, column, set(ids), config))
         source = "held-out reference rows"
         if len(X_held) == 0:
             X_held, source = X, "the fitting sample (no other reference rows)"

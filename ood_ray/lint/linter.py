@@ -29,15 +29,18 @@ import pyarrow.compute as pc
 from ood_ray.config import LintConfig
 from ood_ray.parts import Parts
 from ood_ray.lint.summaries import (
+    NO_BUCKETS,
     ExactSum,
     OrderStatistic,
     bucket_counts,
+    empty_summaries,
     float_keys,
     interpolate,
     median_ranks,
-    merge_buckets,
+    merge_summaries,
     middle,
     quantile_ranks,
+    refine_searches,
 )
 from ood_ray.lint.thresholds import MetricSummary, compute_bounds
 from ood_ray.stats.image import IMAGE_STAT_NAMES
@@ -49,7 +52,6 @@ log = logging.getLogger(__name__)
 ALL_SCOPE = "all"
 UNLABELLED_SCOPE = "(none)"
 QUANTILES = (0.25, 0.5, 0.75)
-_NONE = (np.zeros(0, np.uint16), np.zeros(0, np.int64))
 
 
 # -- per part (runs in the workers) -------------------------------------------------------------
@@ -100,31 +102,13 @@ def compute_pass(table: pa.Table, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def merge_pass(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
-    """Merge one part's contribution into the running total (counts and exact sums add)."""
-    for key, n in part["n"].items():
-        total["n"][key] = total["n"].get(key, 0) + n
-    for key, state in part["sums"].items():
-        addend = state if isinstance(state, ExactSum) else ExactSum.from_state(state)
-        total["sums"][key] = total["sums"].get(key, ExactSum()).merge(addend)
-    for target, buckets in part["buckets"].items():
-        if target in total["buckets"]:
-            buckets = merge_buckets([total["buckets"][target], buckets])
-        total["buckets"][target] = buckets
-    return total
-
-
-def empty_pass() -> dict[str, Any]:
-    return {"n": {}, "sums": {}, "buckets": {}}
-
-
 def _columns(spec: dict[str, Any]) -> list[str]:
     return ["image_id", "status", "label", *(spec.get("metrics") or spec.get("bounds", {}))]
 
 
 def run_pass(parts: Parts, spec: dict[str, Any]) -> dict[str, Any]:
     """One pass over every part (``spec`` as :func:`compute_pass` reads it), merged."""
-    return parts.merge(compute_pass, spec, _columns(spec), merge_pass, empty_pass)
+    return parts.merge(compute_pass, spec, _columns(spec), merge_summaries, empty_summaries)
 
 
 def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
@@ -156,19 +140,10 @@ def _order_statistics(parts: Parts, base: dict[str, Any], searches: dict[str, Or
                       targets: dict[str, tuple[str, str]], extra: dict[str, Any]) -> dict[str, Any]:
     """Refine ``searches`` (level 0 already resolved) to full keys; returns the merged extras of
     the first refinement pass (``extra`` describes what else it computes)."""
-    first: dict[str, Any] = {}
-    while any(not s.done for s in searches.values()):
-        open_targets = {}
-        for name, search in searches.items():
-            if not search.done:
-                key, transform = targets[name]
-                open_targets[name] = (key, transform, search.prefix, search.level)
-        result = run_pass(parts, {**base, **extra, "targets": open_targets})
-        if not first:
-            first, extra = result, {"stage": "refine"}
-        for name in open_targets:
-            searches[name].refine(result["buckets"].get(name, _NONE))
-    return first
+    def one_pass(open_targets: dict[str, tuple], round_: int) -> dict[str, Any]:
+        return run_pass(parts, {**base, **(extra if round_ == 0 else {"stage": "refine"}), "targets": open_targets})
+
+    return refine_searches(searches, targets, one_pass)
 
 
 def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool) -> dict[tuple[str, str], MetricSummary]:
@@ -190,7 +165,7 @@ def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool) -> dict
                 targets[name], searches[name] = (k, "value"), OrderStatistic(rank)
             plan.setdefault(k, {})[q] = (*names, weight)
     for name, search in searches.items():
-        search.refine(first["buckets"].get(targets[name][0], _NONE))
+        search.refine(first["buckets"].get(targets[name][0], NO_BUCKETS))
     # 2.-4. the next bits of the quartiles and the median; the squared deviations from the mean
     squares = _order_statistics(parts, base, searches, targets, {"stage": "squares", "means": means})
     quantiles = {k: {q: middle(searches[lo].value, searches[hi].value) if w is None
@@ -207,7 +182,7 @@ def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool) -> dict
     base["medians"] = medians
     level0 = run_pass(parts, {**base, "stage": "deviations", "targets": {}})
     for name, search in mad_searches.items():
-        search.refine(level0["buckets"].get(mad_targets[name][0], _NONE))
+        search.refine(level0["buckets"].get(mad_targets[name][0], NO_BUCKETS))
     _order_statistics(parts, base, mad_searches, mad_targets, {"stage": "refine"})
     summaries = {}
     for k in keys:

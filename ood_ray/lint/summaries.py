@@ -23,8 +23,10 @@ only counts, a few exponents and occupied buckets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +108,8 @@ class ExactSum:
 
 
 Buckets = tuple  # (bucket ids: uint16 array, counts: int64 array), ids sorted and distinct
+#: The buckets of a target no part had a value for.
+NO_BUCKETS = (np.zeros(0, np.uint16), np.zeros(0, np.int64))
 
 
 def bucket_counts(keys: np.ndarray, prefix: int, level: int) -> Buckets:
@@ -187,3 +191,44 @@ def interpolate(low: float, high: float, weight: float) -> float:
     if weight >= 0.5:
         return float(np.float64(high) - diff * (1 - np.float64(weight)))
     return float(np.float64(low) + diff * np.float64(weight))
+
+
+def empty_summaries() -> dict[str, Any]:
+    """What a pass returns before any part: ``{"n": {key: count}, "sums": {key: ExactSum state},
+    "buckets": {target: Buckets}}``."""
+    return {"n": {}, "sums": {}, "buckets": {}}
+
+
+def merge_summaries(total: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """Merge one part's contribution into the running total (counts and exact sums add, bucket
+    counts add bucket by bucket)."""
+    for key, n in part.get("n", {}).items():
+        total["n"][key] = total["n"].get(key, 0) + n
+    for key, state in part.get("sums", {}).items():
+        addend = state if isinstance(state, ExactSum) else ExactSum.from_state(state)
+        total["sums"][key] = total["sums"].get(key, ExactSum()).merge(addend)
+    for target, buckets in part.get("buckets", {}).items():
+        if target in total["buckets"]:
+            buckets = merge_buckets([total["buckets"][target], buckets])
+        total["buckets"][target] = buckets
+    return total
+
+
+def refine_searches(searches: dict[str, OrderStatistic], targets: dict[str, tuple],
+                    one_pass: Callable[[dict[str, tuple], int], dict[str, Any]]) -> dict[str, Any]:
+    """Drive ``searches`` (level 0 already resolved) to full keys: each round calls
+    ``one_pass({name: (*targets[name], prefix, level)}, round)`` for the open searches -- a pass over
+    every part returning merged summaries whose ``buckets[name]`` counts the next 16 bits of the
+    keys under ``prefix`` -- and refines them. Returns the first round's result (a pass may compute
+    other summaries on the way; empty when nothing was open)."""
+    first: dict[str, Any] = {}
+    round_ = 0
+    while any(not s.done for s in searches.values()):
+        open_targets = {name: (*targets[name], s.prefix, s.level) for name, s in searches.items() if not s.done}
+        result = one_pass(open_targets, round_)
+        if round_ == 0:
+            first = result
+        for name in open_targets:
+            searches[name].refine(result["buckets"].get(name, NO_BUCKETS))
+        round_ += 1
+    return first
