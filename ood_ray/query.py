@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import duckdb
@@ -69,19 +67,6 @@ def register_table(con: duckdb.DuckDBPyConnection, name: str, uris: list[str], s
         return
     listing = ", ".join("'" + u.replace("'", "''") + "'" for u in uris)
     con.execute(f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet([{listing}], union_by_name = true)')
-
-
-@contextmanager
-def single_threaded(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """Run the enclosed queries on one DuckDB thread: aggregates over a table scanned in a fixed
-    order then add their floats in that order, so a result is the same to the last bit however
-    the rows were split into files or threads (a resumed run equals an uninterrupted one)."""
-    threads = con.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    con.execute("SET threads = 1")
-    try:
-        yield
-    finally:
-        con.execute(f"SET threads = {int(threads)}")
 
 
 def connect(out: str, run: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:

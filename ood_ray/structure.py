@@ -12,9 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import duckdb
 import numpy as np
-import pyarrow as pa
 
 from ood_ray.cluster.kmeans import ClusterModel, fit_clusters
 from ood_ray.columns import EMBEDDING_PREFIX, embedding_matrix
@@ -120,43 +118,3 @@ def load_structure(state: dict[str, Any], sampler: Sampler, config: AuditConfig,
     fit.projections = projections
     fit.report["projections"] = projections.report()
     return fit
-
-
-def clusters_table(con: duckdb.DuckDBPyConnection, clusters: ClusterModel) -> pa.Table:
-    """Table ``clusters``: one row per cluster with its make-up (over every image assigned to it).
-
-    The members are first copied in ``image_id`` order and aggregated on one thread, so the means
-    and deviations are the same to the last bit however the images were split into files."""
-    from ood_ray.query import single_threaded
-
-    con.register("_centroids", pa.table({"cluster": np.arange(len(clusters.centroids), dtype=np.int32),
-                                         "centroid_norm": clusters.centroid_norm.astype(np.float64),
-                                         "fit_mean_distance": clusters.mean_distance.astype(np.float64),
-                                         "fit_std_distance": clusters.std_distance.astype(np.float64)}))
-    with single_threaded(con):
-        con.execute("""CREATE OR REPLACE TEMP TABLE _members AS
-                       SELECT image_id, cluster, cluster_distance, is_cluster_outlier, label, split FROM images
-                       WHERE cluster IS NOT NULL ORDER BY image_id""")
-        table = con.sql(
-            """WITH stats AS (
-                   SELECT cluster, count(image_id) AS size, avg(cluster_distance) AS mean_distance,
-                          stddev_pop(cluster_distance) AS std_distance,
-                          count(image_id) FILTER (WHERE is_cluster_outlier) AS outliers,
-                          count(DISTINCT label) AS n_labels, count(label) AS n_labelled,
-                          histogram(label) FILTER (WHERE label IS NOT NULL) AS labels,
-                          histogram(coalesce(split, '')) AS splits
-                   FROM _members GROUP BY cluster),
-               majority AS (
-                   SELECT cluster, arg_max(label, n) AS label, max(n) AS n FROM
-                     (SELECT cluster, label, count(*) AS n FROM _members WHERE label IS NOT NULL GROUP BY ALL)
-                   GROUP BY cluster)
-               SELECT c.cluster, coalesce(s.size, 0) AS size, c.centroid_norm, s.mean_distance, s.std_distance,
-                      c.fit_mean_distance, c.fit_std_distance, coalesce(s.outliers, 0) AS outliers,
-                      coalesce(s.n_labels, 0) AS n_labels, m.label AS majority_label,
-                      CAST(m.n AS DOUBLE) / nullif(s.n_labelled, 0) AS purity, s.labels, s.splits
-               FROM _centroids c LEFT JOIN stats s USING (cluster) LEFT JOIN majority m USING (cluster)
-               ORDER BY c.cluster"""
-        ).to_arrow_table()
-        con.execute("DROP TABLE _members")
-    con.unregister("_centroids")
-    return table

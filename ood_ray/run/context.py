@@ -124,14 +124,19 @@ class RunContext:
             return "status = 'ok'"
         return "status = 'ok' AND split = '" + split.replace("'", "''") + "'"
 
+    def parts(self, uris: list[str] | None = None) -> Any:
+        """Ray tasks over the newest ``images`` parts (or over ``uris``): :class:`ood_ray.parts.RayParts`."""
+        from ood_ray.parts import RayParts
+
+        return RayParts(self.images_uris() if uris is None else uris, self.layout, self.retry,
+                        num_cpus=self.config.ray.task_num_cpus)
+
     def sampler(self, uris: list[str] | None = None) -> Any:
         """Seeded samples of the newest ``images`` parts (or of ``uris``) drawn by Ray tasks
         (:mod:`ood_ray.sampling`)."""
-        from ood_ray.parts import RayParts
         from ood_ray.sampling import Sampler
 
-        return Sampler(RayParts(self.images_uris() if uris is None else uris, self.layout, self.retry,
-                                num_cpus=self.config.ray.task_num_cpus))
+        return Sampler(self.parts(uris))
 
     def con(self) -> Any:
         """A DuckDB connection whose ``images`` (and ``embeddings``) views are the newest files."""

@@ -1,5 +1,5 @@
 """Stage ``clusters``: table ``clusters``, one row per cluster with its make-up (size, purity,
-labels, splits, outliers), over the final ``images`` (:func:`ood_ray.structure.clusters_table`)."""
+labels, splits, outliers), over the final ``images`` parts by Ray tasks (:mod:`ood_ray.cluster.makeup`)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ class ClustersStage(Stage):
         return structure is not None and structure.clusters is not None
 
     def run(self, ctx: Any) -> StageResult:
-        from ood_ray.structure import clusters_table
+        from ood_ray.cluster.makeup import clusters_table
 
-        clusters = clusters_table(ctx.con(), ctx.values["structure"].clusters)
+        model = ctx.values["structure"].clusters
+        clusters = clusters_table(ctx.parts(), model.centroid_norm, model.mean_distance, model.std_distance)
         uri = ctx.layout.write_part("clusters", "00000", clusters, ctx.retry)
         return StageResult(files={"clusters": [(uri, clusters.num_rows)]})
