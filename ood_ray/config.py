@@ -53,6 +53,8 @@ class IOConfig:
     connections) are retried up to ``retry_attempts`` times with exponential backoff from
     ``retry_base_delay_s`` to ``retry_max_delay_s`` (jittered); a 404 or 403 is not retried.
     ``manifest_rows_per_task``: rows of a Parquet manifest read (and hashed) by one task.
+    ``part_target_mb``: the output tables' part files are coalesced into files of at least this
+    many megabytes (the last one takes the rest; 0: keep the scan's parts), see ood_ray.run.compact.
     """
 
     max_pixels: int = 178_956_970
@@ -64,6 +66,7 @@ class IOConfig:
     fetch_threads: int = 8
     rows_per_block: int = 64
     manifest_rows_per_task: int = 500_000
+    part_target_mb: float = 128.0
     retry_attempts: int = 12
     retry_base_delay_s: float = 0.1
     retry_max_delay_s: float = 5.0
@@ -78,6 +81,7 @@ class IOConfig:
         _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
         _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
         _check_positive(f"{prefix}.manifest_rows_per_task", self.manifest_rows_per_task)
+        _check_positive(f"{prefix}.part_target_mb", self.part_target_mb, allow_zero=True)
         if self.layout not in LAYOUTS:
             _fail(f"{prefix}.layout", self.layout, f"must be one of {', '.join(LAYOUTS)}")
         for ext in self.extensions or []:
@@ -292,12 +296,17 @@ class EmbedConfig:
     ``torch.autocast`` (mixed precision: faster on GPUs with tensor cores; embeddings change in
     the last digits -- ``benchmarks/bench_gpu.py`` measures by how much). On CUDA the pixels are
     copied from page-locked memory with non-blocking transfers.
+    ``actor_memory_mb``: the memory Ray reserves for each actor (weights, activations, a batch in
+    flight; raise it for large models). Declaring it also keeps the decode tasks out of the actors:
+    Ray Data fuses a task operator into the next actor operator only when their resource requests
+    match, and the decode tasks request none.
     """
 
     batch_size: int = 64
     num_actors: int = 1
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
+    actor_memory_mb: float = 1024.0
     precision: str = "fp32"
     top_k: int = 5
     max_full_probabilities: int = 1000
@@ -307,6 +316,7 @@ class EmbedConfig:
         _check_positive(f"{prefix}.num_actors", self.num_actors)
         _check_positive(f"{prefix}.num_cpus_per_actor", self.num_cpus_per_actor)
         _check_positive(f"{prefix}.num_gpus_per_actor", self.num_gpus_per_actor, allow_zero=True)
+        _check_positive(f"{prefix}.actor_memory_mb", self.actor_memory_mb)
         if self.precision not in ("fp32", "fp16", "bf16"):
             _fail(f"{prefix}.precision", self.precision, "must be one of fp32, fp16, bf16")
         _check_positive(f"{prefix}.top_k", self.top_k)

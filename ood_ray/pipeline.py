@@ -15,6 +15,7 @@ from ood_ray.config import AuditConfig
 from ood_ray.stages.autoencoder import AutoencoderStage
 from ood_ray.stages.base import Stage, StageResult
 from ood_ray.stages.clusters import ClustersStage
+from ood_ray.stages.compact import CompactStage
 from ood_ray.stages.dedup import DedupStage
 from ood_ray.stages.drift import DriftStage
 from ood_ray.stages.embed import EmbedStage
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 #: streams the decoded pixels to the models); every other stage runs on its own.
 STAGES: tuple[Stage, ...] = (
     ScanStage(), EmbedStage(), KNNStage(), OODFitStage(), StructureStage(), AutoencoderStage(), FinalizeStage(),
-    LintStage(), DedupStage(), ClustersStage(), DriftStage(),
+    CompactStage(), LintStage(), DedupStage(), ClustersStage(), DriftStage(),
 )
 
 

@@ -284,6 +284,44 @@ def write_parquet(uri: str, table, retry: RetryPolicy = DEFAULT_RETRY, row_group
                uri)
 
 
+def write_parquet_stream(uri: str, schema, tables, retry: RetryPolicy = DEFAULT_RETRY) -> int:
+    """Write the Arrow ``tables`` (an iterable, each cast to ``schema``) as one Parquet file (zstd),
+    one row group per table, holding one table in memory at a time: into a local temporary file,
+    then renamed into place (local) or uploaded as one retried PUT (S3). Returns the rows written."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    fs, path = resolve(uri)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local:
+        make_parent_dirs(path)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    else:
+        handle, tmp = tempfile.mkstemp(suffix=".parquet")
+        os.close(handle)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in tables:
+                writer.write_table(table.cast(schema), row_group_size=max(1, table.num_rows))
+                rows += table.num_rows
+        if local:
+            os.replace(tmp, path)
+            return rows
+
+        def upload() -> None:
+            with open(tmp, "rb") as source, fs.open_output_stream(path) as target:
+                while chunk := source.read(8 << 20):
+                    target.write(chunk)
+
+        retry.call(upload, uri)
+        return rows
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def read_parquet(uri: str, columns: list[str] | None = None, retry: RetryPolicy = DEFAULT_RETRY):
     """One Parquet file as an Arrow table (S3 reads retried on transient errors)."""
     import pyarrow.parquet as pq

@@ -34,7 +34,8 @@ _VERSIONED = ("ood-ray", "ray", "pyarrow", "numpy", "pillow", "duckdb", "scipy")
 
 def pause_point(point: str) -> None:
     """``OOD_RAY_PAUSE_AT=<point>``: the driver waits here, so that the fault tests can kill it at a
-    chosen point (``before:<stage>``: before a stage runs; ``commit``: before the commit;
+    chosen point (``before:<stage>``: before a stage runs; ``compact:written``: the coalesced parts
+    written, the stage not recorded; ``commit``: before the commit;
     ``switch``: inside it, after the run's ``run.json`` is written and before the output switches
     to it). Nothing happens without the variable."""
     import os

@@ -175,9 +175,21 @@ class RunLayout:
         if self.is_s3:
             self._commit_s3(run)
         else:
+            self._remove_unlisted_parts(run)
             self._commit_local(run)
         storage.delete_tree(storage.join(self.root, STAGING))
         return run
+
+    def _remove_unlisted_parts(self, run: dict[str, Any]) -> None:
+        """Delete the files of this run's table folders that ``run`` does not list (parts that
+        were coalesced into others), so that a table's folder holds exactly its committed files."""
+        stale = []
+        for table, entry in run["tables"].items():
+            keep = set(entry["files"])
+            stale += [uri for uri, _ in storage.list_files(storage.join(self.root, table)) if file_name(uri) not in keep]
+        if stale:
+            log.info("removing %d part files that were coalesced into others", len(stale))
+            storage.delete_files(stale)
 
     def _commit_local(self, run: dict[str, Any]) -> None:
         out = self.out

@@ -40,7 +40,10 @@ class EmbedStage(Stage):
             EmbedActor, batch_format="pyarrow", batch_size=embed.batch_size,
             fn_constructor_kwargs={"infos": ctx.infos, "settings": settings, "progress": tracker},
             compute=ray.data.ActorPoolStrategy(size=embed.num_actors),
-            num_cpus=embed.num_cpus_per_actor, num_gpus=embed.num_gpus_per_actor or None)
+            # A declared memory also keeps the decode tasks out of the actors: Ray Data fuses a
+            # task operator into the next actor operator only when their resource requests match.
+            num_cpus=embed.num_cpus_per_actor, num_gpus=embed.num_gpus_per_actor or None,
+            memory=int(embed.actor_memory_mb * 2**20))
 
     def run(self, ctx: Any) -> StageResult:
         models = [{"alias": i.alias, "embedding_dim": i.embedding_dim, "num_classes": i.num_classes,

@@ -139,7 +139,6 @@ class ScanStage(Stage):
         from ood_ray.progress import ProgressLogger, start_tracker
         from ood_ray.run.ray_runtime import configure_ray_data
         from ood_ray.scan import ScanSettings
-        from ood_ray.stages.embed import EmbedStage
 
         cfg = ctx.section(self)
         staged = bool(ctx.infos) or cfg.autoencoder.enabled
@@ -158,17 +157,9 @@ class ScanStage(Stage):
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
                 task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry)
             tracker = start_tracker(cfg.ray.helper_resources)
-            blocks = len(plan.blocks)
-            dataset = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
-                scan_blocks, batch_format="pyarrow", batch_size=None,
-                fn_kwargs={"plan": ray.put(plan), "settings": settings, "progress": tracker},
-                num_cpus=cfg.ray.task_num_cpus,
-                # An op with a ray_remote_args_fn is never fused into the following actor map:
-                # decoding stays in parallel CPU tasks, not in the (few) embedding actors.
-                ray_remote_args_fn=_no_extra_remote_args)
+            dataset = scan_dataset(ctx, plan, settings, tracker)
             steps = {"decode": plan.rows}
             if ctx.infos:
-                dataset = EmbedStage.operator(dataset, ctx, tracker)
                 steps["embed"] = plan.rows
             before = ctx.ledger.read_progress() if ctx.resumed else {}
 
@@ -176,7 +167,7 @@ class ScanStage(Stage):
                 ctx.ledger.write_progress({step: totals.get(step, 0) + before.get(step, 0) for step in steps})
 
             with ProgressLogger(tracker, steps, cfg.ray.progress_interval_s, snapshot):
-                dataset.write_datasink(sink)
+                dataset.write_datasink(sink, ray_remote_args={"num_cpus": cfg.ray.task_num_cpus})
             ray.kill(tracker)
         seconds = time.perf_counter() - started
         statuses = {k: int(v) for k, v in sorted(sink.totals.get("statuses", {}).items())}
@@ -322,6 +313,18 @@ def scan_blocks(batch: pa.Table, plan: Any, settings: Any, progress: Any = None)
     return pa.concat_tables(out) if len(out) > 1 else out[0]
 
 
-def _no_extra_remote_args() -> dict[str, Any]:
-    return {}
+def scan_dataset(ctx: Any, plan: ScanPlan, settings: Any, tracker: Any = None) -> Any:
+    """The scan's Ray Data pipeline before its sink: a task per block reads the block's rows and
+    scans them, followed, with models, by the embedding actor pool. The range read, the scan and
+    (without models) the sink's write fuse into one task per block; the scan is never fused into
+    the embedding actors (their memory request differs), so decoding stays in parallel CPU tasks."""
+    import ray
 
+    from ood_ray.stages.embed import EmbedStage
+
+    blocks = len(plan.blocks)
+    dataset = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
+        scan_blocks, batch_format="pyarrow", batch_size=None,
+        fn_kwargs={"plan": ray.put(plan), "settings": settings, "progress": tracker},
+        num_cpus=ctx.config.ray.task_num_cpus)
+    return EmbedStage.operator(dataset, ctx, tracker) if ctx.infos else dataset

@@ -171,3 +171,22 @@ def test_cli_audit_command_end_to_end(demo_dataset, workdir):
     assert "objects in: " in result.stdout
     assert "decode: " in result.stderr and "/s, eta" in result.stderr  # the periodic progress line, per stage
     assert read_run(str(workdir / "cli"))["rows_out"] == len(demo_dataset["planted"]["files"])
+
+
+def test_parts_are_coalesced_and_a_table_folder_holds_only_its_committed_files(folder_run, ray_session, demo_dataset,
+                                                                               workdir):
+    run, out = folder_run["run"], folder_run["out"]
+    compact = run["stages"]["compact"]["state"]["tables"]
+    assert compact["images"]["files_before"] > 10 and compact["images"]["files_after"] == 1
+    for table in ("images", "channels"):
+        listed = run["tables"][table]["files"]
+        assert len(listed) == 1
+        assert sorted(p.name for p in (out / table).iterdir()) == listed  # the coalesced-away parts are gone
+    # the same tables as a run that keeps the scan's parts
+    kept = audit(demo_dataset["images"], workdir / "kept", "io.rows_per_block=16", "io.part_target_mb=0")
+    assert "compact" not in kept["stages"] and len(kept["tables"]["images"]["files"]) == compact["images"]["files_before"]
+    for table in ("images", "channels", "lint", "duplicates"):
+        query = f"SELECT * FROM {table}"
+        ours = sorted(map(repr, run_query(str(out), query).to_pylist()))
+        theirs = sorted(map(repr, run_query(str(workdir / "kept"), query).to_pylist()))
+        assert ours == theirs, table

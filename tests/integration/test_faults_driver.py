@@ -1,4 +1,5 @@
-"""The driver killed for real (SIGKILL) mid-scan, during kNN, between stages and during the commit,
+"""The driver killed for real (SIGKILL) mid-scan, during kNN, between stages, after the coalesced
+parts are written and during the commit,
 then ``--resume``: equal tables, nothing visible but committed files, no Ray process left behind;
 and two audits into one output directory."""
 
@@ -63,6 +64,8 @@ def killed_and_resumed(tmp_path_factory):
     attempt("during-knn", lambda log: "stage knn: started" in log.read_text(errors="replace"))
     attempt("between-stages", lambda log: "pausing at before:structure" in log.read_text(errors="replace"),
             OOD_RAY_PAUSE_AT="before:structure")
+    attempt("during-compact", lambda log: "pausing at compact:written" in log.read_text(errors="replace"),
+            OOD_RAY_PAUSE_AT="compact:written")
     attempt("during-commit", lambda log: "pausing at switch" in log.read_text(errors="replace"),
             OOD_RAY_PAUSE_AT="switch")
     final = start(audit_command(str(source), str(out), *SETS, resume=True), logs / "final.log")
@@ -90,7 +93,7 @@ def test_the_resumed_run_equals_an_uninterrupted_one(killed_and_resumed):
     for table in TABLES:
         assert comparable(out, table) == killed_and_resumed["expected"][table], table
     resume = run["resume"]
-    assert resume["resumes"] == 4
+    assert resume["resumes"] == 5
     assert 0 < resume["rows_kept"] < run["objects_in"]
     assert resume["rows_kept"] + resume["rows_scanned_again"] == run["objects_in"]
     assert 0 <= resume["share_decoded_twice"] <= 1

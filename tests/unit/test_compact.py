@@ -1,0 +1,60 @@
+"""Coalescing part files (:mod:`ood_ray.run.compact`): groups by bytes, every row once and in
+order, differing column types unified, a table that cannot be unified kept as it was."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ood_ray.io import storage
+from ood_ray.run.compact import ROW_GROUP_ROWS, merge_parts, plan_groups
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(1, 500), min_size=1, max_size=60), target=st.integers(1, 2000))
+def test_groups_keep_order_and_are_at_least_the_target_but_the_last(sizes, target):
+    entries = [(f"u{i}", i) for i in range(len(sizes))]
+    groups = plan_groups(entries, {f"u{i}": s for i, s in enumerate(sizes)}, target)
+    assert [e for g in groups for e in g] == entries
+    totals = [sum(sizes[i] for _, i in g) for g in groups]
+    assert all(t >= target for t in totals[:-1])
+    assert len(groups) <= math.ceil(sum(sizes) / target)
+    # a group closes as soon as it reaches the target: without its last file it was below it
+    assert all(t - sizes[g[-1][1]] < target for t, g in zip(totals, groups))
+
+
+def _part(path, start, n, with_label=True):
+    columns = {"image_id": [f"{i:08d}" for i in range(start, start + n)], "value": np.arange(start, start + n, dtype=np.float64)}
+    # a part whose labels are all missing has a null-typed column, as a scan of unlabelled images writes
+    columns["label"] = [f"c{i % 3}" for i in range(start, start + n)] if with_label else pa.nulls(n)
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def test_merge_streams_every_row_once_in_order_with_unified_types(tmp_path):
+    uris = [_part(tmp_path / f"p{i}.parquet", i * 70_000, 70_000, with_label=i != 1) for i in range(4)]
+    target = str(tmp_path / "out" / "merged.parquet")
+    out = merge_parts(uris, target, storage.DEFAULT_RETRY)
+    assert out == [(target, 280_000)]
+    merged = pq.read_table(target)
+    assert merged.column("image_id").to_pylist() == [f"{i:08d}" for i in range(280_000)]
+    assert merged.schema.field("label").type == pa.string()
+    labels = merged.column("label").to_pylist()
+    assert labels[70_000:140_000] == [None] * 70_000 and labels[:3] == ["c0", "c1", "c2"]
+    # row groups of ~ROW_GROUP_ROWS rows, not one per input part
+    row_groups = pq.ParquetFile(target).metadata.num_row_groups
+    assert row_groups == math.ceil(280_000 / (2 * 70_000)) and 2 * 70_000 >= ROW_GROUP_ROWS
+
+
+def test_parts_whose_columns_cannot_be_unified_are_kept(tmp_path):
+    a = _part(tmp_path / "a.parquet", 0, 10)
+    b = str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"image_id": ["x"], "value": ["not a number"], "label": ["c"]}), b)
+    target = tmp_path / "merged.parquet"
+    assert merge_parts([a, b], str(target), storage.DEFAULT_RETRY) == [(a, 10), (b, 1)]
+    assert not target.exists()
