@@ -53,6 +53,8 @@ class IOConfig:
     connections) are retried up to ``retry_attempts`` times with exponential backoff from
     ``retry_base_delay_s`` to ``retry_max_delay_s`` (jittered); a 404 or 403 is not retried.
     ``manifest_rows_per_task``: rows of a Parquet manifest read (and hashed) by one task.
+    ``rows_per_block``: rows per scan task; ``null`` (default): sized so that a block is about
+    ``block_seconds`` of work, from the objects' mean size (see ood_ray.io.block_size).
     ``part_target_mb``: the output tables' part files are coalesced into files of at least this
     many megabytes (the last one takes the rest; 0: keep the scan's parts), see ood_ray.run.compact.
     """
@@ -64,7 +66,8 @@ class IOConfig:
     extensions: list[str] | None = None
     layout: str = "auto"
     fetch_threads: int = 8
-    rows_per_block: int = 64
+    rows_per_block: int | None = None
+    block_seconds: float = 0.5
     manifest_rows_per_task: int = 500_000
     part_target_mb: float = 128.0
     retry_attempts: int = 12
@@ -80,6 +83,7 @@ class IOConfig:
         _check_positive(f"{prefix}.retry_max_delay_s", self.retry_max_delay_s, allow_zero=True)
         _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
         _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
+        _check_positive(f"{prefix}.block_seconds", self.block_seconds)
         _check_positive(f"{prefix}.manifest_rows_per_task", self.manifest_rows_per_task)
         _check_positive(f"{prefix}.part_target_mb", self.part_target_mb, allow_zero=True)
         if self.layout not in LAYOUTS:

@@ -57,9 +57,13 @@ MANIFEST_TABLE = "manifest"
 MIN_ROW_GROUP_ROWS = 8192
 
 
-def row_group_rows(rows_per_block: int) -> int:
+def row_group_rows(rows_per_block: int | None) -> int:
     """Rows per row group of the manifest parts: the smallest multiple of ``rows_per_block`` that
-    is at least :data:`MIN_ROW_GROUP_ROWS`."""
+    is at least :data:`MIN_ROW_GROUP_ROWS`; with blocks sized later (``None``, see
+    :mod:`ood_ray.io.block_size`) :data:`MIN_ROW_GROUP_ROWS`, which every power of two up to
+    ``block_size.MAX_ROWS`` divides."""
+    if rows_per_block is None:
+        return MIN_ROW_GROUP_ROWS
     return rows_per_block * max(1, -(-MIN_ROW_GROUP_ROWS // rows_per_block))
 
 
@@ -519,16 +523,25 @@ class RayRunner(FragmentRunner):
         return ray.get(self.renumber_task.remote(part, mine, self.config.io.rows_per_block, self.retry))
 
 
-def build_inputs(config: AuditConfig, reserved: set[str], layout: Any, retry: storage.RetryPolicy) -> Inputs:
-    """The run's manifest parts, made by Ray tasks (see module docstring)."""
+def build_inputs(config: AuditConfig, reserved: set[str], layout: Any, retry: storage.RetryPolicy,
+                 row_output_bytes: int = 0, rows_per_block: int | None = None) -> Inputs:
+    """The run's manifest parts, made by Ray tasks (see module docstring). Blocks hold
+    ``rows_per_block`` rows (a resumed run passes the interrupted run's), else ``io.rows_per_block``,
+    else as many as the work calls for (:mod:`ood_ray.io.block_size`; ``row_output_bytes``: the
+    resized model inputs a row carries)."""
     import ray
+
+    from ood_ray.io.block_size import choose_rows_per_block
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
     parts, report = collect(config, reserved, RayRunner(config, layout, retry), cpus)
     parts = [p for p in parts if p["rows"]]
     check_schemas(config.source, [p["schema"] for p in parts])
     digest = combined_digest([(p["rows"], p["digest"]) for p in parts])
-    return Inputs([(p["data"], p["rows"]) for p in parts], digest, config.io.rows_per_block, report.to_dict())
+    entries = [(p["data"], p["rows"]) for p in parts]
+    if rows_per_block is None:
+        rows_per_block = choose_rows_per_block(entries, config, retry, cpus, row_output_bytes)
+    return Inputs(entries, digest, rows_per_block, report.to_dict())
 
 
 def check_schemas(source: str, schemas: list[pa.Schema]) -> None:

@@ -270,10 +270,13 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     lease.acquire()
     try:
         init_ray(config)
+        ledger = Ledger(layout.ledger_dir)
+        # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
+        recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
         with timer.stage("manifest"):
             inputs = build_inputs(config, RESERVED_COLUMNS, layout, storage.RetryPolicy(
-                config.io.retry_attempts, config.io.retry_base_delay_s, config.io.retry_max_delay_s))
-        ledger = Ledger(layout.ledger_dir)
+                config.io.retry_attempts, config.io.retry_base_delay_s, config.io.retry_max_delay_s),
+                row_output_bytes=model_input_bytes(config, infos), rows_per_block=recorded_block)
         current = fingerprint(config.to_dict(), inputs, reference.run_id if reference else None)
         if resume:
             recorded = ledger.read_fingerprint() or {}
@@ -297,6 +300,14 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
                       reference=reference, resumed=resume, timer=timer, listing=inputs.listing,
                       resume_report=ledger.read_resume() if resume else {})
+
+
+def model_input_bytes(config: AuditConfig, infos: list) -> int:
+    """Bytes of resized model (and autoencoder) inputs one scanned row carries (``H * W * 3`` each)."""
+    sides = [tuple(info.data_config.get("input_size", (3, 224, 224)))[-2:] for info in infos]
+    if config.autoencoder.enabled:
+        sides.append((config.autoencoder.image_size, config.autoencoder.image_size))
+    return int(sum(3 * h * w for h, w in sides))
 
 
 def check_reference_weights(infos: list, reference: RunState) -> None:

@@ -63,7 +63,8 @@ def fingerprint(config_dict: dict[str, Any], inputs: Any, reference_run_id: str 
     that wrote them), the reference run and the code."""
     config = {k: v for k, v in config_dict.items() if k not in UNFINGERPRINTED}
     return {"config": config, "manifest_hash": inputs.digest, "manifest_rows": inputs.num_rows,
-            "reference_run_id": reference_run_id, "code_version": code_version()}
+            "rows_per_block": inputs.rows_per_block, "reference_run_id": reference_run_id,
+            "code_version": code_version()}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -179,6 +179,7 @@ class ScanStage(Stage):
             "status_counts": statuses,
             "worker_seconds": {k: round(v, 3) for k, v in sink.totals.get("seconds", {}).items()},
             "images_per_second": round(plan.rows / seconds, 2) if plan.rows and seconds > 0 else None,
+            "rows_per_block": ctx.inputs.rows_per_block, "blocks": int(len(block_sizes(ctx.inputs))),
             "reference_split": reference_split,
             "reference_rows": reference_rows if reference_split else statuses.get("ok", 0),
             "max_decode_bytes": cfg.io.max_decode_bytes or default_decode_budget(cfg.ray.task_num_cpus),

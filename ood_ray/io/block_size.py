@@ -1,0 +1,119 @@
+"""How many rows a scan block holds when ``io.rows_per_block`` is not set: sized by the work.
+
+A block is one Ray task (read its rows, fetch, decode, compute, write). Too small and the task's
+fixed cost (scheduling, a Parquet read and write, the progress report) dominates: 32 x 32 JPEGs
+take about 0.2 ms each, so 64 of them are 13 ms of work for a task that costs several ms more.
+Too large and a block holds too much memory, a kill loses more work, and a small run cannot use
+every core. The work of a row is about proportional to its bytes (decode dominates, and bytes
+follow pixels within a format), so
+
+    seconds per row ~ ROW_OVERHEAD_S + mean object bytes / BYTES_PER_SECOND
+    rows per block  = io.block_seconds / seconds per row
+
+rounded down to a power of two in ``[MIN_ROWS, MAX_ROWS]`` (powers of two divide the manifest
+parts' 8,192-row row groups, so any choice reads whole blocks from one row group), and capped so
+that a block's resized model inputs (``H * W * 3`` bytes per model per row) stay under
+``MAX_BLOCK_OUTPUT_BYTES``, and so that there are at least ``MIN_BLOCKS_PER_CPU`` blocks per CPU
+while the run has rows for them. The mean size comes from the listing's ``listed_size`` when the
+source is a folder or a prefix, else from the sizes of a sample of the manifest's objects (a stat
+or a HEAD each). The constants come from ``benchmarks/bench_scan.py`` on this project's machine:
+about 5,900 CIFAR-10 JPEGs (1.1 KB) and 25 DTD photos (~150 KB) per second per core.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ood_ray.io import storage
+
+log = logging.getLogger(__name__)
+
+ROW_OVERHEAD_S = 5e-5
+BYTES_PER_SECOND = 4e6
+MIN_ROWS = 4
+MAX_ROWS = 4096
+MAX_BLOCK_OUTPUT_BYTES = 32 << 20
+MIN_BLOCKS_PER_CPU = 4
+#: Objects whose size is sampled when the listing has none.
+SAMPLE = 64
+
+
+def rows_for(mean_bytes: float | None, block_seconds: float, row_output_bytes: int = 0, rows: int = 0,
+             cpus: float = 1.0) -> int:
+    """Rows per block for objects of ``mean_bytes`` (see module docstring); 64 when unknown."""
+    if mean_bytes is None:
+        wanted = 64.0
+    else:
+        wanted = block_seconds / (ROW_OVERHEAD_S + mean_bytes / BYTES_PER_SECOND)
+    if row_output_bytes:
+        wanted = min(wanted, MAX_BLOCK_OUTPUT_BYTES / row_output_bytes)
+    if rows:
+        wanted = min(wanted, rows / max(1.0, MIN_BLOCKS_PER_CPU * cpus))
+    wanted = min(max(wanted, MIN_ROWS), MAX_ROWS)
+    return 1 << int(math.floor(math.log2(wanted)))
+
+
+def _sampled_rows(parts: list[tuple[str, int]], retry: storage.RetryPolicy) -> Any:
+    """Up to :data:`SAMPLE` rows (``uri`` and, when present, ``listed_size``) from the first row
+    group of up to eight evenly spaced parts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    chosen = parts[:: max(1, len(parts) // 8)][:8]
+    tables = []
+    for uri, _ in chosen:
+        fs, path = storage.resolve(uri)
+
+        def read(path: str = path, fs: Any = fs) -> Any:
+            with fs.open_input_file(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                names = [c for c in ("uri", "listed_size") if c in parquet.schema_arrow.names]
+                return parquet.read_row_group(0, columns=names)
+
+        table = retry.call(read, uri)
+        step = max(1, table.num_rows // max(1, SAMPLE // len(chosen)))
+        tables.append(table.take(pa.array(range(0, table.num_rows, step))[: SAMPLE // len(chosen) or 1]))
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+def _stat_sizes(uris: list[str], retry: storage.RetryPolicy) -> list[int]:
+    def size(uri: str) -> int | None:
+        try:
+            fs, path = storage.resolve(uri)
+            info = retry.call(lambda: fs.get_file_info(path), uri)
+            return int(info.size) if info.type == pafs.FileType.File else None
+        except Exception:  # noqa: BLE001 - a missing or unreadable object is the scan's to report
+            return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return [s for s in pool.map(size, uris) if s is not None]
+
+
+def mean_object_bytes(parts: list[tuple[str, int]], retry: storage.RetryPolicy) -> float | None:
+    """The mean size of the inputs' objects, from a sample (see module docstring); None when unknown."""
+    sample = _sampled_rows(parts, retry)
+    if sample is None or sample.num_rows == 0:
+        return None
+    if "listed_size" in sample.column_names:
+        sizes = [s for s in sample.column("listed_size").to_pylist() if s is not None]
+    else:
+        sizes = _stat_sizes([u for u in sample.column("uri").to_pylist() if u], retry)
+    return sum(sizes) / len(sizes) if sizes else None
+
+
+def choose_rows_per_block(parts: list[tuple[str, int]], config: Any, retry: storage.RetryPolicy, cpus: float,
+                          row_output_bytes: int = 0) -> int:
+    """``io.rows_per_block`` when set, else the size the work calls for (see module docstring)."""
+    if config.io.rows_per_block:
+        return int(config.io.rows_per_block)
+    mean = mean_object_bytes(parts, retry)
+    rows = rows_for(mean, config.io.block_seconds, row_output_bytes, sum(r for _, r in parts),
+                    cpus / max(config.ray.task_num_cpus, 1e-3))
+    log.info("scan blocks of %d rows (objects of %s bytes on average, io.block_seconds = %s)", rows,
+             f"{mean:,.0f}" if mean is not None else "unknown", config.io.block_seconds)
+    return rows
