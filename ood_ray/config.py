@@ -215,11 +215,15 @@ class RayConfig:
     a node that offers these custom resources (e.g. ``{head: 1}``); if that node is lost they are
     restarted anywhere. None by default. ``ledger``: record every scan part in the run's ledger
     so that ``--resume`` keeps it (off: a resumed run scans everything again).
+    ``driver_pass_mb``: a global pass (lint, dedup, samples, the clusters table) over at most this
+    many megabytes of part files runs in the driver process instead of Ray tasks (0: always tasks),
+    see ood_ray.parts.
     """
 
     num_cpus: int | None = None
     object_store_memory_mb: int | None = None
     task_num_cpus: float = 1.0
+    driver_pass_mb: float = 64.0
     no_progress_timeout_s: float = 900.0
     progress_interval_s: float = 10.0
     op_resource_reservation: bool = False
@@ -229,6 +233,7 @@ class RayConfig:
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.num_cpus", self.num_cpus)
         _check_positive(f"{prefix}.object_store_memory_mb", self.object_store_memory_mb)
+        _check_positive(f"{prefix}.driver_pass_mb", self.driver_pass_mb, allow_zero=True)
         _check_positive(f"{prefix}.task_num_cpus", self.task_num_cpus)
         _check_positive(f"{prefix}.no_progress_timeout_s", self.no_progress_timeout_s)
         _check_positive(f"{prefix}.progress_interval_s", self.progress_interval_s)

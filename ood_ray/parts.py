@@ -5,8 +5,11 @@ interface and runs either
 
 - as Ray tasks over the part files of a run (:class:`RayParts`): one task per group of parts (enough
   groups to keep every CPU of the cluster busy, at most ``max_parts_per_task`` parts each), each
-  reading only the columns it needs, retried when its worker dies (``max_retries=-1``); or
-- over tables held in memory (:class:`LocalParts`): tests and small data, the same functions.
+  reading only the columns it needs, retried when its worker dies (``max_retries=-1``);
+- the same work in the driver process over the same files (:class:`InProcessParts`), for tables
+  of at most ``ray.driver_pass_mb`` megabytes of part files (:func:`parts_for`): a pass over a
+  small table then costs its reads, not a round of task start-ups (lint makes eight passes); or
+- over tables held in memory (:class:`LocalParts`): tests, the same functions.
 
 Three shapes of work:
 
@@ -157,3 +160,46 @@ class RayParts(Parts):
         refs = [task.remote(group, fn, spec_ref, columns, table, self.layout.out, self.layout.run_id, f"{i:05d}",
                             self.retry) for i, group in enumerate(self.groups)]
         return [written for written in ray.get(refs) if written is not None]
+
+
+class InProcessParts(RayParts):
+    """:class:`RayParts`' work run in this process, one group after the other (same files, same
+    functions, same results; see module docstring)."""
+
+    def merge(self, fn: Fn, spec: dict[str, Any], columns: list[str], merge: Fn, empty: Fn) -> Any:
+        total = empty()
+        for group in self.groups:
+            total = merge(total, _merge_task(group, fn, spec, columns, merge, empty, self.retry))
+        return total
+
+    def shuffle(self, map_fn: Fn, reduce_fn: Fn, spec: dict[str, Any], columns: list[str]) -> list[Any]:
+        partitions = spec["partitions"]
+        mapped = [_map_task(group, map_fn, spec, columns, self.retry) for group in self.groups]
+        if partitions == 1:
+            mapped = [[out] for out in mapped]
+        return [_reduce_task(reduce_fn, spec, *[out[p] for out in mapped]) for p in range(partitions)]
+
+    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str], table: str) -> list[tuple[str, int]]:
+        written = [_write_task(group, fn, spec, columns, table, self.layout.out, self.layout.run_id, f"{i:05d}",
+                               self.retry) for i, group in enumerate(self.groups)]
+        return [entry for entry in written if entry is not None]
+
+
+#: More part files than this are never read in the driver (a stat each would add up).
+DRIVER_MAX_FILES = 64
+
+
+def parts_for(uris: list[str], layout: Any = None, retry: storage.RetryPolicy = storage.DEFAULT_RETRY,
+              num_cpus: float = 1.0, driver_max_bytes: int = 0) -> RayParts:
+    """:class:`InProcessParts` when the files (at most :data:`DRIVER_MAX_FILES` of them) hold at
+    most ``driver_max_bytes`` bytes, else :class:`RayParts` (see module docstring)."""
+    if driver_max_bytes > 0 and len(uris) <= DRIVER_MAX_FILES:
+        total = 0
+        for uri in uris:
+            fs, path = storage.resolve(uri)
+            total += retry.call(lambda: fs.get_file_info(path), uri).size or 0
+            if total > driver_max_bytes:
+                break
+        if total <= driver_max_bytes:
+            return InProcessParts(uris, layout, retry, num_cpus)
+    return RayParts(uris, layout, retry, num_cpus)

@@ -126,11 +126,13 @@ class RunContext:
         return "status = 'ok' AND split = '" + split.replace("'", "''") + "'"
 
     def parts(self, uris: list[str] | None = None) -> Any:
-        """Ray tasks over the newest ``images`` parts (or over ``uris``): :class:`ood_ray.parts.RayParts`."""
-        from ood_ray.parts import RayParts
+        """The work over the newest ``images`` parts (or over ``uris``): Ray tasks, or the driver
+        for a table under ``ray.driver_pass_mb`` (:func:`ood_ray.parts.parts_for`)."""
+        from ood_ray.parts import parts_for
 
-        return RayParts(self.images_uris() if uris is None else uris, self.layout, self.retry,
-                        num_cpus=self.config.ray.task_num_cpus)
+        return parts_for(self.images_uris() if uris is None else uris, self.layout, self.retry,
+                         num_cpus=self.config.ray.task_num_cpus,
+                         driver_max_bytes=int(self.config.ray.driver_pass_mb * 2**20))
 
     def sampler(self, uris: list[str] | None = None) -> Any:
         """Seeded samples of the newest ``images`` parts (or of ``uris``) drawn by Ray tasks

@@ -22,7 +22,6 @@ class DedupStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.dedup.embedding_groups import embedding_groups, unique_pairs
         from ood_ray.dedup.hash_groups import run_dedup
-        from ood_ray.parts import RayParts
         from ood_ray.query import register_table
 
         con = ctx.con()
@@ -34,7 +33,7 @@ class DedupStage(Stage):
             files["duplicate_pairs"] = [(ctx.layout.write_part("duplicate_pairs", "00000", pairs, ctx.retry), pairs.num_rows)]
             groups = embedding_groups(pairs)
         cfg = ctx.section(self)
-        parts = RayParts(ctx.images_uris(), ctx.layout, ctx.retry, num_cpus=cfg.ray.task_num_cpus)
+        parts = ctx.parts()
         duplicates, summary = run_dedup(parts, cfg.dedup, ctx.inputs.num_rows, groups)
         files["duplicates"] = [(ctx.layout.write_part("duplicates", "00000", duplicates, ctx.retry), duplicates.num_rows)]
         return StageResult(files=files, report=summary)

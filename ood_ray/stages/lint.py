@@ -19,12 +19,11 @@ class LintStage(Stage):
         return ctx.config.lint.enabled
 
     def run(self, ctx: Any) -> StageResult:
-        from ood_ray.parts import RayParts
         from ood_ray.lint.linter import run_lint
         from ood_ray.tables import LINT_SCHEMA
 
         cfg = ctx.section(self)
-        parts = RayParts(ctx.images_uris(), ctx.layout, ctx.retry, num_cpus=cfg.ray.task_num_cpus)
+        parts = ctx.parts()
         files, thresholds = run_lint(parts, cfg.lint)
         if not files:  # no flags: one empty part, so that the table exists and reads as empty
             files = [(ctx.layout.write_part("lint", "00000", LINT_SCHEMA.empty_table(), ctx.retry), 0)]
