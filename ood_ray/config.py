@@ -217,13 +217,16 @@ class RayConfig:
     so that ``--resume`` keeps it (off: a resumed run scans everything again).
     ``driver_pass_mb``: a global pass (lint, dedup, samples, the clusters table) over at most this
     many megabytes of part files runs in the driver process instead of Ray tasks (0: always tasks),
-    see ood_ray.parts.
+    see ood_ray.parts. ``local_max_rows``: a run of at most this many objects without models or
+    autoencoder, and without a Ray address or a Ray already running in the process, runs without
+    Ray -- the driver and a pool of local processes (0: always Ray), see ood_ray.run.local.
     """
 
     num_cpus: int | None = None
     object_store_memory_mb: int | None = None
     task_num_cpus: float = 1.0
     driver_pass_mb: float = 64.0
+    local_max_rows: int = 5000
     no_progress_timeout_s: float = 900.0
     progress_interval_s: float = 10.0
     op_resource_reservation: bool = False
@@ -234,6 +237,7 @@ class RayConfig:
         _check_positive(f"{prefix}.num_cpus", self.num_cpus)
         _check_positive(f"{prefix}.object_store_memory_mb", self.object_store_memory_mb)
         _check_positive(f"{prefix}.driver_pass_mb", self.driver_pass_mb, allow_zero=True)
+        _check_positive(f"{prefix}.local_max_rows", self.local_max_rows, allow_zero=True)
         _check_positive(f"{prefix}.task_num_cpus", self.task_num_cpus)
         _check_positive(f"{prefix}.no_progress_timeout_s", self.no_progress_timeout_s)
         _check_positive(f"{prefix}.progress_interval_s", self.progress_interval_s)

@@ -72,7 +72,8 @@ def run_audit(config: AuditConfig, resume: bool = False, stages: tuple[Stage, ..
 
     ctx = open_run(config, resume)
     try:
-        init_ray(config)
+        if not ctx.local:
+            init_ray(config)
         for stage in stages:
             if stage.enabled(ctx):
                 run_stage(ctx, stage)

@@ -523,18 +523,92 @@ class RayRunner(FragmentRunner):
         return ray.get(self.renumber_task.remote(part, mine, self.config.io.rows_per_block, self.retry))
 
 
+class DriverRunner(RayRunner):
+    """:class:`RayRunner`'s work in this process (a local run, :mod:`ood_ray.run.local`): the same
+    manifest parts, written by the same functions."""
+
+    def __init__(self, config: AuditConfig, layout: Any, retry: storage.RetryPolicy) -> None:
+        self.config, self.layout, self.retry = config, layout, retry
+
+    def read(self, fragments: list[tuple[int, Fragment]]) -> list[dict[str, Any]]:
+        return [_fragment_task(index, fragment, self.config, self.layout.out, self.layout.run_id, self.retry)
+                for index, fragment in fragments]
+
+    def repeats(self, parts: list[dict[str, Any]]) -> pa.Table:
+        from ood_ray.parts import InProcessParts
+
+        uris = [p["data"] for p in parts if p["rows"]]
+        if not uris:
+            return reduce_ids([], {})
+        return pa.concat_tables(InProcessParts(uris, retry=self.retry).shuffle(map_ids, reduce_ids, {"partitions": 1},
+                                                                               ["image_id", SEQUENCE]))
+
+    def renumber(self, part: dict[str, Any], repeats: pa.Table) -> dict[str, Any]:
+        mine = fragment_repeats(repeats, part["index"])
+        if mine.num_rows == 0:
+            return part
+        return _renumber_task(part, mine, self.config.io.rows_per_block, self.retry)
+
+
+def count_at_most(config: AuditConfig, limit: int) -> int | None:
+    """How many objects the source names, when that is at most ``limit`` (else None), found
+    without reading more than ``limit + 1`` entries: a manifest's row count from its footers (a
+    CSV's lines), a local folder's files; None for ``s3://`` sources."""
+    source = config.source
+    if storage.is_s3(source):
+        return None
+    files = [source] if is_manifest_file(source) else manifest_folder_files(source)
+    if files is not None:
+        total = 0
+        for uri in files:
+            fs, path = storage.resolve(uri)
+            if uri.lower().endswith(".parquet"):
+                with fs.open_input_file(path) as handle:
+                    total += pq.ParquetFile(handle).metadata.num_rows
+            else:
+                with fs.open_input_stream(path, compression="detect") as stream:
+                    while total <= limit + 1 and (chunk := stream.read(1 << 20)):
+                        total += chunk.count(b"\n")
+                total -= 1  # the header line
+            if total > limit:
+                return None
+        return total
+    count, pending = 0, [storage.local_path(storage.normalize_uri(source))]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        pending.append(entry.path)
+                    else:
+                        count += 1
+                        if count > limit:
+                            return None
+        except OSError:
+            continue
+    return count
+
+
 def build_inputs(config: AuditConfig, reserved: set[str], layout: Any, retry: storage.RetryPolicy,
-                 row_output_bytes: int = 0, rows_per_block: int | None = None) -> Inputs:
-    """The run's manifest parts, made by Ray tasks (see module docstring). Blocks hold
+                 row_output_bytes: int = 0, rows_per_block: int | None = None, local: bool = False) -> Inputs:
+    """The run's manifest parts, made by Ray tasks (``local``: in this process, see
+    :mod:`ood_ray.run.local`; see module docstring). Blocks hold
     ``rows_per_block`` rows (a resumed run passes the interrupted run's), else ``io.rows_per_block``,
     else as many as the work calls for (:mod:`ood_ray.io.block_size`; ``row_output_bytes``: the
     resized model inputs a row carries)."""
-    import ray
-
     from ood_ray.io.block_size import choose_rows_per_block
 
-    cpus = ray.cluster_resources().get("CPU", 1.0)
-    parts, report = collect(config, reserved, RayRunner(config, layout, retry), cpus)
+    if local:
+        from ood_ray.io.memory import node_cpus
+
+        cpus, runner = node_cpus(), DriverRunner(config, layout, retry)
+    else:
+        import ray
+
+        cpus, runner = ray.cluster_resources().get("CPU", 1.0), RayRunner(config, layout, retry)
+    parts, report = collect(config, reserved, runner, cpus)
     parts = [p for p in parts if p["rows"]]
     check_schemas(config.source, [p["schema"] for p in parts])
     digest = combined_digest([(p["rows"], p["digest"]) for p in parts])

@@ -103,17 +103,21 @@ def merge_parts(uris: list[str], target: str, retry: storage.RetryPolicy) -> lis
 
 
 def coalesce_table(layout: Any, table: str, entries: list[tuple[str, int]], target_bytes: int,
-                   retry: storage.RetryPolicy, num_cpus: float = 1.0) -> tuple[list[tuple[str, int]], dict[str, int]]:
+                   retry: storage.RetryPolicy, num_cpus: float = 1.0, local: bool = False
+                   ) -> tuple[list[tuple[str, int]], dict[str, int]]:
     """The table's parts after coalescing (``entries`` in order; groups of one file kept) and a
-    report ``{files_before, files_after, bytes}``."""
-    import ray
-
+    report ``{files_before, files_after, bytes}``; one Ray task per group (``local``: in this process)."""
     sizes = dict(storage.list_files(storage.join(layout.root, table), retry))
     groups = plan_groups(entries, sizes, target_bytes)
-    task = ray.remote(num_cpus=num_cpus, max_retries=-1)(merge_parts)
-    pending = {i: task.remote([uri for uri, _ in group], layout.part_uri(table, f"c{i:05d}"), retry)
-               for i, group in enumerate(groups) if len(group) > 1}
-    merged = dict(zip(pending, ray.get(list(pending.values()))))
+    jobs = {i: ([uri for uri, _ in group], layout.part_uri(table, f"c{i:05d}"), retry)
+            for i, group in enumerate(groups) if len(group) > 1}
+    if local:
+        merged = {i: merge_parts(*job) for i, job in jobs.items()}
+    else:
+        import ray
+
+        task = ray.remote(num_cpus=num_cpus, max_retries=-1)(merge_parts)
+        merged = dict(zip(jobs, ray.get([task.remote(*job) for job in jobs.values()])))
     out = [entry for i, group in enumerate(groups) for entry in merged.get(i, group)]
     if sum(r for _, r in out) != sum(r for _, r in entries):
         raise RuntimeError(f"coalescing {table}: {sum(r for _, r in entries)} rows in, {sum(r for _, r in out)} out")

@@ -93,6 +93,8 @@ class RunContext:
     artifacts: list[str] = field(default_factory=list)
     resume_report: dict[str, Any] = field(default_factory=dict)
     listing: dict[str, Any] = field(default_factory=dict)
+    #: a run without Ray (ood_ray.run.local)
+    local: bool = False
     _con: Any = None
     _registered: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -130,8 +132,12 @@ class RunContext:
         for a table under ``ray.driver_pass_mb`` (:func:`ood_ray.parts.parts_for`)."""
         from ood_ray.parts import parts_for
 
-        return parts_for(self.images_uris() if uris is None else uris, self.layout, self.retry,
-                         num_cpus=self.config.ray.task_num_cpus,
+        from ood_ray.parts import InProcessParts
+
+        uris = self.images_uris() if uris is None else uris
+        if self.local:
+            return InProcessParts(uris, self.layout, self.retry, num_cpus=self.config.ray.task_num_cpus)
+        return parts_for(uris, self.layout, self.retry, num_cpus=self.config.ray.task_num_cpus,
                          driver_max_bytes=int(self.config.ray.driver_pass_mb * 2**20))
 
     def sampler(self, uris: list[str] | None = None) -> Any:
@@ -181,6 +187,7 @@ class RunContext:
             "format_version": FORMAT_VERSION,
             "source": self.config.source,
             "objects_in": self.inputs.num_rows,
+            "executor": "local" if self.local else "ray",
             "rows_out": sum(rows for _, rows in self.files.get("images", [])),
             "status_counts": dict(sorted(scan.get("status_counts", {}).items())),
             "stage_seconds": self.timer.seconds,
@@ -247,6 +254,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     """Prepare the run (see module docstring); raises :class:`ConfigError` before any cluster work
     when the output is taken, the reference is unusable, or a resume does not match."""
     from ood_ray.io.inputs import build_inputs, plan_fragments
+    from ood_ray.run.local import local_run
     from ood_ray.run.ray_runtime import init_ray
     from ood_ray.tables import RESERVED_COLUMNS
 
@@ -271,14 +279,16 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     lease = Lease(layout.out, layout.run_id)
     lease.acquire()
     try:
-        init_ray(config)
+        local = local_run(config, bool(infos))
+        if not local:
+            init_ray(config)
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
         with timer.stage("manifest"):
             inputs = build_inputs(config, RESERVED_COLUMNS, layout, storage.RetryPolicy(
                 config.io.retry_attempts, config.io.retry_base_delay_s, config.io.retry_max_delay_s),
-                row_output_bytes=model_input_bytes(config, infos), rows_per_block=recorded_block)
+                row_output_bytes=model_input_bytes(config, infos), rows_per_block=recorded_block, local=local)
         current = fingerprint(config.to_dict(), inputs, reference.run_id if reference else None)
         if resume:
             recorded = ledger.read_fingerprint() or {}
@@ -300,7 +310,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     log.info("run %s: %d objects from %s -> %s (%d manifest parts)", layout.run_id, inputs.num_rows, config.source,
              layout.out, len(inputs.parts))
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
-                      reference=reference, resumed=resume, timer=timer, listing=inputs.listing,
+                      reference=reference, resumed=resume, timer=timer, listing=inputs.listing, local=local,
                       resume_report=ledger.read_resume() if resume else {})
 
 

@@ -29,7 +29,7 @@ class CompactStage(Stage):
             if len(entries) < 2:
                 continue
             files[table], report[table] = coalesce_table(ctx.layout, table, entries, int(cfg.io.part_target_mb * 2**20),
-                                                         ctx.retry, cfg.ray.task_num_cpus)
+                                                         ctx.retry, cfg.ray.task_num_cpus, local=ctx.local)
             log.info("compact %s: %d parts -> %d (%.1f MB)", table, report[table]["files_before"],
                      report[table]["files_after"], report[table]["bytes"] / 2**20)
         pause_point("compact:written")  # the new parts written, the stage not yet recorded (fault tests)

@@ -133,11 +133,7 @@ class ScanStage(Stage):
     writes = ("images", "channels", "predictions")
 
     def run(self, ctx: Any) -> StageResult:
-        import ray
-
         from ood_ray.embed.preprocess import preprocessing_key
-        from ood_ray.progress import ProgressLogger, start_tracker
-        from ood_ray.run.ray_runtime import configure_ray_data
         from ood_ray.scan import ScanSettings
 
         cfg = ctx.section(self)
@@ -148,7 +144,6 @@ class ScanStage(Stage):
         plan = self._remaining(ctx, sink)
         started = time.perf_counter()
         if plan.rows:
-            configure_ray_data(ctx.config)
             model_inputs = {preprocessing_key(info.data_config): info.data_config for info in ctx.infos}
             settings = ScanSettings(
                 max_pixels=cfg.io.max_pixels, max_file_bytes=cfg.io.max_file_bytes, fetch_threads=cfg.io.fetch_threads,
@@ -156,6 +151,19 @@ class ScanStage(Stage):
                 autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
                 task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry)
+        if plan.rows and ctx.local:
+            from ood_ray.io.memory import node_cpus
+            from ood_ray.run.local import scan_locally
+
+            scan_locally(plan, settings, sink, int(max(1, node_cpus() // cfg.ray.task_num_cpus)), cfg.ray.progress_interval_s,
+                         cfg.ray.task_num_cpus)
+        elif plan.rows:
+            import ray
+
+            from ood_ray.progress import ProgressLogger, start_tracker
+            from ood_ray.run.ray_runtime import configure_ray_data
+
+            configure_ray_data(ctx.config)
             tracker = start_tracker(cfg.ray.helper_resources)
             dataset = scan_dataset(ctx, plan, settings, tracker)
             steps = {"decode": plan.rows}

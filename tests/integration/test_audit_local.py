@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -191,4 +192,24 @@ def test_parts_are_coalesced_and_a_table_folder_holds_only_its_committed_files(f
         query = f"SELECT * FROM {table}"
         ours = sorted(map(repr, run_query(str(out), query).to_pylist()))
         theirs = sorted(map(repr, run_query(str(workdir / "kept"), query).to_pylist()))
+        assert ours == theirs, table
+
+
+def test_a_small_run_without_ray_gives_the_ray_runs_tables(folder_run, demo_dataset, workdir):
+    """The CLI in a fresh process: the demo has fewer objects than ``ray.local_max_rows``, no model,
+    so it runs without Ray (ood_ray.run.local) -- the same tables as the Ray run of ``folder_run``."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "ood_ray.cli", "audit", str(demo_dataset["images"]), "--out",
+                           str(workdir / "local"), "--set", "io.rows_per_block=16"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    local = read_run(str(workdir / "local"))
+    assert local["executor"] == "local" and folder_run["run"]["executor"] == "ray"
+    assert local["status_counts"] == folder_run["run"]["status_counts"]
+    for table in ("images", "channels", "lint", "duplicates", "duplicate_pairs"):
+        if table not in folder_run["run"]["tables"]:
+            continue
+        query = f"SELECT * FROM {table}"
+        ours = sorted(map(repr, run_query(str(workdir / "local"), query).to_pylist()))
+        theirs = sorted(map(repr, run_query(str(folder_run["out"]), query).to_pylist()))
         assert ours == theirs, table

@@ -212,17 +212,34 @@ def deadly_folder(tmp_path_factory):
     return root
 
 
+def _local_audit(source: Path, out: Path, *overrides: str) -> dict:
+    """The CLI in a fresh process: a small run without models goes without Ray (ood_ray.run.local)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets = [a for o in overrides for a in ("--set", o)]
+    done = subprocess.run([sys.executable, "-m", "ood_ray.cli", "audit", str(source), "--out", str(out), *sets],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    run = read_run(str(out))
+    assert run["executor"] == "local"
+    return run
+
+
+@pytest.mark.parametrize("executor", ["ray", "local"])
 @pytest.mark.parametrize("kills,expected", [(1, "ok"), (2, "undecodable")])
 def test_a_row_that_kills_its_worker_twice_is_given_up_and_the_block_kept(ray_session, deadly_folder, tmp_path,
-                                                                          kills, expected):
+                                                                          kills, expected, executor):
     names = sorted(p.name for p in deadly_folder.iterdir())
     killer = WorkerKiller(names.index("slow.png"), kills)
     killer.start()
     try:
-        run = run_audit(load_config(None, ["io.rows_per_block=64"], source=str(deadly_folder), out=str(tmp_path / "out")))
+        if executor == "ray":
+            run = run_audit(load_config(None, ["io.rows_per_block=64"], source=str(deadly_folder), out=str(tmp_path / "out")))
+        else:  # a killed pool worker: the pool is started again, the journal counts the strikes
+            run = _local_audit(deadly_folder, tmp_path / "out", "io.rows_per_block=64")
     finally:
         killer.stop.set()
         killer.join()
+    assert run["executor"] == executor
     assert len(killer.killed) == kills
     rows = {Path(r["uri"]).name: r for r in run_query(str(tmp_path / "out"), "SELECT * FROM images").to_pylist()}
     assert run["rows_out"] == len(rows) == 31

@@ -1,0 +1,254 @@
+"""ood-ray against its peers end to end, side by side on the same files, as users run them.
+
+Each tool runs as its own process on the same folder (wall time from the process start to its
+exit: interpreter, imports, cluster start, reading, computing, writing), the tools alternated
+within each round, ``--rounds`` rounds (median reported):
+
+- ``ood-ray``: ``python -m ood_ray.cli audit DIR --out OUT --overwrite`` (no model: statistics,
+  lint, exact and near duplicates, drift when there are splits), its defaults;
+- ``dataeval``: a plain script -- Pillow decodes every file, then DataEval's ``Outliers`` (image
+  statistics) and ``Duplicates`` (exact and near hashes) with their defaults;
+- ``cleanvision``: ``Imagelab(data_path=DIR).find_issues()`` with its defaults;
+- ``imagededup``: ``PHash().find_duplicates(image_dir=DIR, recursive=True)``;
+- ``fastdup``: ``fastdup.create(work_dir, input_dir=DIR).run()`` (its default run), in its own
+  virtualenv (``--fastdup-python``; it pins old NumPy/Pillow), ``SENTRY_OPT_OUT`` set.
+
+Peers run from ``--peers-python`` (a virtualenv with ``cleanvision``, ``imagededup``; DataEval
+runs from this interpreter). A tool that is not installed is reported as missing, not guessed.
+
+Sets (``../shared/data``): ``cifar10-test`` (10,000 JPEGs, 32 x 32), ``cifar10-train`` (the
+50,000 training JPEGs, unzipped into a temporary folder), ``photos`` (the 100 DTD originals and
+20 ImageNet photos, 120 files of 300 x 300 to 640 x 640 and more). Also reported for ood-ray:
+scan images/s, the **pipeline efficiency** = scan images/s / (cores x the per-core
+bytes-to-everything rate of ``bench_scan.py``'s ``ours_full``, measured in the same run), the
+number of part files per 100 MB of output, and DuckDB ``count(*)`` and a filtered aggregate
+over the run's ``images`` with the parts coalesced (default) and with ``io.part_target_mb=0``.
+
+Usage: ``python benchmarks/bench_e2e.py [--sets cifar10-test,photos] [--rounds 3]
+[--tools ood-ray,dataeval,cleanvision,imagededup,fastdup] [--peers-python PY] [--fastdup-python PY]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+DATAEVAL = r"""
+import sys
+from pathlib import Path
+import numpy as np
+from PIL import Image
+from dataeval.quality import Duplicates, Outliers
+files = sorted(p for p in Path(sys.argv[1]).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+images = [np.moveaxis(np.asarray(Image.open(f).convert("RGB")), -1, 0) for f in files]
+outliers = Outliers().evaluate(images)
+duplicates = Duplicates().evaluate(images)
+print(len(images))
+"""
+CLEANVISION = r"""
+import sys
+from cleanvision import Imagelab
+lab = Imagelab(data_path=sys.argv[1], verbose=False)
+lab.find_issues(verbose=False)
+print(len(lab.issues))
+"""
+IMAGEDEDUP = r"""
+import sys
+from imagededup.methods import PHash
+found = PHash(verbose=False).find_duplicates(image_dir=sys.argv[1], recursive=True)
+print(len(found))
+"""
+FASTDUP = r"""
+import sys
+import fastdup
+fd = fastdup.create(work_dir=sys.argv[2], input_dir=sys.argv[1])
+fd.run(overwrite=True)
+print("done")
+"""
+
+
+def make_sets(names: list[str], root: Path) -> dict[str, Path]:
+    """The sets' folders (copied or unzipped under ``root`` where needed)."""
+    sets = {}
+    for name in names:
+        if name == "cifar10-test":
+            sets[name] = SHARED / "cifar10" / "test"
+        elif name == "cifar10-train":
+            target = root / "cifar10-train"
+            if not target.exists():
+                with zipfile.ZipFile(SHARED / "cifar10" / "train_jpg.zip") as archive:
+                    archive.extractall(target)
+            sets[name] = target / "train"
+        elif name == "photos":
+            target = root / "photos"
+            if not target.exists():
+                for source in [*sorted((SHARED / "dtd" / "original").glob("*/*.jpg")),
+                               *sorted((SHARED / "foolbox_samples" / "imagenet_20").glob("*.jpg"))]:
+                    folder = target / source.parent.name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, folder / source.name)
+            sets[name] = target
+        else:
+            raise SystemExit(f"unknown set {name!r}")
+    return sets
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def command(tool: str, folder: Path, work: Path, args: argparse.Namespace, *extra: str) -> list[str] | None:
+    if tool == "ood-ray":
+        sets = [a for x in extra for a in ("--set", x)]
+        return [sys.executable, "-m", "ood_ray.cli", "audit", str(folder), "--out", str(work / "out"), "--overwrite", *sets]
+    if tool == "dataeval":
+        return [sys.executable, "-c", DATAEVAL, str(folder)]
+    if tool == "cleanvision":
+        return [args.peers_python, "-c", CLEANVISION, str(folder)] if args.peers_python else None
+    if tool == "imagededup":
+        return [args.peers_python, "-c", IMAGEDEDUP, str(folder)] if args.peers_python else None
+    if tool == "fastdup":
+        return [args.fastdup_python, "-c", FASTDUP, str(folder), str(work / "fastdup")] if args.fastdup_python else None
+    raise SystemExit(f"unknown tool {tool!r}")
+
+
+def timed_run(cmd: list[str], log: Path) -> float | None:
+    env = {**os.environ, "SENTRY_OPT_OUT": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        print(f"  failed ({done.returncode}): {' '.join(cmd[:4])} ... see {log}", flush=True)
+        return None
+    return seconds
+
+
+def per_core_rate() -> float:
+    """``bench_scan.py``'s ``ours_full`` on CIFAR-10 JPEGs: bytes to every statistic, one core."""
+    out = Path(tempfile.mkdtemp()) / "scan.json"
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scan.py"), "--cifar", "2000", "--photo-repeat", "1",
+                    "--runs", "3", "--pipeline-images", "0", "--json", str(out)], check=True, capture_output=True)
+    results = json.loads(out.read_text())["per_core"]
+    return next(r for r in results if r["dataset"].startswith("cifar10"))["images_per_s"]["ours_full"]
+
+
+def query_seconds(out: Path) -> dict[str, float]:
+    """DuckDB over the run's ``images`` files: ``count(*)`` and a filtered aggregate (best of 5)."""
+    import duckdb
+
+    files = sorted(str(p) for p in (out / "images").glob("*.parquet"))
+    con = duckdb.connect()
+    queries = {"count": f"SELECT count(*) FROM read_parquet({files!r})",
+               "filtered": f"SELECT label, avg(brightness) FROM read_parquet({files!r}) WHERE status = 'ok' "
+                           "AND brightness > 0.3 GROUP BY label"}
+    out_seconds = {}
+    for name, sql in queries.items():
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            con.execute(sql).fetchall()
+            best = min(best, time.perf_counter() - started)
+        out_seconds[name] = best
+    return out_seconds
+
+
+def output_facts(out: Path) -> dict:
+    run = json.loads((out / "run.json").read_text())
+    files = sum(len(t["files"]) for t in run["tables"].values())
+    size = sum(p.stat().st_size for table in run["tables"] for p in (out / table).glob("*.parquet"))
+    return {"scan_images_per_s": run["images_per_second"], "stage_seconds": run["stage_seconds"],
+            "part_files": files, "output_mb": size / 2**20, "rows_per_block": run["stages"]["scan"]["state"].get("rows_per_block")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="cifar10-test,cifar10-train,photos")
+    parser.add_argument("--tools", default="ood-ray,dataeval,cleanvision,imagededup,fastdup")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", ""))
+    parser.add_argument("--fastdup-python", default=os.environ.get("FASTDUP_PYTHON", ""))
+    parser.add_argument("--work", default="", help="folder for unzipped sets and outputs (default: a temporary one)")
+    parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "e2e.json"))
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tools = [t for t in args.tools.split(",") if t]
+    sets = make_sets([s for s in args.sets.split(",") if s], work)
+    cores = os.cpu_count() or 1
+    rate = per_core_rate()
+    print(f"per-core rate (bench_scan ours_full, CIFAR-10): {rate:,.0f} images/s; {cores} cores", flush=True)
+    results: dict[str, dict] = {"per_core_images_per_s": rate, "cores": cores, "sets": {}}
+    for name, folder in sets.items():
+        n = count_files(folder)
+        seconds: dict[str, list[float]] = {tool: [] for tool in tools}
+        facts = None
+        for round_ in range(args.rounds):
+            for tool in (tools if round_ % 2 == 0 else tools[::-1]):  # alternated
+                cmd = command(tool, folder, work / name, args)
+                if cmd is None:
+                    continue
+                (work / name).mkdir(parents=True, exist_ok=True)
+                took = timed_run(cmd, work / name / f"{tool}-{round_}.log")
+                if took is not None:
+                    seconds[tool].append(took)
+                    print(f"{name} round {round_ + 1} {tool}: {took:.1f} s", flush=True)
+                if tool == "ood-ray" and took is not None:
+                    facts = output_facts(work / name / "out")
+        entry: dict = {"files": n, "median_seconds": {t: statistics.median(s) for t, s in seconds.items() if s},
+                       "seconds": seconds, "missing": [t for t, s in seconds.items() if not s]}
+        if facts is not None:
+            ours = entry["median_seconds"]["ood-ray"]
+            entry["ood_ray"] = {**facts, "efficiency": facts["scan_images_per_s"] / (cores * rate),
+                                "part_files_per_100mb": facts["part_files"] / max(facts["output_mb"] / 100, 1e-9)}
+            entry["ratios"] = {t: s / ours for t, s in entry["median_seconds"].items() if t != "ood-ray"}
+            coalesced = query_seconds(work / name / "out")
+            cmd = command("ood-ray", folder, work / name / "uncoalesced", args, "io.part_target_mb=0")
+            (work / name / "uncoalesced").mkdir(parents=True, exist_ok=True)
+            if timed_run(cmd, work / name / "uncoalesced.log") is not None:
+                entry["queries_seconds"] = {"coalesced": coalesced, "uncoalesced": query_seconds(work / name / "uncoalesced" / "out"),
+                                            "uncoalesced_part_files": output_facts(work / name / "uncoalesced" / "out")["part_files"]}
+        results["sets"][name] = entry
+    print_table(results)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+def print_table(results: dict) -> None:
+    tools = ["ood-ray", "dataeval", "cleanvision", "imagededup", "fastdup"]
+    print(f"\n{'set':<15}{'files':>7}" + "".join(f"{t:>13}" for t in tools) + f"{'scan img/s':>12}{'efficiency':>11}{'files/100MB':>12}")
+    for name, entry in results["sets"].items():
+        cells = []
+        for tool in tools:
+            s = entry["median_seconds"].get(tool)
+            ratio = entry.get("ratios", {}).get(tool)
+            cells.append(f"{'-':>13}" if s is None else f"{s:>7.1f}s" + (f" {ratio:>4.1f}x" if ratio else f"{'':>5}"))
+        ours = entry.get("ood_ray", {})
+        print(f"{name:<15}{entry['files']:>7}" + "".join(cells)
+              + f"{ours.get('scan_images_per_s') or 0:>12,.0f}{ours.get('efficiency', 0):>11.0%}{ours.get('part_files_per_100mb', 0):>12.1f}")
+        if "queries_seconds" in entry:
+            q = entry["queries_seconds"]
+            print(f"{'':<22}DuckDB count(*) / filtered: {q['coalesced']['count'] * 1e3:.1f} / {q['coalesced']['filtered'] * 1e3:.1f} ms "
+                  f"({ours.get('part_files')} files) vs {q['uncoalesced']['count'] * 1e3:.1f} / {q['uncoalesced']['filtered'] * 1e3:.1f} ms "
+                  f"({q['uncoalesced_part_files']} files, io.part_target_mb=0)")
+    print("(median wall seconds per tool; Nx = that tool's time / ood-ray's, above 1 = ood-ray faster; efficiency = ood-ray's "
+          "scan images/s / (cores x per-core rate))")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
