@@ -20,8 +20,9 @@ Sets (``../shared/data``): ``cifar10-test`` (10,000 JPEGs, 32 x 32), ``cifar10-t
 50,000 training JPEGs, unzipped into a temporary folder), ``photos`` (the 100 DTD originals and
 20 ImageNet photos, 120 files of 300 x 300 to 640 x 640 and more). Also reported for ood-ray:
 scan images/s, the **pipeline efficiency** = scan images/s / (cores x the per-core
-bytes-to-everything rate of ``bench_scan.py``'s ``ours_full``, measured in the same run), the
-number of part files per 100 MB of output, and DuckDB ``count(*)`` and a filtered aggregate
+bytes-to-everything rate of ``bench_scan.py``'s ``ours_full`` on the same kind of images, measured
+in the same run), the part files and megabytes of every table, whether the run went with or
+without Ray (``executor``), and DuckDB ``count(*)`` and a filtered aggregate
 over the run's ``images`` with the parts coalesced (default) and with ``io.part_target_mb=0``.
 
 Usage: ``python benchmarks/bench_e2e.py [--sets cifar10-test,photos] [--rounds 3]
@@ -68,7 +69,7 @@ print(len(lab.issues))
 IMAGEDEDUP = r"""
 import sys
 from imagededup.methods import PHash
-found = PHash(verbose=False).find_duplicates(image_dir=sys.argv[1], recursive=True)
+found = PHash(verbose=False).find_duplicates(image_dir=sys.argv[1])
 print(len(found))
 """
 FASTDUP = r"""
@@ -106,6 +107,17 @@ def make_sets(names: list[str], root: Path) -> dict[str, Path]:
     return sets
 
 
+def flat_view(folder: Path, target: Path) -> Path:
+    """The set's files as one flat folder of symbolic links (imagededup 0.3.3 fails on nested
+    folders with ``recursive=True``): the same files, read through links."""
+    if not target.exists():
+        target.mkdir(parents=True)
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                (target / "_".join(path.relative_to(folder).parts)).symlink_to(path)
+    return target
+
+
 def count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -119,7 +131,8 @@ def command(tool: str, folder: Path, work: Path, args: argparse.Namespace, *extr
     if tool == "cleanvision":
         return [args.peers_python, "-c", CLEANVISION, str(folder)] if args.peers_python else None
     if tool == "imagededup":
-        return [args.peers_python, "-c", IMAGEDEDUP, str(folder)] if args.peers_python else None
+        flat = flat_view(folder, work / "flat")
+        return [args.peers_python, "-c", IMAGEDEDUP, str(flat)] if args.peers_python else None
     if tool == "fastdup":
         return [args.fastdup_python, "-c", FASTDUP, str(folder), str(work / "fastdup")] if args.fastdup_python else None
     raise SystemExit(f"unknown tool {tool!r}")
@@ -137,13 +150,15 @@ def timed_run(cmd: list[str], log: Path) -> float | None:
     return seconds
 
 
-def per_core_rate() -> float:
-    """``bench_scan.py``'s ``ours_full`` on CIFAR-10 JPEGs: bytes to every statistic, one core."""
+def per_core_rates() -> dict[str, float]:
+    """``bench_scan.py``'s ``ours_full`` (bytes to every statistic, one core) on CIFAR-10 JPEGs
+    and on the DTD photos: ``{"cifar": ..., "photos": ...}``."""
     out = Path(tempfile.mkdtemp()) / "scan.json"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scan.py"), "--cifar", "2000", "--photo-repeat", "1",
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scan.py"), "--cifar", "2000", "--photo-repeat", "2",
                     "--runs", "3", "--pipeline-images", "0", "--json", str(out)], check=True, capture_output=True)
     results = json.loads(out.read_text())["per_core"]
-    return next(r for r in results if r["dataset"].startswith("cifar10"))["images_per_s"]["ours_full"]
+    return {"cifar": next(r for r in results if r["dataset"].startswith("cifar10"))["images_per_s"]["ours_full"],
+            "photos": next(r for r in results if r["dataset"].startswith("dtd"))["images_per_s"]["ours_full"]}
 
 
 def query_seconds(out: Path) -> dict[str, float]:
@@ -170,8 +185,11 @@ def output_facts(out: Path) -> dict:
     run = json.loads((out / "run.json").read_text())
     files = sum(len(t["files"]) for t in run["tables"].values())
     size = sum(p.stat().st_size for table in run["tables"] for p in (out / table).glob("*.parquet"))
+    tables = {table: {"files": len(t["files"]), "mb": sum(p.stat().st_size for p in (out / table).glob("*.parquet")) / 2**20}
+              for table, t in run["tables"].items()}
     return {"scan_images_per_s": run["images_per_second"], "stage_seconds": run["stage_seconds"],
-            "part_files": files, "output_mb": size / 2**20, "rows_per_block": run["stages"]["scan"]["state"].get("rows_per_block")}
+            "executor": run.get("executor"), "part_files": files, "output_mb": size / 2**20, "tables": tables,
+            "rows_per_block": run["stages"]["scan"]["state"].get("rows_per_block")}
 
 
 def main() -> int:
@@ -189,38 +207,42 @@ def main() -> int:
     tools = [t for t in args.tools.split(",") if t]
     sets = make_sets([s for s in args.sets.split(",") if s], work)
     cores = os.cpu_count() or 1
-    rate = per_core_rate()
-    print(f"per-core rate (bench_scan ours_full, CIFAR-10): {rate:,.0f} images/s; {cores} cores", flush=True)
-    results: dict[str, dict] = {"per_core_images_per_s": rate, "cores": cores, "sets": {}}
+    rates = per_core_rates()
+    print(f"per-core rate (bench_scan ours_full): CIFAR-10 {rates['cifar']:,.0f}, photos {rates['photos']:,.0f} images/s; "
+          f"{cores} cores", flush=True)
+    results: dict[str, dict] = {"per_core_images_per_s": rates, "cores": cores, "sets": {}}
     for name, folder in sets.items():
         n = count_files(folder)
         seconds: dict[str, list[float]] = {tool: [] for tool in tools}
         facts = None
         for round_ in range(args.rounds):
             for tool in (tools if round_ % 2 == 0 else tools[::-1]):  # alternated
-                cmd = command(tool, folder, work / name, args)
+                runs = work / "runs" / name  # outputs never inside the audited folder
+                runs.mkdir(parents=True, exist_ok=True)
+                cmd = command(tool, folder, runs, args)
                 if cmd is None:
                     continue
-                (work / name).mkdir(parents=True, exist_ok=True)
-                took = timed_run(cmd, work / name / f"{tool}-{round_}.log")
+                took = timed_run(cmd, runs / f"{tool}-{round_}.log")
                 if took is not None:
                     seconds[tool].append(took)
                     print(f"{name} round {round_ + 1} {tool}: {took:.1f} s", flush=True)
                 if tool == "ood-ray" and took is not None:
-                    facts = output_facts(work / name / "out")
+                    facts = output_facts(runs / "out")
         entry: dict = {"files": n, "median_seconds": {t: statistics.median(s) for t, s in seconds.items() if s},
                        "seconds": seconds, "missing": [t for t, s in seconds.items() if not s]}
         if facts is not None:
+            runs = work / "runs" / name
             ours = entry["median_seconds"]["ood-ray"]
+            rate = rates["photos" if name == "photos" else "cifar"]
             entry["ood_ray"] = {**facts, "efficiency": facts["scan_images_per_s"] / (cores * rate),
-                                "part_files_per_100mb": facts["part_files"] / max(facts["output_mb"] / 100, 1e-9)}
+                                "tables": facts["tables"]}
             entry["ratios"] = {t: s / ours for t, s in entry["median_seconds"].items() if t != "ood-ray"}
-            coalesced = query_seconds(work / name / "out")
-            cmd = command("ood-ray", folder, work / name / "uncoalesced", args, "io.part_target_mb=0")
-            (work / name / "uncoalesced").mkdir(parents=True, exist_ok=True)
-            if timed_run(cmd, work / name / "uncoalesced.log") is not None:
-                entry["queries_seconds"] = {"coalesced": coalesced, "uncoalesced": query_seconds(work / name / "uncoalesced" / "out"),
-                                            "uncoalesced_part_files": output_facts(work / name / "uncoalesced" / "out")["part_files"]}
+            coalesced = query_seconds(runs / "out")
+            cmd = command("ood-ray", folder, runs / "uncoalesced", args, "io.part_target_mb=0")
+            (runs / "uncoalesced").mkdir(parents=True, exist_ok=True)
+            if timed_run(cmd, runs / "uncoalesced.log") is not None:
+                entry["queries_seconds"] = {"coalesced": coalesced, "uncoalesced": query_seconds(runs / "uncoalesced" / "out"),
+                                            "uncoalesced_part_files": output_facts(runs / "uncoalesced" / "out")["part_files"]}
         results["sets"][name] = entry
     print_table(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -231,7 +253,7 @@ def main() -> int:
 
 def print_table(results: dict) -> None:
     tools = ["ood-ray", "dataeval", "cleanvision", "imagededup", "fastdup"]
-    print(f"\n{'set':<15}{'files':>7}" + "".join(f"{t:>13}" for t in tools) + f"{'scan img/s':>12}{'efficiency':>11}{'files/100MB':>12}")
+    print(f"\n{'set':<15}{'files':>7}" + "".join(f"{t:>13}" for t in tools) + f"{'scan img/s':>12}{'efficiency':>11}{'executor':>9}")
     for name, entry in results["sets"].items():
         cells = []
         for tool in tools:
@@ -240,7 +262,9 @@ def print_table(results: dict) -> None:
             cells.append(f"{'-':>13}" if s is None else f"{s:>7.1f}s" + (f" {ratio:>4.1f}x" if ratio else f"{'':>5}"))
         ours = entry.get("ood_ray", {})
         print(f"{name:<15}{entry['files']:>7}" + "".join(cells)
-              + f"{ours.get('scan_images_per_s') or 0:>12,.0f}{ours.get('efficiency', 0):>11.0%}{ours.get('part_files_per_100mb', 0):>12.1f}")
+              + f"{ours.get('scan_images_per_s') or 0:>12,.0f}{ours.get('efficiency', 0):>11.0%}{ours.get('executor') or '-':>9}")
+        if ours.get("tables"):
+            print(f"{'':<22}part files: " + ", ".join(f"{t} {v['files']} ({v['mb']:.1f} MB)" for t, v in ours["tables"].items()))
         if "queries_seconds" in entry:
             q = entry["queries_seconds"]
             print(f"{'':<22}DuckDB count(*) / filtered: {q['coalesced']['count'] * 1e3:.1f} / {q['coalesced']['filtered'] * 1e3:.1f} ms "

@@ -467,6 +467,7 @@ class LocalRunner(FragmentRunner):
 def _fragment_task(index: int, fragment: Fragment, config: AuditConfig, out: str, run_id: str,
                    retry: storage.RetryPolicy) -> dict[str, Any]:
     from ood_ray.run.layout import RunLayout
+    from ood_ray.stages import scan  # noqa: F401 - warms this worker for the scan tasks that follow (~1 s of imports)
 
     result = read_fragment(fragment, index, config)
     table = result.table
