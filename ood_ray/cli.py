@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ood_ray.config import ConfigError, load_config
@@ -39,6 +40,20 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", help="a committed run to score against (its models, index and thresholds)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def exit_at_once(code: int) -> int:
+    """End the process now when it started its own local Ray: Ray's orderly shutdown takes 2-3 s,
+    and the reaper that started with that Ray (ood_ray.run.ray_runtime) stops every process of it
+    as soon as this one exits, however it exits. Otherwise (a Ray it joined, none): return."""
+    from ood_ray.run.ray_runtime import started_local_ray
+
+    if not started_local_ray():
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def audit_from_args(args: argparse.Namespace) -> int:
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "audit":
-        return audit_from_args(args)
+        return exit_at_once(audit_from_args(args))
     if args.command == "evaluate":
         _setup_logging(False)
         from ood_ray.evaluate import evaluate as run_evaluate
@@ -170,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(table, args.format, max_rows=1000))
         return 0
     if args.command == "holdout":
-        return holdout_from_args(args)
+        return exit_at_once(holdout_from_args(args))
     if args.command == "query":
         from ood_ray.query import format_table, run_query
 

@@ -39,6 +39,9 @@ DUPLICATE_ID_PREFIX = "_dup_id_"
 DUPLICATE_SIM_PREFIX = "_dup_sim_"
 FETCH_SECONDS = "_fetch_seconds"
 SCAN_SECONDS = "_scan_seconds"
+#: Seconds an embedding actor spent in a batch, and waiting for it since its previous batch (first row of its output).
+EMBED_SECONDS = "_embed_seconds"
+EMBED_IDLE_SECONDS = "_embed_idle_seconds"
 
 SCORE_PREFIX = "score_"
 FLAG_PREFIX = "is_ood_"

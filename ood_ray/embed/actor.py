@@ -20,6 +20,7 @@ The pixel columns are dropped: they never reach storage.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.columns import (
+    EMBED_IDLE_SECONDS,
+    EMBED_SECONDS,
     EMBEDDING_PREFIX,
     LOGITS_PREFIX,
     PIXELS_PREFIX,
@@ -147,11 +150,16 @@ class EmbedActor:
         self.autocast = _autocast_dtype(settings.precision)
         self.fields = {f.name: f for f in output_fields(infos, settings)}
         self.ensemble = ensemble_members(infos)
+        self._last_end: float | None = None
         log.info("embedding actor: %d models on %s", len(self.models), self.device)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
+        started = time.perf_counter()
+        # waiting since the previous batch: the share of an actor's life it is not fed (the first
+        # batch's wait is start-up, not starvation, and is not counted)
+        idle = started - self._last_end if self._last_end is not None else 0.0
         n = batch.num_rows
         columns: dict[str, pa.Array] = {}
         probabilities: dict[str, np.ndarray] = {}
@@ -203,4 +211,9 @@ class EmbedActor:
         for name in self.fields:
             out = out.append_column(self.fields[name], columns[name])
         report(self.progress, "embed", n)
+        self._last_end = time.perf_counter()
+        for name, seconds in ((EMBED_SECONDS, self._last_end - started), (EMBED_IDLE_SECONDS, idle)):
+            values = np.zeros(n)
+            values[:1] = seconds
+            out = out.append_column(pa.field(name, pa.float64()), pa.array(values))
         return out

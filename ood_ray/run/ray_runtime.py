@@ -108,6 +108,11 @@ def _start_reaper() -> None:
 _REAPERS: list[Any] = []
 
 
+def started_local_ray() -> bool:
+    """Whether this process started a local Ray (and its reaper)."""
+    return bool(_REAPERS)
+
+
 def configure_ray_data(config: AuditConfig) -> None:
     """Ray Data's context for one stage: a stalled pipeline fails instead of hanging, no progress
     bars (our own progress line instead), operator reservation as configured."""

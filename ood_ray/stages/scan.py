@@ -30,6 +30,8 @@ import pyarrow.compute as pc
 
 from ood_ray.columns import (
     CHANNEL_LIST_PREFIX,
+    EMBED_IDLE_SECONDS,
+    EMBED_SECONDS,
     FETCH_SECONDS,
     INPUT_ERROR,
     LOGITS_PREFIX,
@@ -82,7 +84,7 @@ def split_scan_block(block: pa.Table) -> tuple[pa.Table, pa.Table, pa.Table]:
     """
     predictions = predictions_of(block)
     drop = [name for name in block.column_names if name.startswith(_NEVER_STORED)
-            or name in (INPUT_ERROR, FETCH_SECONDS, SCAN_SECONDS, BLOCK)]
+            or name in (INPUT_ERROR, FETCH_SECONDS, SCAN_SECONDS, EMBED_SECONDS, EMBED_IDLE_SECONDS, BLOCK)]
     images = block.drop_columns(drop)
     if "listed_size" in images.column_names:
         # A missing object has no fetched size; the listing's size (when listed) stands in.
@@ -120,6 +122,9 @@ class ScanSink(PartSink):
         statuses = {str(s.as_py()): int(c.as_py()) for s, c in zip(*pc.value_counts(block.column("status")).flatten())}
         seconds = {"fetch": float(pc.sum(block.column(FETCH_SECONDS)).as_py() or 0.0),
                    "decode_and_stats": float(pc.sum(block.column(SCAN_SECONDS)).as_py() or 0.0)}
+        for name, column in (("embed", EMBED_SECONDS), ("embed_idle", EMBED_IDLE_SECONDS)):
+            if column in block.column_names:
+                seconds[name] = float(pc.sum(block.column(column)).as_py() or 0.0)
         ok = pc.equal(block.column("status"), "ok")
         in_split = pc.equal(block.column("split"), self.reference_split) if self.reference_split is not None else ok
         reference = int(pc.sum(pc.fill_null(pc.and_(ok, in_split), False)).as_py() or 0)
@@ -188,6 +193,7 @@ class ScanStage(Stage):
             "worker_seconds": {k: round(v, 3) for k, v in sink.totals.get("seconds", {}).items()},
             "images_per_second": round(plan.rows / seconds, 2) if plan.rows and seconds > 0 else None,
             "rows_per_block": ctx.inputs.rows_per_block, "blocks": int(len(block_sizes(ctx.inputs))),
+            "embed_actor_busy_share": _busy_share(sink.totals.get("seconds", {})),
             "reference_split": reference_split,
             "reference_rows": reference_rows if reference_split else statuses.get("ok", 0),
             "max_decode_bytes": cfg.io.max_decode_bytes or default_decode_budget(cfg.ray.task_num_cpus),
@@ -265,6 +271,15 @@ class ScanPlan:
     blocks: np.ndarray
     skip: dict[int, list[str]]
     rows: int
+
+
+def _busy_share(seconds: dict[str, float]) -> float | None:
+    """The embedding actors' share of time in batches rather than waiting for the next one (from
+    their first batch on; None without models): below 1, the decode tasks did not keep them fed."""
+    busy, idle = seconds.get("embed"), seconds.get("embed_idle")
+    if busy is None or idle is None or busy + idle <= 0:
+        return None
+    return round(busy / (busy + idle), 4)
 
 
 def block_sizes(inputs: Any) -> np.ndarray:

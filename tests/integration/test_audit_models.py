@@ -69,6 +69,12 @@ def test_counts_and_tables(model_run):
     failed = q(model_run, """SELECT count(*) FROM images i JOIN embeddings e USING (image_id) WHERE i.status <> 'ok'""")
     assert failed.column(0)[0].as_py() == 0
     assert not any(c.startswith("_") for c in q(model_run, "SELECT * FROM images LIMIT 1").column_names)
+    # the embedding actors' time in batches and waiting for them: both measured, the share in (0, 1]
+    scan = run["stages"]["scan"]["state"]
+    assert scan["worker_seconds"]["embed"] > 0 and scan["worker_seconds"]["embed_idle"] >= 0
+    assert 0 < scan["embed_actor_busy_share"] <= 1
+    busy, idle = scan["worker_seconds"]["embed"], scan["worker_seconds"]["embed_idle"]
+    assert abs(scan["embed_actor_busy_share"] - busy / (busy + idle)) < 0.01  # worker_seconds are rounded
 
 
 def test_predictions_are_consistent_probabilities(model_run):
