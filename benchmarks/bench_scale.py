@@ -208,12 +208,13 @@ def measure(name: str, n: int) -> dict:
 
 #: Per-CPU rates measured elsewhere in this repository (this 2-CPU machine), used by the plan.
 SCAN_RATES = {
-    # images/s per CPU, end to end through the Ray pipeline (issue 13's measurement on landed main:
-    # 50,000 CIFAR-10 JPEGs at 1,037 images/s on 2 CPUs)
-    "scan, 32 px images (CIFAR-size)": 1037 / 2,
+    # images/s per CPU, end to end through the Ray pipeline (benchmarks/bench_e2e.py, 2026-11-26:
+    # 50,000 CIFAR-10 JPEGs, scan stage at 2,978 images/s on 2 CPUs; was 1,037 before issue 13)
+    "scan, 32 px images (CIFAR-size)": 2978 / 2,
     # images/s per core, bytes -> everything, DTD photos >= 640 x 480 (benchmarks/bench_scan.py);
     # the pipeline's fixed costs are small next to 8 ms per image
-    "scan, photos (>= 640 x 480)": 126,
+    # (126 on 2026-11-23; 46-49 measured by bench_e2e's runs of bench_scan on 2026-11-26 on the same VM)
+    "scan, photos (>= 640 x 480)": 47,
     # images/s per CPU, ResNet-50 @224 in the Ray actor on CPU (benchmarks/bench_embed.py, 20.8/s on 2)
     "embed ResNet-50 @224 on CPU": 20.8 / 2,
 }

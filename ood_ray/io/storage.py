@@ -109,6 +109,12 @@ def _s3_filesystem(endpoint: str | None, scheme: str, region: str, request_timeo
     return pafs.S3FileSystem(**kwargs)
 
 
+def s3_used() -> bool:
+    """Whether this process has made an S3 filesystem (so the AWS SDK and its threads are running:
+    a process forked from it must not use S3, see ood_ray.run.local)."""
+    return _s3_filesystem.cache_info().currsize > 0
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """The S3 filesystem described by the environment (cached per process)."""
     endpoint, scheme = _endpoint_from_env()

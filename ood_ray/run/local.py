@@ -31,6 +31,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ood_ray.io import storage
+
 log = logging.getLogger(__name__)
 
 #: Pools started again after worker deaths before the scan gives up.
@@ -85,8 +87,9 @@ def scan_locally(plan: Any, settings: Any, sink: Any, workers: int, progress_int
     while todo:
         # fork: the workers start with the driver's modules loaded (spawn would import them again,
         # about 2 s). No model runs here, so no torch, CUDA or Ray state is forked; Arrow resets
-        # its thread pools in a forked child.
-        context = multiprocessing.get_context("fork")
+        # its thread pools in a forked child. The AWS SDK does not survive a fork (its threads stay
+        # behind and a child's S3 calls hang): once this process has used S3, spawn.
+        context = multiprocessing.get_context("spawn" if storage.s3_used() else "fork")
         with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo))), mp_context=context,
                                  initializer=_one_thread_per_cpu, initargs=(max(1, int(task_num_cpus)),)) as pool:
             pending = {pool.submit(_scan_task, position, position, plan, settings, sink): position for position in todo}
@@ -109,3 +112,4 @@ def scan_locally(plan: Any, settings: Any, sink: Any, workers: int, progress_int
                     raise
                 log.warning("a scan worker died; %d blocks are scanned again in a new pool", len(todo) - len(finished))
             todo = [position for position in todo if position not in finished]
+    log.info(format_step("decode", done_rows, plan.rows, time.monotonic() - started))

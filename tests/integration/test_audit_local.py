@@ -164,16 +164,19 @@ def test_cli_summary_and_query_formats(folder_run, capsys):
 
 
 def test_cli_audit_command_end_to_end(demo_dataset, workdir):
-    """The installed command, in its own process with its own local Ray, as a user runs it."""
+    """The installed command, in its own process with its own local Ray (``ray.local_max_rows=0``: the
+    demo is small enough to run without Ray otherwise), as a user runs it; it exits right after the
+    commit and its reaper stops the Ray it started."""
     result = subprocess.run(
         [sys.executable, "-m", "ood_ray", "audit", str(demo_dataset["images"]), "--out", str(workdir / "cli"),
-         "--set", "ray.num_cpus=1", "--set", "ray.progress_interval_s=0.5"],
+         "--set", "ray.num_cpus=1", "--set", "ray.progress_interval_s=0.5", "--set", "ray.local_max_rows=0"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "objects in: " in result.stdout
     assert "decode: " in result.stderr and "/s, eta" in result.stderr  # the periodic progress line, per stage
-    assert read_run(str(workdir / "cli"))["rows_out"] == len(demo_dataset["planted"]["files"])
+    run = read_run(str(workdir / "cli"))
+    assert run["rows_out"] == len(demo_dataset["planted"]["files"]) and run["executor"] == "ray"
 
 
 def test_parts_are_coalesced_and_a_table_folder_holds_only_its_committed_files(folder_run, ray_session, demo_dataset,
@@ -205,6 +208,7 @@ def test_a_small_run_without_ray_gives_the_ray_runs_tables(folder_run, demo_data
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     local = read_run(str(workdir / "local"))
     assert local["executor"] == "local" and folder_run["run"]["executor"] == "ray"
+    assert "decode: " in done.stderr and "/s, eta" in done.stderr  # its progress line
     assert local["status_counts"] == folder_run["run"]["status_counts"]
     for table in ("images", "channels", "lint", "duplicates", "duplicate_pairs"):
         if table not in folder_run["run"]["tables"]:
