@@ -38,19 +38,25 @@ def sample_sql(columns: list[str], where: str, order: str, limit: int, partition
             f"ORDER BY _key, image_id LIMIT {int(limit)}")
 
 
-def _run(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
+def query_part(table: pa.Table, sql: str, columns: tuple[str, ...] | list[str] = ()) -> pa.Table:
+    """``sql`` over one part as the view ``images``, on one DuckDB thread (one task, one core);
+    ``columns`` the part does not have (say, no split) are added as nulls first."""
     import duckdb
 
-    for name in spec.get("columns", ()):
-        if name not in table.column_names:  # a column this part does not have (say, no split): null
+    for name in columns:
+        if name not in table.column_names:
             table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     con = duckdb.connect()
-    con.execute("SET threads = 1")  # one task, one core
+    con.execute("SET threads = 1")
     con.register("images", table)
     try:
-        return con.sql(spec["sql"]).to_arrow_table()
+        return con.sql(sql).to_arrow_table()
     finally:
         con.close()
+
+
+def _run(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
+    return query_part(table, spec["sql"], spec.get("columns", ()))
 
 
 def _merge(spec: dict[str, Any], total: pa.Table | None, part: pa.Table) -> pa.Table:

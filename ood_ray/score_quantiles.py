@@ -30,24 +30,13 @@ from ood_ray.lint.summaries import (
     refine_searches,
 )
 from ood_ray.parts import Parts
-from ood_ray.sampling import FILTER_COLUMNS
+from ood_ray.sampling import FILTER_COLUMNS, query_part
 
 
 def _selected(table: pa.Table, spec: dict[str, Any]) -> dict[str, np.ndarray]:
     """``{column: sort keys}`` of one part's selected, non-null, non-NaN values."""
-    import duckdb
-
-    for name in FILTER_COLUMNS:
-        if name not in table.column_names:  # a part without, say, a split column: null
-            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
-    con = duckdb.connect()
-    con.execute("SET threads = 1")
-    con.register("images", table)
-    try:
-        names = ", ".join(f'"{c}"' for c in spec["columns"] if c in table.column_names)
-        rows = con.sql(f"SELECT {names} FROM images WHERE {spec['where']}").to_arrow_table() if names else pa.table({})
-    finally:
-        con.close()
+    names = ", ".join(f'"{c}"' for c in spec["columns"] if c in table.column_names)
+    rows = query_part(table, f"SELECT {names} FROM images WHERE {spec['where']}", FILTER_COLUMNS) if names else pa.table({})
     out = {}
     for column in spec["columns"]:
         if column not in rows.column_names:

@@ -61,7 +61,8 @@ def band_combinations(bands: int, distance: int) -> list[tuple[int, ...]]:
 
 
 def band_masks(bands: int, distance: int) -> list[int]:
-    """One 64-bit mask per choice of ``bands - distance`` of ``bands`` near-equal bit bands."""
+    """One 64-bit mask per choice of ``bands - distance`` of ``bands`` near-equal bit bands (the
+    plain formula; :class:`KeyFirst` builds the same masks from its moves, tested equal)."""
     edges = band_edges(bands)
     return [sum(((1 << int(edges[i + 1] - edges[i])) - 1) << int(edges[i]) for i in chosen)
             for chosen in band_combinations(bands, distance)]
@@ -82,8 +83,9 @@ class KeyFirst:
             lo, width = int(edges[band]), int(edges[band + 1] - edges[band])
             top -= width
             self.moves.append((np.uint64(lo), np.uint64((1 << width) - 1), np.uint64(top)))
-        self.key_bits = sum(int(edges[b + 1] - edges[b]) for b in chosen)
-        self.mask = np.uint64(sum(((1 << int(edges[b + 1] - edges[b])) - 1) << int(edges[b]) for b in chosen))
+        keys = self.moves[:len(chosen)]
+        self.key_bits = HASH_BITS - int(keys[-1][2])  # the key bands fill the top of the word
+        self.mask = np.uint64(sum(int(width) << int(source) for source, width, _ in keys))
 
     def forward(self, hashes: np.ndarray) -> np.ndarray:
         out = np.zeros(len(hashes), np.uint64)
@@ -160,8 +162,8 @@ def map_hashes(table: pa.Table, spec: dict[str, Any]) -> list[dict[str, Any]]:
         owner = (_mix(hashes) % np.uint64(partitions)).astype(np.intp)
         for p, (mine, many) in enumerate(zip(_split(hashes, owner, partitions), _split(counts, owner, partitions))):
             out[p]["counts"][method] = (mine, many)
-        for c, mask in enumerate(spec["masks"]):
-            owner = (_mix((hashes & np.uint64(mask)) ^ _mix(np.uint64(c))) % np.uint64(partitions)).astype(np.intp)
+        for c, order in enumerate(key_orders(spec["bands"], spec["distance"])):
+            owner = (_mix((hashes & order.mask) ^ _mix(np.uint64(c))) % np.uint64(partitions)).astype(np.intp)
             for p, mine in enumerate(_split(hashes, owner, partitions)):
                 out[p]["keys"].setdefault(method, []).append(mine)
     return out
@@ -282,8 +284,7 @@ COLUMNS = ["image_id", "status", "hash_pixels", "phash", "dhash"]
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
     """The map/reduce of the module docstring: one result per partition."""
     spec = {"partitions": config.partitions_for(rows), "methods": list(config.near_methods), "distance": config.near_distance,
-            "bands": config.effective_bands,
-            "masks": band_masks(config.effective_bands, config.near_distance), "max_bucket": int(config.max_bucket)}
+            "bands": config.effective_bands, "max_bucket": int(config.max_bucket)}
     return parts.shuffle(map_hashes, reduce_hashes, spec, COLUMNS)
 
 

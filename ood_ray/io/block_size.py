@@ -16,8 +16,10 @@ that a block's resized model inputs (``H * W * 3`` bytes per model per row) stay
 ``MAX_BLOCK_OUTPUT_BYTES``, and so that there are at least ``MIN_BLOCKS_PER_CPU`` blocks per CPU
 while the run has rows for them. The mean size comes from the listing's ``listed_size`` when the
 source is a folder or a prefix, else from the sizes of a sample of the manifest's objects (a stat
-or a HEAD each). The constants come from ``benchmarks/bench_scan.py`` on this project's machine:
-about 5,900 CIFAR-10 JPEGs (1.1 KB) and 25 DTD photos (~150 KB) per second per core.
+or a HEAD each). The constants are round numbers within 2x of ``benchmarks/bench_scan.py`` on this
+project's machine (2026-11-26, per core: 2,300-2,700 CIFAR-10 JPEGs of 920 bytes, model 0.28 ms
+against 0.4 ms measured; 44-49 DTD photos of ~200 KB, model 50 ms against 21 ms measured) -- the
+estimate only has to land on the right power of two within a factor of two or so.
 """
 
 from __future__ import annotations

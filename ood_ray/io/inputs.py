@@ -467,7 +467,6 @@ class LocalRunner(FragmentRunner):
 def _fragment_task(index: int, fragment: Fragment, config: AuditConfig, out: str, run_id: str,
                    retry: storage.RetryPolicy) -> dict[str, Any]:
     from ood_ray.run.layout import RunLayout
-    from ood_ray.stages import scan  # noqa: F401 - warms this worker for the scan tasks that follow (~1 s of imports)
 
     result = read_fragment(fragment, index, config)
     table = result.table
@@ -493,35 +492,46 @@ class RayRunner(FragmentRunner):
 
         self.config, self.layout, self.retry = config, layout, retry
         options = {"num_cpus": config.ray.task_num_cpus, "max_retries": -1}
-        self.fragment_task = ray.remote(**options)(_fragment_task)
-        self.renumber_task = ray.remote(**options)(_renumber_task)
+        self.tasks = {fn: ray.remote(**options)(fn) for fn in (_fragment_task, _renumber_task)}
 
-    def read(self, fragments: list[tuple[int, Fragment]]) -> list[dict[str, Any]]:
+    # -- where the work runs (DriverRunner: in this process) ------------------------------------
+    def _run(self, fn: Any, calls: list[tuple]) -> list[Any]:
+        """``fn(*call)`` for every call, as Ray tasks; the results in order."""
         import ray
 
-        config_ref = ray.put(self.config)
-        return ray.get([self.fragment_task.remote(index, fragment, config_ref, self.layout.out, self.layout.run_id,
-                                                  self.retry) for index, fragment in fragments])
+        return ray.get([self.tasks[fn].remote(*call) for call in calls])
 
-    def repeats(self, parts: list[dict[str, Any]]) -> pa.Table:
+    def _shared(self, value: Any) -> Any:
+        """``value`` as every call receives it (one object-store copy)."""
+        import ray
+
+        return ray.put(value)
+
+    def _parts(self, uris: list[str]) -> Any:
         from ood_ray.parts import RayParts
 
+        return RayParts(uris, retry=self.retry, num_cpus=self.config.ray.task_num_cpus)
+
+    # -- the work ---------------------------------------------------------------------------------
+    def read(self, fragments: list[tuple[int, Fragment]]) -> list[dict[str, Any]]:
+        config = self._shared(self.config)
+        return self._run(_fragment_task, [(index, fragment, config, self.layout.out, self.layout.run_id, self.retry)
+                                          for index, fragment in fragments])
+
+    def repeats(self, parts: list[dict[str, Any]]) -> pa.Table:
         uris = [p["data"] for p in parts if p["rows"]]
         if not uris:
             return reduce_ids([], {})
         rows = sum(p["rows"] for p in parts)
         spec = {"partitions": max(1, min(64, -(-rows // 2_000_000)))}
-        reduced = RayParts(uris, retry=self.retry, num_cpus=self.config.ray.task_num_cpus).shuffle(
-            map_ids, reduce_ids, spec, ["image_id", SEQUENCE])
-        return pa.concat_tables(reduced)
+        return pa.concat_tables(self._parts(uris).shuffle(map_ids, reduce_ids, spec, ["image_id", SEQUENCE]))
 
     def renumber(self, part: dict[str, Any], repeats: pa.Table) -> dict[str, Any]:
-        import ray
-
         mine = fragment_repeats(repeats, part["index"])
         if mine.num_rows == 0:
             return part
-        return ray.get(self.renumber_task.remote(part, mine, self.config.io.rows_per_block, self.retry))
+        [renumbered] = self._run(_renumber_task, [(part, mine, self.config.io.rows_per_block, self.retry)])
+        return renumbered
 
 
 class DriverRunner(RayRunner):
@@ -531,24 +541,16 @@ class DriverRunner(RayRunner):
     def __init__(self, config: AuditConfig, layout: Any, retry: storage.RetryPolicy) -> None:
         self.config, self.layout, self.retry = config, layout, retry
 
-    def read(self, fragments: list[tuple[int, Fragment]]) -> list[dict[str, Any]]:
-        return [_fragment_task(index, fragment, self.config, self.layout.out, self.layout.run_id, self.retry)
-                for index, fragment in fragments]
+    def _run(self, fn: Any, calls: list[tuple]) -> list[Any]:
+        return [fn(*call) for call in calls]
 
-    def repeats(self, parts: list[dict[str, Any]]) -> pa.Table:
+    def _shared(self, value: Any) -> Any:
+        return value
+
+    def _parts(self, uris: list[str]) -> Any:
         from ood_ray.parts import InProcessParts
 
-        uris = [p["data"] for p in parts if p["rows"]]
-        if not uris:
-            return reduce_ids([], {})
-        return pa.concat_tables(InProcessParts(uris, retry=self.retry).shuffle(map_ids, reduce_ids, {"partitions": 1},
-                                                                               ["image_id", SEQUENCE]))
-
-    def renumber(self, part: dict[str, Any], repeats: pa.Table) -> dict[str, Any]:
-        mine = fragment_repeats(repeats, part["index"])
-        if mine.num_rows == 0:
-            return part
-        return _renumber_task(part, mine, self.config.io.rows_per_block, self.retry)
+        return InProcessParts(uris, retry=self.retry, num_cpus=self.config.ray.task_num_cpus)
 
 
 def count_at_most(config: AuditConfig, limit: int) -> int | None:

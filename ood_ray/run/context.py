@@ -130,9 +130,7 @@ class RunContext:
     def parts(self, uris: list[str] | None = None) -> Any:
         """The work over the newest ``images`` parts (or over ``uris``): Ray tasks, or the driver
         for a table under ``ray.driver_pass_mb`` (:func:`ood_ray.parts.parts_for`)."""
-        from ood_ray.parts import parts_for
-
-        from ood_ray.parts import InProcessParts
+        from ood_ray.parts import InProcessParts, parts_for
 
         uris = self.images_uris() if uris is None else uris
         if self.local:

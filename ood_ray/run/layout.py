@@ -75,6 +75,15 @@ def file_name(uri: str) -> str:
     return uri.replace("\\", "/").rsplit("/", 1)[1]
 
 
+def _unlisted_table_files(base: str, run: dict[str, Any], tables: Any) -> list[str]:
+    """The files under ``base/<table>/`` for each of ``tables`` that ``run`` does not list."""
+    stale = []
+    for table in tables:
+        keep = set(run["tables"].get(table, {}).get("files", []))
+        stale += [uri for uri, _ in storage.list_files(storage.join(base, table)) if file_name(uri) not in keep]
+    return stale
+
+
 def _dumps(run: dict[str, Any]) -> bytes:
     return json.dumps(run, indent=2, default=str).encode()
 
@@ -183,10 +192,7 @@ class RunLayout:
     def _remove_unlisted_parts(self, run: dict[str, Any]) -> None:
         """Delete the files of this run's table folders that ``run`` does not list (parts that
         were coalesced into others), so that a table's folder holds exactly its committed files."""
-        stale = []
-        for table, entry in run["tables"].items():
-            keep = set(entry["files"])
-            stale += [uri for uri, _ in storage.list_files(storage.join(self.root, table)) if file_name(uri) not in keep]
+        stale = _unlisted_table_files(self.root, run, run["tables"])
         if stale:
             log.info("removing %d part files that were coalesced into others", len(stale))
             storage.delete_files(stale)
@@ -233,9 +239,7 @@ class RunLayout:
         keep_artifacts = {storage.join(self.out, name) for name in run["artifacts"]}
         for folder in ARTIFACT_DIRS:
             stale += [uri for uri, _ in storage.list_files(storage.join(self.out, folder)) if uri not in keep_artifacts]
-        for table in set(TABLE_NAMES) | set(run["tables"]):
-            keep = set(run["tables"].get(table, {}).get("files", []))
-            stale += [uri for uri, _ in storage.list_files(storage.join(self.out, table)) if file_name(uri) not in keep]
+        stale += _unlisted_table_files(self.out, run, set(TABLE_NAMES) | set(run["tables"]))
         if stale:
             log.info("removing %d files that no committed run lists from %s", len(stale), self.out)
             storage.delete_files(stale)
