@@ -13,6 +13,7 @@ import os
 import sys
 
 from ood_ray.config import ConfigError, load_config
+from ood_ray.report.options import ReportOptions
 
 log = logging.getLogger("ood_ray")
 
@@ -103,6 +104,29 @@ def holdout_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_from_args(args: argparse.Namespace) -> int:
+    """``ood-ray report``: build the report and say where to open it."""
+    from ood_ray.report import build_report
+
+    try:
+        options = ReportOptions(**{name: getattr(args, name) for name in (
+            "thumbnails", "map_points", "thumb_px", "bins", "group_members", "neighbors", "seed")})
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.verbose)
+    try:
+        result = build_report(args.out, args.to, options, args.address)
+    except FileNotFoundError as exc:
+        print(f"ood-ray: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {len(result.sections)} sections ({', '.join(result.sections)}), {result.thumbnails} thumbnails "
+          f"({result.thumbnails_missing} without an image), {result.map_points} map points, "
+          f"{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s")
+    print(f"open file://{result.path}")
+    return 0
+
+
 def format_summary(run: dict) -> str:
     """Human summary of a committed run: counts per status, duplicates, lint, timings."""
     lines = [f"run {run['run_id']}  source {run.get('source')}",
@@ -164,6 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     holdout.add_argument("--seed", type=int, default=0)
     holdout.add_argument("--id-split", default="test", help="the in-distribution split of the evaluation")
 
+    report = sub.add_parser("report", help="a static HTML report of a run (thumbnails, plots, map), opened from disk")
+    report.add_argument("out", help="run directory (local or s3://)")
+    report.add_argument("--to", help="report folder (default OUT/report; ./report-<run_id> for a run on S3)")
+    report.add_argument("--address", help="Ray address for the thumbnail tasks (default: RAY_ADDRESS or a local Ray)")
+    defaults = ReportOptions()
+    for name, help_text in (("thumbnails", "thumbnails per section"), ("map_points", "points on the map"),
+                            ("thumb_px", "thumbnail size (px)"), ("bins", "histogram bins"),
+                            ("group_members", "members shown per duplicate group"),
+                            ("neighbors", "nearest reference images per OOD example"), ("seed", "map sample seed")):
+        report.add_argument("--" + name.replace("_", "-"), dest=name, type=int, default=getattr(defaults, name),
+                            help=f"{help_text} (default {getattr(defaults, name)})")
+    report.add_argument("-v", "--verbose", action="store_true")
+
     demo = sub.add_parser("demo", help="write the example dataset (planted defects) into a folder")
     demo.add_argument("folder")
     demo.add_argument("--seed", type=int, default=0)
@@ -186,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "holdout":
         return exit_at_once(holdout_from_args(args))
+    if args.command == "report":
+        return exit_at_once(report_from_args(args))
     if args.command == "query":
         from ood_ray.query import format_table, run_query
 

@@ -15,20 +15,26 @@ log = logging.getLogger(__name__)
 
 def init_ray(config: AuditConfig) -> None:
     """Connect to ``--address``/``RAY_ADDRESS`` or start a local Ray (reused if already up)."""
+    start_ray(config.address, config.ray.num_cpus, config.ray.object_store_memory_mb)
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory_mb: int | None = None) -> None:
+    """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray watched by the reaper (nothing
+    when Ray is already up in this process)."""
     import ray
 
     if ray.is_initialized():
         return
-    address = config.address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
     kwargs: dict[str, Any] = {"include_dashboard": False}
-    if config.ray.num_cpus:
-        kwargs["num_cpus"] = config.ray.num_cpus
-    if config.ray.object_store_memory_mb:
-        kwargs["object_store_memory"] = config.ray.object_store_memory_mb * 1024 * 1024
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    if object_store_memory_mb:
+        kwargs["object_store_memory"] = object_store_memory_mb * 1024 * 1024
     log.info("starting a local Ray")
     ray.init(**kwargs)
     _start_reaper()

@@ -1,0 +1,121 @@
+"""What every report section reads: the run's DuckDB views (the same as ``ood-ray query``), its
+``run.json``, the options, and the book of thumbnails the sections ask for.
+
+Every number a section shows comes from a bounded DuckDB query over the run's views: aggregates,
+``ORDER BY ... LIMIT`` and seeded samples, so the driver holds a bounded amount whatever the size
+of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ood_ray.report.options import ReportOptions
+from ood_ray.report.thumbnails import ThumbnailRequest
+
+
+def quote(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    """A SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class ThumbnailBook:
+    """The thumbnails the sections asked for, one per image and size."""
+
+    requests: dict[str, ThumbnailRequest] = field(default_factory=dict)
+
+    def want(self, image_id: str, uri: str, px: int) -> str:
+        key = f"{image_id}-{px}"
+        self.requests.setdefault(key, ThumbnailRequest(key, uri, px))
+        return key
+
+
+@dataclass
+class ReportContext:
+    con: Any
+    run: dict[str, Any]
+    out: str
+    options: ReportOptions
+    thumbs: ThumbnailBook = field(default_factory=ThumbnailBook)
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        cursor = self.con.execute(sql)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, values)) for values in cursor.fetchall()]
+
+    def value(self, sql: str) -> Any:
+        row = self.con.execute(sql).fetchone()
+        return None if row is None else row[0]
+
+    @property
+    def image_columns(self) -> list[str]:
+        return self.con.sql("SELECT * FROM images LIMIT 0").columns
+
+    @property
+    def reference_split(self) -> str | None:
+        return self.run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
+
+    def table_rows(self, table: str) -> int:
+        return int(self.run.get("tables", {}).get(table, {}).get("rows", 0))
+
+    def thumb(self, image_id: str, uri: str, small: bool = False) -> str:
+        px = self.options.map_thumb_px if small else self.options.thumb_px
+        return self.thumbs.want(image_id, uri, px)
+
+
+def histogram(ctx: ReportContext, expression: str, where: str, groups: dict[str, str], bins: int) -> dict[str, Any] | None:
+    """Counts of ``expression`` in ``bins`` equal bins over its finite range among the rows of
+    ``where``, per group (``{name: SQL condition}``; a row counts in the first group it meets).
+
+    Returns ``{"edges": [bins + 1], "counts": {name: [bins]}, "n": {name: int}}`` or ``None`` when
+    no row has a finite value."""
+    value = f"({expression})::DOUBLE"
+    finite = f"({where}) AND {value} IS NOT NULL AND isfinite({value})"
+    low, high = ctx.con.execute(f"SELECT min({value}), max({value}) FROM images WHERE {finite}").fetchone()
+    if low is None:
+        return None
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    width = (high - low) / bins
+    cases = " ".join(f"WHEN {condition} THEN {quote(name)}" for name, condition in groups.items())
+    sql = (f"SELECT CASE {cases} END AS grp, "
+           f"least(greatest(floor(({value} - {low!r}) / {width!r}), 0), {bins - 1})::INTEGER AS bin, count(*) AS n "
+           f"FROM images WHERE {finite} GROUP BY ALL")
+    counts = {name: [0] * bins for name in groups}
+    for grp, index, n in ctx.con.execute(sql).fetchall():
+        if grp is not None:
+            counts[grp][index] += int(n)
+    return {"edges": [low + i * width for i in range(bins)] + [high], "counts": counts,
+            "n": {name: sum(values) for name, values in counts.items()}}
+
+
+def roc_curve(ctx: ReportContext, score: str, id_condition: str, ood_condition: str, points: int) -> dict[str, Any] | None:
+    """A ROC curve of ``score`` (higher = more OOD) with at most ``points`` thresholds: the rows are
+    ranked (``percent_rank``, so tied scores share a bin) and counted per rank bin in DuckDB, and
+    the curve is the cumulative share of OOD (TPR) against ID (FPR) rows from the top bin down."""
+    column = ident(score)
+    sql = (f"SELECT bin, count(*) FILTER (WHERE NOT o) AS id_n, count(*) FILTER (WHERE o) AS ood_n FROM ("
+           f"  SELECT floor(percent_rank() OVER (ORDER BY s) * {points - 1})::INTEGER AS bin, o FROM ("
+           f"    SELECT {column} AS s, coalesce({ood_condition}, false) AS o FROM images "
+           f"    WHERE status = 'ok' AND {column} IS NOT NULL AND isfinite({column}::DOUBLE) AND (({id_condition}) OR ({ood_condition}))))"
+           f" GROUP BY bin ORDER BY bin DESC")
+    rows = ctx.con.execute(sql).fetchall()
+    total_id = sum(r[1] for r in rows)
+    total_ood = sum(r[2] for r in rows)
+    if total_id == 0 or total_ood == 0:
+        return None
+    fpr, tpr = [0.0], [0.0]
+    seen_id = seen_ood = 0
+    for _, id_n, ood_n in rows:
+        seen_id += id_n
+        seen_ood += ood_n
+        fpr.append(seen_id / total_id)
+        tpr.append(seen_ood / total_ood)
+    return {"fpr": fpr, "tpr": tpr, "n_id": total_id, "n_ood": total_ood}
