@@ -207,18 +207,21 @@ def test_in_the_browser_the_map_holds_the_sample(page, report_run):
 
     plot = page.find_element("id", "map-plot")
     page.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
-    dx, dy = page.execute_script(  # the first point, from the plot's centre (where the mouse starts)
-        "var gd = arguments[0], fl = gd._fullLayout, box = gd.getBoundingClientRect();"
-        "return [fl.xaxis.l2p(gd.data[0].x[0]) + fl._size.l - box.width / 2,"
-        "        fl.yaxis.l2p(gd.data[0].y[0]) + fl._size.t - box.height / 2]", plot)
-    ActionChains(page).move_to_element_with_offset(plot, round(dx), round(dy)).perform()
-    deadline = time.monotonic() + 10
-    while True:
-        loaded = page.execute_script(
-            "var i = document.querySelector('#hover-thumb img'); return i && i.complete ? i.naturalWidth : 0")
-        if loaded or time.monotonic() > deadline:
+    loaded = 0
+    for point in range(5):  # a real mouse over a point (retried on the next point if the hover is missed)
+        dx, dy = page.execute_script(  # the point, from the plot's centre (where the mouse is moved from)
+            "var gd = arguments[0], fl = gd._fullLayout, box = gd.getBoundingClientRect(), i = arguments[1];"
+            "return [fl.xaxis.l2p(gd.data[0].x[i]) + fl._size.l - box.width / 2,"
+            "        fl.yaxis.l2p(gd.data[0].y[i]) + fl._size.t - box.height / 2]", plot, point)
+        ActionChains(page).move_to_element_with_offset(plot, round(dx) + 3, round(dy) + 3).pause(0.2) \
+            .move_to_element_with_offset(plot, round(dx), round(dy)).perform()
+        deadline = time.monotonic() + 5
+        while not loaded and time.monotonic() < deadline:
+            loaded = page.execute_script(
+                "var i = document.querySelector('#hover-thumb img'); return i && i.complete ? i.naturalWidth : 0")
+            time.sleep(0.1)
+        if loaded:
             break
-        time.sleep(0.1)
     assert loaded > 0
 
 

@@ -70,6 +70,17 @@ def test_credentials_never_reach_run_json_or_logs(s3_run, s3_server, caplog):
     assert os.environ["AWS_SECRET_ACCESS_KEY"] not in caplog.text
 
 
+def test_report_of_a_run_on_s3_with_thumbnails_from_s3(s3_run, tmp_path):
+    from ood_ray.report import build_report
+
+    result = build_report(s3_run["out"], str(tmp_path / "report"))
+    assert result.sections == ["overview", "lint", "duplicates", "drift"]
+    assert result.thumbnails > 10 and result.thumbnails_missing == 0  # every shown image is an ok image read from S3
+    assert len(list((tmp_path / "report" / "thumbs").glob("*.jpg"))) == result.thumbnails
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert f"s3://{DATA_BUCKET}/demo/images/" in html and os.environ["AWS_SECRET_ACCESS_KEY"] not in html
+
+
 def test_s3_manifest_with_a_missing_object_and_overwrite(ray_session, s3_dataset, demo_dataset):
     out = f"s3://{RESULTS_BUCKET}/runs/manifest"
     first = run_audit(load_config(None, [], source=s3_dataset["manifest"], out=out))

@@ -1,5 +1,5 @@
-"""Overview: objects in, rows out, counts per status, errors grouped with examples, seconds per
-stage, configuration and versions."""
+"""Overview: objects in, rows out, counts per status, errors grouped (numbers in the text replaced
+by ``N``) with example URIs, seconds per stage, configuration and versions."""
 
 from __future__ import annotations
 
@@ -13,15 +13,18 @@ from ood_ray.report.sections.base import Section
 #: Error groups listed (the most frequent first) and example URIs per group.
 ERROR_GROUPS = 50
 ERROR_EXAMPLES = 3
+#: Errors are grouped by their text with every number replaced by ``N`` (sizes and byte counts
+#: differ from file to file; the kind of failure does not).
+ERROR_PATTERN = "regexp_replace(coalesce(error, ''), '[0-9]+', 'N', 'g')"
 
 
 def collect(ctx: ReportContext) -> dict[str, Any]:
     run = ctx.run
     statuses = ctx.rows("SELECT status, count(*) AS n FROM images GROUP BY status ORDER BY n DESC, status")
     errors = ctx.rows(
-        f"SELECT status, coalesce(error, '') AS error, count(*) AS n, min(uri, {ERROR_EXAMPLES}) AS examples "
+        f"SELECT status, {ERROR_PATTERN} AS error, count(*) AS n, min(uri, {ERROR_EXAMPLES}) AS examples "
         f"FROM images WHERE status <> 'ok' GROUP BY ALL ORDER BY n DESC, status, error LIMIT {ERROR_GROUPS}")
-    error_groups = ctx.value("SELECT count(*) FROM (SELECT DISTINCT status, error FROM images WHERE status <> 'ok')")
+    error_groups = ctx.value(f"SELECT count(*) FROM (SELECT DISTINCT status, {ERROR_PATTERN} FROM images WHERE status <> 'ok')")
     stages = {k: v for k, v in run.get("stage_seconds", {}).items() if k != "total_before_commit"}
     return {
         "run_id": run.get("run_id"), "committed_at": run.get("committed_at"), "source": run.get("source"),
