@@ -127,3 +127,15 @@ def test_score_model_and_budget_share():
     assert score_model("score_knn_mean_r56", ["r5", "r56", "6"]) == "r56"
     assert score_model("score_ensemble_entropy", ["r56"]) is None
     assert share(120, 23 * 2, 1, 6) == 2 and share(120, 2, 1, 6) == 6 and share(0, 3, 1, 6) == 0
+
+
+def test_cli_refuses_a_bad_option_and_a_folder_without_a_run(tmp_path):
+    import subprocess
+    import sys
+
+    bad = subprocess.run([sys.executable, "-m", "ood_ray", "report", str(tmp_path), "--map-points", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "report.map_points=-1" in bad.stderr
+    empty = subprocess.run([sys.executable, "-m", "ood_ray", "report", str(tmp_path)], capture_output=True, text=True,
+                           timeout=60)
+    assert empty.returncode == 2 and "no committed run" in empty.stderr
