@@ -103,7 +103,7 @@ def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> st
         import pyarrow.csv as pacsv
 
         buffer = io.BytesIO()
-        pacsv.write_csv(table, buffer)
+        pacsv.write_csv(csv_ready(table), buffer)
         return buffer.getvalue().decode().rstrip("\n")
     rows = table.slice(0, max_rows).to_pylist()
     names = table.column_names
@@ -115,6 +115,23 @@ def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> st
         lines.append(f"... {table.num_rows - max_rows} more rows (use --format csv for all)")
     lines.append(f"({table.num_rows} rows)")
     return "\n".join(lines)
+
+
+def _nested(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind) \
+        or pa.types.is_struct(kind) or pa.types.is_map(kind)
+
+
+def csv_ready(table: pa.Table) -> pa.Table:
+    """``table`` with every list, struct and map column as JSON text (what ``--format json`` writes
+    for that cell; null stays null): CSV has no nested values and pyarrow refuses to write them."""
+    columns = []
+    for column in table.columns:
+        if _nested(column.type):
+            texts = [None if v is None else json.dumps(v, default=str) for v in column.to_pylist()]
+            column = pa.array(texts, pa.string())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
 
 
 def _cell(value: Any) -> str:

@@ -139,3 +139,4 @@ def test_cli_refuses_a_bad_option_and_a_folder_without_a_run(tmp_path):
     empty = subprocess.run([sys.executable, "-m", "ood_ray", "report", str(tmp_path)], capture_output=True, text=True,
                            timeout=60)
     assert empty.returncode == 2 and "no committed run" in empty.stderr
+
