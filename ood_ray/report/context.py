@@ -59,6 +59,14 @@ class ReportContext:
         return self.con.sql("SELECT * FROM images LIMIT 0").columns
 
     @property
+    def numeric_columns(self) -> set[str]:
+        """Columns of ``images`` with a numeric type (what a histogram can be drawn of)."""
+        types = self.con.execute("SELECT column_name, column_type FROM (DESCRIBE images)").fetchall()
+        numeric = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
+                   "FLOAT", "DOUBLE", "DECIMAL")
+        return {name for name, kind in types if str(kind).upper().startswith(numeric)}
+
+    @property
     def reference_split(self) -> str | None:
         return self.run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
 
@@ -70,7 +78,21 @@ class ReportContext:
         return self.thumbs.want(image_id, uri, px)
 
 
-def histogram(ctx: ReportContext, expression: str, where: str, groups: dict[str, str], bins: int) -> dict[str, Any] | None:
+def value_ranges(ctx: ReportContext, expressions: list[str], where: str) -> list[tuple[float | None, float | None]]:
+    """``(min, max)`` of each expression's finite values among the rows of ``where``, in one scan."""
+    if not expressions:
+        return []
+    parts = []
+    for expression in expressions:
+        value = f"({expression})::DOUBLE"
+        keep = f"isfinite({value})"
+        parts.append(f"min({value}) FILTER (WHERE {keep}), max({value}) FILTER (WHERE {keep})")
+    row = ctx.con.execute(f"SELECT {', '.join(parts)} FROM images WHERE {where}").fetchone()
+    return [(row[2 * i], row[2 * i + 1]) for i in range(len(expressions))]
+
+
+def histogram(ctx: ReportContext, expression: str, where: str, groups: dict[str, str], bins: int,
+              value_range: tuple[float | None, float | None] | None = None) -> dict[str, Any] | None:
     """Counts of ``expression`` in ``bins`` equal bins over its finite range among the rows of
     ``where``, per group (``{name: SQL condition}``; a row counts in the first group it meets).
 
@@ -78,7 +100,9 @@ def histogram(ctx: ReportContext, expression: str, where: str, groups: dict[str,
     no row has a finite value."""
     value = f"({expression})::DOUBLE"
     finite = f"({where}) AND {value} IS NOT NULL AND isfinite({value})"
-    low, high = ctx.con.execute(f"SELECT min({value}), max({value}) FROM images WHERE {finite}").fetchone()
+    if value_range is None:
+        value_range = ctx.con.execute(f"SELECT min({value}), max({value}) FROM images WHERE {finite}").fetchone()
+    low, high = value_range
     if low is None:
         return None
     if high <= low:

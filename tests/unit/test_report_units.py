@@ -140,3 +140,23 @@ def test_cli_refuses_a_bad_option_and_a_folder_without_a_run(tmp_path):
                            timeout=60)
     assert empty.returncode == 2 and "no committed run" in empty.stderr
 
+
+
+def test_drift_section_draws_numeric_statistics_only():
+    from ood_ray.report.sections.drift import DRIFT
+
+    rng = np.random.default_rng(2)
+    images = pa.table({"image_id": [f"i{k}" for k in range(200)], "status": ["ok"] * 200,
+                       "split": ["train"] * 100 + ["new"] * 100, "label": ["cat", "dog"] * 100,
+                       "mean": np.r_[rng.normal(0.4, 0.05, 100), rng.normal(0.6, 0.05, 100)]})
+    drift = pa.table({"split": ["new", "new"], "test": ["chi2", "ks"], "feature": ["label", "mean"],
+                      "model": pa.nulls(2, pa.string()), "statistic": [9.0, 0.8], "p_value": [1e-3, 1e-9],
+                      "threshold": [0.05, 0.05], "drifted": [True, True], "n_reference": [100, 100], "n_new": [100, 100]})
+    con = duckdb.connect()
+    con.register("images", images)
+    con.register("drift", drift)
+    run = {"tables": {"drift": {"rows": 2}}, "drift": {"compared": "every other split against split 'train'"},
+           "stages": {"scan": {"state": {"reference_split": "train"}}}}
+    data = DRIFT.collect(ReportContext(con, run, "", ReportOptions()))
+    assert (data["drifted"], data["total"]) == (2, 2)
+    assert [p["feature"] for p in data["plots"]] == ["mean"]

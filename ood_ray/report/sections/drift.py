@@ -24,7 +24,7 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
     info = ctx.run.get("drift", {})
     reference = ctx.reference_split
     in_run = reference is not None and str(info.get("compared", "")).startswith("every other split")
-    columns = set(ctx.image_columns)
+    columns = ctx.numeric_columns  # a drifted label (new classes) has no histogram
     plots, seen = [], set()
     if in_run:
         for test in tests:

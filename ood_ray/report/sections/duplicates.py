@@ -15,7 +15,9 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
         return None
     counts = ctx.rows("SELECT kind, method, coalesce(model, '') AS model, count(DISTINCT group_id) AS groups, "
                       "count(*) AS members FROM duplicates GROUP BY ALL ORDER BY kind, method, model")
-    leaking = int(ctx.value("SELECT count(DISTINCT group_id) FROM leakage") or 0)
+    # the groups of the ``leakage`` view, counted without building its rows
+    leaking = int(ctx.value("SELECT count(*) FROM (SELECT d.group_id FROM duplicates d JOIN images i USING (image_id) "
+                            "GROUP BY d.group_id HAVING count(DISTINCT i.split) > 1)") or 0)
     budget_per_method = max(ctx.options.thumbnails // max(len(counts), 1), 1)
     shown = ctx.options.group_members
     methods = []
