@@ -27,7 +27,10 @@ class ConfigError(ValueError):
 
 LINT_METHODS: dict[str, float] = {"zscore": 3.0, "modzscore": 3.5, "iqr": 1.5}
 LAYOUTS = ("auto", "split/label", "label", "flat")
-NEAR_METHODS = ("phash", "dhash")
+NEAR_METHODS = ("phash", "dhash", "phash_d4", "dhash_d4")
+#: The default near methods: dhash_d4 links many distinct periodic textures (measured by
+#: benchmarks/bench_duplicates.py) for no recall that phash_d4 does not already give.
+DEFAULT_NEAR_METHODS = ("phash", "dhash", "phash_d4")
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -173,7 +176,7 @@ class DedupConfig:
 
     enabled: bool = True
     near_distance: int = 4
-    near_methods: list[str] = field(default_factory=lambda: list(NEAR_METHODS))
+    near_methods: list[str] = field(default_factory=lambda: list(DEFAULT_NEAR_METHODS))
     bands: int | None = None
     max_bucket: int = 2000
     partitions: int = 0

@@ -35,6 +35,7 @@ from ood_ray.io.decode import (
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
 from ood_ray.stats.hashes import compute_hash_file
+from ood_ray.stats.d4 import D4_COLUMNS
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
     IMAGE_STAT_NAMES,
@@ -129,7 +130,7 @@ class ScanColumns:
         self.valid = np.zeros(n, dtype=bool)
         self.stats: dict[str, np.ndarray] = {name: np.zeros(n) for name in _STATS}
         self.lists: dict[str, list[Any]] = {f"{CHANNEL_LIST_PREFIX}{name}": [None] * n for name in (*CHANNEL_STAT_NAMES, "band")}
-        self.hashes: dict[str, list[Any]] = {"hash_pixels": [None] * n, "phash": [None] * n, "dhash": [None] * n}
+        self.hashes: dict[str, list[Any]] = {name: [None] * n for name in ("hash_pixels", "phash", "dhash", *D4_COLUMNS)}
         self.inputs: dict[str, list[Any]] = {}
 
     def fail(self, row: int, error: str) -> None:
@@ -152,6 +153,8 @@ class ScanColumns:
             self.hashes["hash_pixels"][row] = columns.hash_pixels[k]
             self.hashes["phash"][row] = columns.phash[k]
             self.hashes["dhash"][row] = columns.dhash[k]
+            for name in D4_COLUMNS:
+                self.hashes[name][row] = columns.d4[name][k]
 
     def array(self, field: pa.Field) -> pa.Array:
         """The column ``field.name`` as an Arrow array of ``field.type`` (nulls where failed)."""

@@ -6,7 +6,7 @@
 - object: ``file_size`` (bytes), ``hash_file``, ``status``, ``error``
 - decode: ``format``, ``mode`` (as stored), ``frames``
 - geometry and statistics: :data:`ood_ray.stats.image.IMAGE_STAT_NAMES`
-- hashes: ``hash_pixels``, ``phash``, ``dhash``
+- hashes: ``hash_pixels``, ``phash``, ``dhash``, ``phash_d4``, ``dhash_d4`` (with the D4 transform each came from)
 
 A failing row keeps ``image_id``, ``uri``, ``split``, ``label``, ``status``, ``error`` (and
 ``file_size``/``hash_file``/``format``/``mode``/``width``/``height`` when they were known before
@@ -39,6 +39,10 @@ HASH_FIELDS: list[pa.Field] = [
     pa.field("hash_pixels", pa.string()),
     pa.field("phash", pa.uint64()),
     pa.field("dhash", pa.uint64()),
+    pa.field("phash_d4", pa.uint64()),
+    pa.field("phash_d4_orient", pa.int8()),
+    pa.field("dhash_d4", pa.uint64()),
+    pa.field("dhash_d4_orient", pa.int8()),
 ]
 #: Columns the scan adds to every manifest row (in this order).
 SCAN_FIELDS: list[pa.Field] = OBJECT_FIELDS + STAT_FIELDS + HASH_FIELDS
@@ -71,6 +75,9 @@ DUPLICATE_PAIRS_SCHEMA = pa.schema(
         pa.field("other_id", pa.string()),
         pa.field("model", pa.string()),
         pa.field("cosine_similarity", pa.float32()),
+        pa.field("method", pa.string()),
+        pa.field("distance", pa.float64()),
+        pa.field("transform", pa.string()),
     ]
 )
 
@@ -84,6 +91,7 @@ LINT_SCHEMA = pa.schema(
         pa.field("method", pa.string()),
         pa.field("threshold", pa.float64()),
         pa.field("scope", pa.string()),
+        pa.field("severity", pa.float64()),
     ]
 )
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.dedup.components import compute_components
+from ood_ray.dedup.linkage import split_component
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 
@@ -26,13 +27,44 @@ def unique_pairs(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Unordered pairs (``image_id < other_id``) of the ``_pairs`` view with their best similarity."""
     return con.sql(
         """SELECT least(image_id, other_id) AS image_id, greatest(image_id, other_id) AS other_id, model,
-                  max(cosine_similarity) AS cosine_similarity
-           FROM _pairs WHERE image_id <> other_id GROUP BY ALL ORDER BY model, image_id, other_id"""
+                  max(cosine_similarity) AS cosine_similarity, 'embedding' AS method,
+                  1.0 - max(cosine_similarity)::DOUBLE AS distance, NULL::VARCHAR AS transform
+           FROM _pairs WHERE image_id <> other_id GROUP BY image_id, other_id, model ORDER BY model, image_id, other_id"""
     ).to_arrow_table().cast(DUPLICATE_PAIRS_SCHEMA)
 
 
-def embedding_groups(pairs: pa.Table) -> pa.Table:
-    """``duplicates`` rows of the connected components of ``pairs``, per model."""
+def cut_by_pairs(labels: np.ndarray, ia: np.ndarray, ib: np.ndarray, distance: np.ndarray, max_distance: float,
+                 exhaustive_max: int = 2000) -> np.ndarray:
+    """Components cut so that every two members of a group are a candidate pair within
+    ``max_distance`` (complete linkage over the pairs; a pair the kNN did not propose counts as
+    far apart): a chain of near neighbours is not one group."""
+    out = labels.astype(np.int64).copy()
+    next_label = int(out.max()) + 1 if len(out) else 0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) < 3:
+            continue
+        position = {int(m): k for k, m in enumerate(members)}
+        matrix = np.full((len(members), len(members)), 2.0)
+        np.fill_diagonal(matrix, 0.0)
+        inside = labels[ia] == label
+        for x, y, d in zip(ia[inside].tolist(), ib[inside].tolist(), distance[inside].tolist()):
+            i, j = position[x], position[y]
+            matrix[i, j] = matrix[j, i] = min(matrix[i, j], d)
+
+        def distances(rows: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
+            return matrix[np.ix_(rows, rows if others is None else others)]
+
+        parts = split_component(distances, np.arange(len(members)), max_distance, exhaustive_max)
+        for part in range(1, int(parts.max()) + 1):
+            out[members[parts == part]] = next_label
+            next_label += 1
+    return out
+
+
+def embedding_groups(pairs: pa.Table, max_distance: float = 2.0) -> pa.Table:
+    """``duplicates`` rows per model: the connected components of ``pairs`` cut by complete linkage
+    at ``max_distance`` (``1 - knn.duplicate_similarity``), groups of two or more."""
     rows: dict[str, list] = {f.name: [] for f in DUPLICATES_SCHEMA}
     for model in sorted(set(pairs.column("model").to_pylist())):
         part = pairs.filter(pa.compute.equal(pairs.column("model"), model))
@@ -41,13 +73,15 @@ def embedding_groups(pairs: pa.Table) -> pa.Table:
         similarity = part.column("cosine_similarity").to_numpy().astype(np.float64)
         nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
         ia, ib = inverse[: len(a)], inverse[len(a):]
-        labels = compute_components(len(nodes), ia, ib)
+        labels = cut_by_pairs(compute_components(len(nodes), ia, ib), ia, ib, 1.0 - similarity, max_distance)
         best = np.full(len(nodes), -np.inf)
         np.maximum.at(best, ia, similarity)
         np.maximum.at(best, ib, similarity)
         sizes = np.bincount(labels)
         for label in np.unique(labels):
             members = np.flatnonzero(labels == label)
+            if len(members) < 2:
+                continue
             group_id = f"near-embedding-{model}-{min(nodes[members])[:16]}"
             for m in members:
                 rows["group_id"].append(group_id)

@@ -43,7 +43,9 @@ import xxhash
 from ood_ray.config import DedupConfig
 from ood_ray.dedup.components import compute_components
 from ood_ray.parts import Parts
-from ood_ray.tables import DUPLICATES_SCHEMA
+from ood_ray.dedup.linkage import hamming_matrix, split_component
+from ood_ray.stats.d4 import relation
+from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +269,11 @@ def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]
         position = np.minimum(np.searchsorted(wanted, hashes), len(wanted) - 1)
         hit = (wanted[position] == hashes) & np.asarray(pc.is_valid(table.column(method)))
         rows = table.filter(pa.array(hit))
+        orient = f"{method}_orient"
         out[method] = pa.table({"image_id": rows.column("image_id"), "h": rows.column(method).cast(pa.uint64()),
-                                "hash_pixels": rows.column("hash_pixels")})
+                                "hash_pixels": rows.column("hash_pixels"),
+                                "orient": rows.column(orient).cast(pa.int8()) if orient in rows.column_names
+                                else pa.nulls(rows.num_rows, pa.int8())})
     return out
 
 
@@ -278,14 +283,17 @@ def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> d
     return total
 
 
-COLUMNS = ["image_id", "status", "hash_pixels", "phash", "dhash"]
+def columns_for(methods: list[str]) -> list[str]:
+    """The ``images`` columns the dedup reads: ids, status, ``hash_pixels``, each method's hash and,
+    for a D4 hash, the transform it came from."""
+    return ["image_id", "status", "hash_pixels", *methods, *(f"{m}_orient" for m in methods if m.endswith("_d4"))]
 
 
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
     """The map/reduce of the module docstring: one result per partition."""
     spec = {"partitions": config.partitions_for(rows), "methods": list(config.near_methods), "distance": config.near_distance,
             "bands": config.effective_bands, "max_bucket": int(config.max_bucket)}
-    return parts.shuffle(map_hashes, reduce_hashes, spec, COLUMNS)
+    return parts.shuffle(map_hashes, reduce_hashes, spec, columns_for(config.near_methods))
 
 
 def find_exact_groups(reduced: list[dict[str, Any]]) -> pa.Table:
@@ -320,31 +328,42 @@ def find_near_pairs(reduced: list[dict[str, Any]], method: str) -> tuple[np.ndar
     return h1, h2, dist, sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
 
 
-def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray) -> pa.Table:
+def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray,
+                     max_distance: int | None = None, exhaustive_max: int = 2000) -> tuple[pa.Table, pa.Table]:
     """Near-duplicate groups by one perceptual hash from its pairs and the images holding their
-    hashes or a hash shared with another image (see module docstring)."""
+    hashes or a hash shared with another image (see module docstring), each connected component
+    cut into groups of diameter at most ``max_distance`` (:mod:`ood_ray.dedup.linkage`; default: the
+    largest pair distance, i.e. no cut), and the pairs inside the groups (``duplicate_pairs``)."""
     if members.num_rows == 0:
-        return DUPLICATES_SCHEMA.empty_table()
+        return DUPLICATES_SCHEMA.empty_table(), DUPLICATE_PAIRS_SCHEMA.empty_table()
     members = members.sort_by("image_id")
     hashes = members.column("h").to_numpy().astype(np.uint64)
     values, node = np.unique(hashes, return_inverse=True)
-    labels = compute_components(len(values), np.searchsorted(values, h1), np.searchsorted(values, h2))
+    i1, i2 = np.searchsorted(values, h1), np.searchsorted(values, h2)
+    labels = compute_components(len(values), i1, i2)
+    if max_distance is not None:
+        labels = cut_components(values, labels, max_distance, exhaustive_max)
+    inside = labels[i1] == labels[i2]
+    i1, i2, dist = i1[inside], i2[inside], dist[inside]
 
     # Smallest distance from each hash value to another member: 0 when shared by two images.
     nearest = np.full(len(values), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(nearest, np.searchsorted(values, h1), dist)
-    np.minimum.at(nearest, np.searchsorted(values, h2), dist)
+    np.minimum.at(nearest, i1, dist)
+    np.minimum.at(nearest, i2, dist)
     nearest[np.bincount(node, minlength=len(values)) > 1] = 0
 
     image_ids = np.asarray(members.column("image_id").to_pylist(), dtype=object)
     pixel_hashes = np.asarray(members.column("hash_pixels").to_pylist(), dtype=object)
+    orients = members.column("orient").to_pylist() if "orient" in members.column_names else [None] * members.num_rows
     group_of_image = labels[node]
     rows: dict[str, list] = {f.name: [] for f in DUPLICATES_SCHEMA}
+    reported: set[int] = set()
     order = np.argsort(group_of_image, kind="stable")
     boundaries = np.flatnonzero(np.diff(group_of_image[order])) + 1
     for indices in np.split(order, boundaries):
         if len(indices) < 2 or len(set(pixel_hashes[indices])) < 2:
             continue
+        reported.add(int(group_of_image[indices[0]]))
         ids = image_ids[indices]
         group_id = f"near-{method}-{min(ids)[:16]}"
         for i, image_id in zip(indices, ids):
@@ -355,33 +374,87 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
             rows["distance"].append(float(nearest[node[i]]))
             rows["group_size"].append(len(indices))
             rows["model"].append(None)
-    return pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA)
+    groups = pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA)
+    return groups, _group_pairs(method, values, node, image_ids, orients, labels, reported, i1, i2, dist)
+
+
+def cut_components(values: np.ndarray, labels: np.ndarray, max_distance: int, exhaustive_max: int) -> np.ndarray:
+    """Component labels refined so that no group is wider than ``max_distance`` bits (complete
+    linkage inside each component of three or more distinct hashes)."""
+    out = labels.astype(np.int64).copy()
+    next_label = int(out.max()) + 1 if len(out) else 0
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
+    for indices in np.split(order, boundaries):
+        if len(indices) < 3:
+            continue
+        parts = split_component(hamming_matrix, values[indices], max_distance, exhaustive_max)
+        for part in range(1, int(parts.max()) + 1):
+            out[indices[parts == part]] = next_label
+            next_label += 1
+    return out
+
+
+def _group_pairs(method: str, values: np.ndarray, node: np.ndarray, image_ids: np.ndarray, orients: list,
+                 labels: np.ndarray, reported: set[int], i1: np.ndarray, i2: np.ndarray, dist: np.ndarray) -> pa.Table:
+    """The evidence of each reported group as image pairs: for each hash pair inside it, the first
+    image holding each hash; for a hash held by several images, the first with each other (distance
+    0). ``transform``: for D4 hashes, what turns the first image into the second."""
+    holders: dict[int, list[int]] = {}
+    for row, value in enumerate(node.tolist()):
+        holders.setdefault(value, []).append(row)
+    a_rows, b_rows, distances = [], [], []
+    for x, y, d in zip(i1.tolist(), i2.tolist(), dist.tolist()):
+        if int(labels[x]) in reported:
+            a_rows.append(holders[x][0])
+            b_rows.append(holders[y][0])
+            distances.append(float(d))
+    for value, rows_of_value in holders.items():
+        if len(rows_of_value) > 1 and int(labels[value]) in reported:
+            for other in rows_of_value[1:]:
+                a_rows.append(rows_of_value[0])
+                b_rows.append(other)
+                distances.append(0.0)
+    d4 = method.endswith("_d4")
+    transforms = [relation(int(orients[a]), int(orients[b])) if d4 and orients[a] is not None and orients[b] is not None
+                  else None for a, b in zip(a_rows, b_rows)]
+    n = len(a_rows)
+    return pa.table({"image_id": pa.array(image_ids[a_rows].tolist() if n else [], pa.string()),
+                     "other_id": pa.array(image_ids[b_rows].tolist() if n else [], pa.string()),
+                     "model": pa.nulls(n, pa.string()), "cosine_similarity": pa.nulls(n, pa.float32()),
+                     "method": pa.array([method] * n, pa.string()), "distance": pa.array(distances, pa.float64()),
+                     "transform": pa.array(transforms, pa.string())}, schema=DUPLICATE_PAIRS_SCHEMA)
 
 
 def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups: pa.Table | None = None
-              ) -> tuple[pa.Table, dict[str, Any]]:
-    """The ``duplicates`` table (exact, near per hash method, then embedding groups when given)
-    and a summary for ``run.json``; ``rows``: the number of images (sizes the shuffle)."""
+              ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """The ``duplicates`` table (exact, near per hash method, then embedding groups when given),
+    the near pairs behind the hash groups (``duplicate_pairs`` rows) and a summary for
+    ``run.json``; ``rows``: the number of images (sizes the shuffle)."""
     reduced = shuffle_hashes(parts, config, rows)
     tables = [find_exact_groups(reduced)]
     summary: dict[str, Any] = {
         "near_distance": config.near_distance, "bands": config.effective_bands,
         "max_bucket": config.max_bucket, "partitions": len(reduced), "skipped_buckets": [],
     }
-    pairs, wanted = {}, {}
+    pairs, wanted, pair_tables = {}, {}, []
     for method in config.near_methods:
         h1, h2, dist, skipped = find_near_pairs(reduced, method)
         pairs[method] = (h1, h2, dist)
         summary["skipped_buckets"].extend(skipped)
         shared = [r["shared"][method] for r in reduced if method in r["shared"]]
         wanted[method] = _distinct(np.concatenate([h1, h2, *shared]))
-    found = parts.merge(select_members, {"wanted": wanted}, COLUMNS, _concat_members, dict)
+    found = parts.merge(select_members, {"wanted": wanted}, columns_for(config.near_methods), _concat_members, dict)
     for method in config.near_methods:
         members = found.get(method, [])
         members = pa.concat_tables(members) if members else pa.table({"image_id": pa.array([], pa.string()),
                                                                       "h": pa.array([], pa.uint64()),
-                                                                      "hash_pixels": pa.array([], pa.string())})
-        tables.append(find_near_groups(members, method, *pairs[method]))
+                                                                      "hash_pixels": pa.array([], pa.string()),
+                                                                      "orient": pa.array([], pa.int8())})
+        groups, method_pairs = find_near_groups(members, method, *pairs[method], config.near_distance,
+                                                config.max_bucket)
+        tables.append(groups)
+        pair_tables.append(method_pairs)
     if embedding_groups is not None:
         tables.append(embedding_groups)
     duplicates = pa.concat_tables(tables)
@@ -389,5 +462,6 @@ def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups
     for kind, method, group_id in zip(*(duplicates.column(c).to_pylist() for c in ("kind", "method", "group_id"))):
         groups.setdefault(f"{kind}/{method}", set()).add(group_id)
     summary["groups"] = {key: len(ids) for key, ids in sorted(groups.items())}
+    summary["pairs"] = {method: table.num_rows for method, table in zip(config.near_methods, pair_tables)}
     log.info("dedup: %s", ", ".join(f"{k} {v} groups" for k, v in summary["groups"].items()) or "no duplicates")
-    return duplicates, summary
+    return duplicates, pa.concat_tables(pair_tables) if pair_tables else DUPLICATE_PAIRS_SCHEMA.empty_table(), summary

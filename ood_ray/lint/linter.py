@@ -112,7 +112,9 @@ def run_pass(parts: Parts, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
-    """The ``lint`` rows of one part: every (image, metric) outside its scope's bounds."""
+    """The ``lint`` rows of one part: every (image, metric) outside its scope's bounds, with its
+    ``severity = |value - centre| / half-width`` of the bounds (1 at a bound, 2 twice as far out;
+    for ``zscore`` and ``modzscore`` that is the score over the threshold)."""
     rows: dict[str, list] = {f.name: [] for f in LINT_SCHEMA}
     ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
     for scope, mask in _scopes(table, spec["per_class"]).items():
@@ -122,7 +124,9 @@ def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
             lower, upper, method, threshold = bounds[scope]
             values = table.column(metric).cast(pa.float64()).to_numpy(zero_copy_only=False)
             hit = mask & ~np.isnan(values) & ((values < lower) | (values > upper))
+            centre, half_width = (lower + upper) / 2, (upper - lower) / 2
             for i in np.flatnonzero(hit):
+                rows["severity"].append(float(abs(values[i] - centre) / half_width) if half_width > 0 else float("inf"))
                 rows["image_id"].append(ids[i])
                 rows["metric"].append(metric)
                 rows["value"].append(float(values[i]))

@@ -170,8 +170,12 @@ def split_knn_block(block: pa.Table, aliases: list[str]) -> tuple[pa.Table, pa.T
             "cosine_similarity": pa.array(sims, pa.float32()),
         }, schema=NEIGHBORS_SCHEMA))
         image, _, other, sim = _explode(block, alias, DUPLICATE_ID_PREFIX, DUPLICATE_SIM_PREFIX)
+        sims = np.asarray(sim, dtype=np.float64)
         pairs.append(pa.Table.from_pydict({"image_id": image, "other_id": other, "model": [alias] * len(image),
-                                           "cosine_similarity": pa.array(sim, pa.float32())}, schema=DUPLICATE_PAIRS_SCHEMA))
+                                           "cosine_similarity": pa.array(sim, pa.float32()),
+                                           "method": ["embedding"] * len(image),
+                                           "distance": pa.array(1.0 - sims, pa.float64()),
+                                           "transform": pa.nulls(len(image), pa.string())}, schema=DUPLICATE_PAIRS_SCHEMA))
     images = block.drop_columns([c for c in block.column_names if c.startswith(_LIST_PREFIXES)])
     return images, pa.concat_tables(neighbors), pa.concat_tables(pairs)
 

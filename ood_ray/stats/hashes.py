@@ -99,17 +99,14 @@ def _dhash_of_resized(small: np.ndarray) -> list[int | None]:
     return _with_constant_as_none(_pack_rows(small[:, :, :-1] > small[:, :, 1:]), small)
 
 
-def compute_batch_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int | None]]:
-    """``(phash, dhash)`` of ``N`` same-shape uint8 luma images ``(N, H, W)``.
-
-    Each luma image is wrapped once as a Pillow image and resized twice with Lanczos (``s x s``
-    for phash, 9 x 9 for dhash); the DCTs, medians and bit packing run on the whole stack.
-    ``None`` below 9 px on a side or for a constant image (see module docstring).
-    """
+def resized_for_hashes(lumas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The Lanczos resizes both hashes start from: ``(N, s, s)`` for phash and ``(N, 9, 9)`` for
+    dhash (float64), or ``None`` below 9 px on a side. Each luma image is wrapped once as a Pillow
+    image and resized twice."""
     n, height, width = lumas.shape
     min_dim = min(height, width)
     if min_dim < HASH_SIZE + 1:
-        return [None] * n, [None] * n
+        return None
     size = HASH_SIZE * min((min_dim - 1) // HASH_SIZE, _MAX_FACTOR)
     lanczos = Image.Resampling.LANCZOS
     for_phash = np.empty((n, size * size), np.uint8)
@@ -118,9 +115,25 @@ def compute_batch_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int 
         image = Image.frombuffer("L", (width, height), np.ascontiguousarray(luma).tobytes(), "raw", "L", 0, 1)
         for_phash[i] = np.frombuffer(image.resize((size, size), lanczos).tobytes(), np.uint8)
         for_dhash[i] = np.frombuffer(image.resize((HASH_SIZE + 1, HASH_SIZE + 1), lanczos).tobytes(), np.uint8)
-    phash = _phash_of_resized(for_phash.reshape(n, size, size).astype(np.float64))
-    dhash = _dhash_of_resized(for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64))
-    return phash, dhash
+    return (for_phash.reshape(n, size, size).astype(np.float64),
+            for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64))
+
+
+def hashes_of_resized(for_phash: np.ndarray, for_dhash: np.ndarray) -> tuple[list[int | None], list[int | None]]:
+    """``(phash, dhash)`` from :func:`resized_for_hashes`' stacks: the DCTs, medians and bit packing
+    run on the whole stack."""
+    return _phash_of_resized(for_phash), _dhash_of_resized(for_dhash)
+
+
+def compute_batch_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int | None]]:
+    """``(phash, dhash)`` of ``N`` same-shape uint8 luma images ``(N, H, W)``.
+
+    ``None`` below 9 px on a side or for a constant image (see module docstring).
+    """
+    resized = resized_for_hashes(lumas)
+    if resized is None:
+        return [None] * len(lumas), [None] * len(lumas)
+    return hashes_of_resized(*resized)
 
 
 def compute_phash(luma: np.ndarray) -> int | None:

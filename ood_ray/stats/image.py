@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ood_ray.stats.d4 import D4_COLUMNS, compute_batch_d4_hashes
 from ood_ray.stats.hashes import compute_batch_hashes, compute_hash_pixels, compute_luma
 from ood_ray.stats.pixels import (
     HISTOGRAM_STAT_NAMES,
@@ -56,6 +57,7 @@ class ImageStats:
     hash_pixels: str
     phash: int | None
     dhash: int | None
+    d4: dict[str, int | None] | None = None
 
 
 @dataclass
@@ -71,12 +73,15 @@ class StatsColumns:
     hash_pixels: list[str]
     phash: list[int | None]
     dhash: list[int | None]
+    #: ``phash_d4``, ``phash_d4_orient``, ``dhash_d4``, ``dhash_d4_orient`` (see ood_ray.stats.d4)
+    d4: dict[str, list[int | None]] = None  # type: ignore[assignment]
 
     def row(self, i: int) -> ImageStats:
         """Image ``i`` as an :class:`ImageStats`."""
         image = {name: (int(v[i]) if v.dtype.kind in "iu" else float(v[i])) for name, v in self.image.items()}
         channels = {name: values[i] for name, values in self.channels.items()}
-        return ImageStats(image, channels, self.hash_pixels[i], self.phash[i], self.dhash[i])
+        return ImageStats(image, channels, self.hash_pixels[i], self.phash[i], self.dhash[i],
+                          {name: values[i] for name, values in (self.d4 or {}).items()})
 
 
 def compute_aspect_ratio(width: int, height: int) -> float:
@@ -113,7 +118,9 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
         rows = np.vstack([rows, counts.sum(axis=1)])
     stats = compute_histogram_stats(rows)
     sharpness, channel_sharpness = compute_batch_sharpness(stack, per_channel_sharpness)
-    phashes, dhashes = compute_batch_hashes(compute_luma(stack))
+    luma = compute_luma(stack)
+    phashes, dhashes = compute_batch_hashes(luma)
+    d4 = dict(zip(D4_COLUMNS, compute_batch_d4_hashes(luma)))
 
     whole = slice(n * channels, None) if channels > 1 else slice(None)
     image: dict[str, np.ndarray] = {
@@ -131,7 +138,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
     image["sharpness"] = sharpness
     per_channel["sharpness"] = channel_sharpness.tolist() if channel_sharpness is not None else [[None] * channels] * n
     return StatsColumns(image=image, channels=per_channel, hash_pixels=[compute_hash_pixels(x) for x in stack],
-                        phash=phashes, dhash=dhashes)
+                        phash=phashes, dhash=dhashes, d4=d4)
 
 
 def compute_images_stats(
@@ -148,7 +155,7 @@ def compute_images_stats(
     out = StatsColumns(
         image={name: np.zeros(n, np.int64 if name in _INTEGER_STATS else np.float64) for name in IMAGE_STAT_NAMES},
         channels={name: [None] * n for name in CHANNEL_STAT_NAMES},
-        hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n,
+        hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n, d4={name: [None] * n for name in D4_COLUMNS},
     )
     for indices in _group_by_shape(pixels).values():
         stack = np.stack([pixels[i] for i in indices])
@@ -160,6 +167,8 @@ def compute_images_stats(
                 out.channels[name][i] = value
         for i, k in zip(indices, range(len(indices))):
             out.hash_pixels[i], out.phash[i], out.dhash[i] = group.hash_pixels[k], group.phash[k], group.dhash[k]
+            for name in D4_COLUMNS:
+                out.d4[name][i] = group.d4[name][k]
     return out
 
 

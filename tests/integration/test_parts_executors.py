@@ -41,8 +41,8 @@ def test_ray_tasks_and_the_driver_give_the_same_results(ray_session, tmp_path):
     on_ray, in_driver = RayParts(uris), InProcessParts(uris)
     assert summarize_metrics(on_ray, list(IMAGE_STAT_NAMES[:6]), True) == \
         summarize_metrics(in_driver, list(IMAGE_STAT_NAMES[:6]), True)
-    ray_groups, ray_summary = run_dedup(on_ray, config.dedup, 3000)
-    driver_groups, driver_summary = run_dedup(in_driver, config.dedup, 3000)
+    ray_groups, _, ray_summary = run_dedup(on_ray, config.dedup, 3000)
+    driver_groups, _, driver_summary = run_dedup(in_driver, config.dedup, 3000)
     assert ray_groups.equals(driver_groups) and ray_summary == driver_summary
     assert ray_summary["groups"]["exact/pixel"] == 100 and ray_summary["groups"]["near/phash"] > 0
     args = (["mean"], "status = 'ok'", hash_order(3), 200, "label", 50)

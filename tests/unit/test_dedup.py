@@ -119,8 +119,8 @@ def test_shuffle_gives_the_same_groups_for_any_partitions_and_parts(partitions, 
     hashes = np.concatenate([base, near, base[:20]])
     pixels = [f"{i * 0x9E3779B97F4A7C15 % 2**64:016x}{i:016x}" for i in [*range(550), *range(20)]]  # 20 exact copies
     config = dedup_config(f"dedup.partitions={partitions}", "dedup.near_methods=phash")
-    duplicates, summary = run_dedup(_con(hashes, pixels, parts=parts), config)
-    reference, _ = run_dedup(_con(hashes, pixels, parts=1), dedup_config("dedup.partitions=1", "dedup.near_methods=phash"))
+    duplicates, _, summary = run_dedup(_con(hashes, pixels, parts=parts), config)
+    reference, _, _ = run_dedup(_con(hashes, pixels, parts=1), dedup_config("dedup.partitions=1", "dedup.near_methods=phash"))
     assert duplicates.equals(reference)
     assert summary["partitions"] == partitions
     assert summary["groups"] == {"exact/pixel": 20, "near/phash": 150}
@@ -139,34 +139,60 @@ def test_identical_hashes_are_one_value_not_a_pair_explosion():
     con = _con(hashes)
     h1, h2, _, _ = find_near_pairs(con, "phash", dedup_config())
     assert list(zip(h1.tolist(), h2.tolist())) == [(12344, 12345)]
-    duplicates, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
+    duplicates, _, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
     near = duplicates.filter(pa.compute.equal(duplicates.column("kind"), "near"))
     assert near.num_rows == 5001 and set(near.column("group_size").to_pylist()) == {5001}
 
 
-def test_groups_chain_by_union_find_and_distance_is_nearest_member():
+def test_a_chain_is_cut_into_groups_no_wider_than_the_distance():
     a = 0b0
     hashes = np.array([a, a ^ 0b1, a ^ 0b11, 0xFFFF_0000_0000_0000], np.uint64)  # 0-1-2 chain, 3 apart
     con = _con(hashes)
-    duplicates, summary = run_dedup(con, dedup_config("dedup.near_distance=1", "dedup.near_methods=phash"))
-    rows = {r["image_id"]: r for r in duplicates.to_pylist()}
-    assert set(rows) == {"id00000", "id00001", "id00002"}
-    assert len({r["group_id"] for r in rows.values()}) == 1
-    assert all(r["distance"] == 1.0 for r in rows.values())
+    duplicates, pairs, summary = run_dedup(con, dedup_config("dedup.near_distance=1", "dedup.near_methods=phash"))
+    rows = duplicates.to_pylist()
+    # union-find would join 0, 1 and 2 (0 and 2 are 2 bits apart): complete linkage keeps one pair
+    assert len(rows) == 2 and "id00001" in {r["image_id"] for r in rows} and len({r["group_id"] for r in rows}) == 1
+    assert all(r["distance"] == 1.0 and r["group_size"] == 2 for r in rows)
     assert summary["groups"] == {"near/phash": 1}
+    assert pairs.num_rows == 1 and pairs.column("method").to_pylist() == ["phash"]
+    assert pairs.column("distance").to_pylist() == [1.0]
+    assert {pairs.column("image_id")[0].as_py(), pairs.column("other_id")[0].as_py()} == {r["image_id"] for r in rows}
+    # with the wider threshold the three are one group again
+    duplicates, _, _ = run_dedup(con, dedup_config("dedup.near_distance=2", "dedup.near_methods=phash"))
+    assert set(duplicates.column("image_id").to_pylist()) == {"id00000", "id00001", "id00002"}
+
+
+def test_textures_that_chain_are_cut_and_every_group_is_tight():
+    rng = np.random.default_rng(3)
+    walk = [np.uint64(rng.integers(0, 2**63))]
+    for _ in range(60):  # a random walk of 3-bit steps: every neighbour within 4, the ends far apart
+        step = np.uint64(0)
+        for bit in rng.choice(64, 3, replace=False):
+            step |= np.uint64(1) << np.uint64(bit)
+        walk.append(walk[-1] ^ step)
+    hashes = np.array(walk, np.uint64)
+    duplicates, pairs, _ = run_dedup(_con(hashes), dedup_config("dedup.near_distance=4", "dedup.near_methods=phash"))
+    by_group: dict[str, list[int]] = {}
+    for row in duplicates.to_pylist():
+        by_group.setdefault(row["group_id"], []).append(int(row["image_id"][2:]))
+    assert len(by_group) > 1
+    for members in by_group.values():
+        values = hashes[members]
+        assert np.bitwise_count(values[:, None] ^ values[None, :]).max() <= 4
+    assert pairs.num_rows and max(pairs.column("distance").to_pylist()) <= 4
 
 
 def test_exact_groups_by_pixels_and_pixel_identical_near_groups_are_not_repeated():
     hashes = np.array([10, 10, 10, 0xFFFF_FFFF_0000_0000], np.uint64)
     con = _con(hashes, pixel_hashes=["p", "p", "q", "r"])
-    duplicates, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
+    duplicates, _, summary = run_dedup(con, dedup_config("dedup.near_methods=phash"))
     exact = [r for r in duplicates.to_pylist() if r["kind"] == "exact"]
     assert {r["image_id"] for r in exact} == {"id00000", "id00001"}
     near = [r for r in duplicates.to_pylist() if r["kind"] == "near"]
     assert {r["image_id"] for r in near} == {"id00000", "id00001", "id00002"}
     # Two pixel-identical images alone are only an exact group.
     con = _con(np.array([10, 10], np.uint64), pixel_hashes=["p", "p"])
-    assert run_dedup(con, dedup_config())[1]["groups"] == {"exact/pixel": 1}
+    assert run_dedup(con, dedup_config())[2]["groups"] == {"exact/pixel": 1}
 
 
 def test_components_partition():

@@ -143,6 +143,11 @@ def test_flags_are_exactly_the_values_outside_the_bounds():
     assert used["std"]["all"]["skipped"] == "zero spread"
     assert used["mean"]["all"]["lower"] == pytest.approx(mean - 3 * std)
     assert set(flags.column("scope").to_pylist()) == {"all"}
+    # severity: the z-score over the threshold, so the farthest flag ranks first
+    by_id = {r["image_id"]: r["severity"] for r in flags.to_pylist()}
+    for image_id, severity in by_id.items():
+        assert severity == pytest.approx(abs(values[int(image_id[2:])] - mean) / std / 3) and severity > 1
+    assert max(by_id, key=by_id.get) == f"id{int(np.argmax(np.abs(values - mean))):03d}"
 
 
 def test_per_class_thresholds_flag_within_each_class():

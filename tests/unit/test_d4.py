@@ -1,0 +1,106 @@
+"""Flip/rotation-invariant hashes: equal to DataEval's ``phash_d4``/``dhash_d4`` to the bit, the same
+for every flip and rotation of an image, and the relation between two copies named right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from ood_ray.io.decode import decode_image
+from ood_ray.stats.d4 import NAMES, _named, compute_batch_d4_hashes, relation, transform
+from ood_ray.stats.hashes import compute_batch_hashes, compute_luma
+
+REAL = sorted((Path(__file__).resolve().parents[1] / "data" / "real").glob("*.*g"))
+
+
+def _luma(path: Path) -> np.ndarray:
+    return compute_luma(decode_image(path.read_bytes(), max_pixels=10**8).pixels)
+
+
+def test_equal_to_dataeval_to_the_bit():
+    dataeval_hash = pytest.importorskip("dataeval.core._hash")
+    for path in REAL:
+        pixels = decode_image(path.read_bytes(), max_pixels=10**8).pixels
+        p, _, d, _ = compute_batch_d4_hashes(compute_luma(pixels)[None])
+        chw = np.moveaxis(pixels, -1, 0)
+        assert f"{p[0]:016x}" == dataeval_hash._phash_d4(chw)[0], path.name
+        assert f"{d[0]:016x}" == dataeval_hash._dhash_d4(chw)[0], path.name
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_every_flip_and_rotation_has_the_same_hash_and_the_right_relation(path):
+    luma = _luma(path)
+    side = min(luma.shape)
+    square = np.ascontiguousarray(luma[:side, :side])  # the hashes' resize is square: exact on a square
+    p0, po0, d0, do0 = compute_batch_d4_hashes(square[None])
+    plain_p, _ = compute_batch_hashes(square[None])
+    assert p0[0] <= plain_p[0]  # the minimum over the 8 includes the identity
+    for name, copy in _named(square).items():
+        p, po, d, do = compute_batch_d4_hashes(np.ascontiguousarray(copy)[None])
+        assert (p[0], d[0]) == (p0[0], d0[0]), name
+        if len(set(compute_batch_hashes(np.stack([np.ascontiguousarray(transform(square, i)) for i in range(8)]))[0])) == 8:
+            assert relation(po0[0], po[0]) == name  # no symmetry in the hashes: the relation is unique
+
+
+def test_relation_is_a_group_action():
+    probe = np.arange(6).reshape(2, 3)
+    named = _named(probe)
+    assert sorted(named) == sorted(NAMES)
+    for a in range(8):
+        assert relation(a, a) == "identity"
+        for b in range(8):
+            moved = named[relation(a, b)]
+            # T_b(moved) equals T_a(probe): b's canonical view of a's copy is a's canonical view
+            assert np.array_equal(transform(moved, b), transform(probe, a))
+
+
+def test_constant_and_tiny_images_have_no_hash():
+    p, po, d, do = compute_batch_d4_hashes(np.full((2, 40, 40), 7, np.uint8))
+    assert p == po == d == do == [None, None]
+    assert compute_batch_d4_hashes(np.zeros((1, 8, 40), np.uint8))[0] == [None]
+
+
+def test_flipped_and_rotated_copies_of_real_images_are_grouped_with_the_transform():
+    """Statistics (as the scan computes them) of real images and of their flips and rotations, then
+    the dedup over those rows: each copy is in its original's phash_d4 group, and the pair says
+    what turns one into the other."""
+    from PIL import Image
+
+    from ood_ray.config import load_config
+    from ood_ray.dedup.hash_groups import run_dedup
+    from ood_ray.parts import LocalParts
+    from ood_ray.stats.image import compute_images_stats
+
+    made = {"flip_h": Image.Transpose.FLIP_LEFT_RIGHT, "rot90": Image.Transpose.ROTATE_90,
+            "rot180": Image.Transpose.ROTATE_180, "flip_v": Image.Transpose.FLIP_TOP_BOTTOM}
+    pixels, ids = [], []
+    for k, path in enumerate(REAL):
+        original = Image.open(path).convert("RGB")
+        side = min(original.size)
+        original = original.crop((0, 0, side, side))
+        pixels.append(np.asarray(original))
+        ids.append(f"{k}-identity")
+        for name, how in made.items():
+            pixels.append(np.asarray(original.transpose(how)))
+            ids.append(f"{k}-{name}")
+    stats = compute_images_stats(pixels, [8] * len(pixels))
+    table = pa.table({"image_id": ids, "status": ["ok"] * len(ids), "hash_pixels": stats.hash_pixels,
+                      "phash": pa.array(stats.phash, pa.uint64()), "dhash": pa.array(stats.dhash, pa.uint64()),
+                      **{name: pa.array(stats.d4[name], pa.int8() if name.endswith("orient") else pa.uint64())
+                         for name in stats.d4}})
+    config = load_config(None, ["dedup.near_methods=[phash_d4]"], source="s", out="o").dedup
+    duplicates, pairs, _ = run_dedup(LocalParts([table]), config)
+    groups: dict[str, set[str]] = {}
+    for row in duplicates.to_pylist():
+        groups.setdefault(row["group_id"], set()).add(row["image_id"])
+    for k in range(len(REAL)):
+        expected = {f"{k}-{name}" for name in ("identity", *made)}
+        assert any(expected <= members for members in groups.values()), k
+    for row in pairs.to_pylist():
+        a, b = row["image_id"].split("-", 1), row["other_id"].split("-", 1)
+        assert a[0] == b[0] and row["method"] == "phash_d4"
+        if a[1] == "identity":
+            assert row["transform"] == b[1] or row["distance"] == 0  # a symmetric image has several answers
