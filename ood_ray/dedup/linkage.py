@@ -45,7 +45,7 @@ def split_component(distances: Callable[..., np.ndarray], items: np.ndarray, max
     if n <= 1:
         return np.zeros(n, np.int64)
     if n <= exhaustive_max:
-        matrix = distances(items)
+        matrix = np.maximum(distances(items), 0.0)  # 1 - cos of float32 vectors can be -1e-7
         if matrix.max() <= max_distance:
             return np.zeros(n, np.int64)
         from scipy.cluster.hierarchy import fcluster, linkage

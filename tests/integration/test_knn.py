@@ -104,12 +104,18 @@ def test_neighbors_table(knn_run):
 
 
 def test_embedding_near_duplicates_find_the_planted_copies(knn_run, demo_dataset):
-    pairs = q(knn_run, """SELECT a.uri AS a, b.uri AS b, p.cosine_similarity FROM duplicate_pairs p
-                          JOIN images a ON a.image_id = p.image_id JOIN images b ON b.image_id = p.other_id""").to_pylist()
+    pairs = q(knn_run, """SELECT a.uri AS a, b.uri AS b, p.cosine_similarity, p.distance FROM duplicate_pairs p
+                          JOIN images a ON a.image_id = p.image_id JOIN images b ON b.image_id = p.other_id
+                          WHERE p.method = 'embedding'""").to_pylist()
     found = {frozenset((Path(r["a"]).name, Path(r["b"]).name)) for r in pairs}
     for group in demo_dataset["planted"]["exact"]:
         assert frozenset(Path(p).name for p in group) in found, group
     assert all(r["cosine_similarity"] >= 0.9999 for r in pairs)
+    assert all(r["distance"] == pytest.approx(1 - r["cosine_similarity"], abs=1e-6) for r in pairs)
+    # the hash groups' pairs sit beside them, each within the near distance of its method
+    hashed = q(knn_run, "SELECT method, distance, cosine_similarity FROM duplicate_pairs WHERE method <> 'embedding'").to_pylist()
+    assert hashed and all(r["method"] in ("phash", "dhash", "phash_d4") and r["distance"] <= 4 for r in hashed)
+    assert all(r["cosine_similarity"] is None for r in hashed)
     groups = q(knn_run, "SELECT group_id, count(*) AS n FROM duplicates WHERE method = 'embedding' GROUP BY 1").to_pylist()
     assert groups and all(g["n"] >= 2 for g in groups)
     leak = q(knn_run, "SELECT DISTINCT method FROM leakage").column(0).to_pylist()

@@ -36,3 +36,11 @@ def test_cosine_distances():
     matrix = cosine_distance_matrix(vectors)
     assert np.allclose(matrix, [[0, 0, 1], [0, 0, 1], [1, 1, 0]])
     assert split_component(cosine_distance_matrix, vectors, 0.02).tolist() == [0, 0, 1]
+
+
+def test_rounding_below_zero_is_a_zero_distance():
+    def distances(rows, others=None):
+        matrix = np.array([[0.0, -1e-7, 0.5], [-1e-7, 0.0, 0.5], [0.5, 0.5, 0.0]])
+        return matrix[np.ix_(rows, rows if others is None else others)]
+
+    assert split_component(distances, np.arange(3), 0.02).tolist() == [0, 0, 1]
