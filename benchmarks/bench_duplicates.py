@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
+from bench_setup import prepare  # noqa: E402
+
 TRANSFORMS = ("jpeg_q50", "half_size", "double_size", "watermark", "grayscale", "flip_h", "flip_v", "rot90",
               "rot180", "crop_5pct", "brighter")
 
@@ -202,12 +204,9 @@ def main() -> int:
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "duplicates.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    work = prepare(args.work)
+    if work is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     truth = build_set(work, args.copied, args.seed)
     images = work / "images"
     print(f"{truth['files']:,} files: {truth['distinct']:,} distinct images, {args.copied} copied {len(TRANSFORMS)} ways")

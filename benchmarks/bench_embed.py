@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
+from bench_setup import prepare  # noqa: E402
+
 from ood_ray.config import ModelConfig  # noqa: E402
 from ood_ray.embed.models import build_model, embed_and_logits, inspect_models  # noqa: E402
 from ood_ray.embed.preprocess import PIXELS_PREFIX, normalize_batch, prepare_model_input, preprocessing_key  # noqa: E402
@@ -97,8 +99,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "embed.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
     import ray
     import torch

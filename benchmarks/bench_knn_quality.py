@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 import zipfile
@@ -31,6 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
+
+from bench_setup import prepare  # noqa: E402
 
 SCORES = {"knn (k=50)": "score_knn_resnet56", "msp": "score_msp_resnet56", "energy": "score_energy_resnet56",
           "knn mean (k=50)": "score_knn_mean_resnet56"}
@@ -71,10 +72,8 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/ood-ray-knn-quality")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "knn_quality.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ood_ray.config import load_config
     from ood_ray.pipeline import run_audit
     from ood_ray.query import run_query

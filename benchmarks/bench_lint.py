@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
+
+from bench_setup import prepare  # noqa: E402
 
 KINDS = ("black", "white", "very_dark", "very_bright", "blurred", "noise", "flat_stripe", "strip_32x4", "upscaled_128",
          "flat_colour")
@@ -119,11 +120,9 @@ def main() -> int:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lint.json"))
     parser.add_argument("--no-dataeval", action="store_true")
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    work = prepare(args.work)
+    if work is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    work = Path(args.work)
     images, planted = build(work)
     ordinary = len(list((images / "ordinary").iterdir()))
     results = {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 SHARED = REPO.parent / "shared" / "data"
+
+from bench_setup import prepare  # noqa: E402
 
 from bench_knn_quality import write_manifest  # noqa: E402
 
@@ -95,10 +96,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "quality.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from ood_ray.config import load_config
     from ood_ray.evaluate import evaluate
     from ood_ray.holdout import run_holdout

@@ -31,6 +31,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 SHARED = REPO.parent / "shared" / "data"
 
+from bench_setup import prepare  # noqa: E402
+
 from bench_knn_quality import write_manifest  # noqa: E402
 from bench_quality import CHECKPOINTS, models_override  # noqa: E402
 
@@ -110,12 +112,9 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=15)
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "report.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    work = prepare(args.work)
+    if work is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
     quality = audit_quality_run(work)
     import ray
 

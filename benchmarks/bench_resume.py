@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
+from bench_setup import prepare  # noqa: E402
+
 
 def copy_cifar(target: Path, n: int) -> None:
     files = sorted((SHARED / "cifar10" / "test").glob("*/*.jpg"))
@@ -81,8 +83,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "resume.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
     with tempfile.TemporaryDirectory() as tmp:
         source, out = Path(tmp) / "src", Path(tmp) / "out"

@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
+from bench_setup import prepare  # noqa: E402
+
 from ood_ray.io.decode import decode_image  # noqa: E402
 from ood_ray.scan import ScanSettings, scan_blobs  # noqa: E402
 from ood_ray.stats.image import compute_images_stats  # noqa: E402
@@ -173,8 +175,7 @@ def main() -> int:
     parser.add_argument("--pipeline-images", type=int, default=5000)
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "scan.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
     results = [
         bench_dataset("cifar10 32x32 jpeg", load_cifar(args.cifar), args.runs),

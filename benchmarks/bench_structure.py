@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
+
+from bench_setup import prepare  # noqa: E402
 R56 = ("models=[{name: 'ood_ray.embed.cifar_resnet:resnet56', alias: r56, checkpoint: '"
        + str(SHARED / "cifar10_resnets" / "resnet56-4bfd9763.th") + "'}]")
 COMMON = ["io.rows_per_block=512", "embed.batch_size=256", "lint.enabled=false", "dedup.enabled=false",
@@ -67,10 +68,8 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/ood-ray-structure")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "structure.json"))
     args = parser.parse_args()
-    if not SHARED.is_dir():
-        print(f"benchmark data not found at {SHARED}", file=sys.stderr)
+    if prepare() is None:
         return 2
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import zipfile
 
     from sklearn.metrics import adjusted_rand_score

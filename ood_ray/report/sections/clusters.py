@@ -13,6 +13,18 @@ MEMBERS = 8
 OUTLIERS = 4
 
 
+def _per_cluster(ctx: ReportContext, where: str, order: str, limit: int) -> dict[int, list[dict[str, Any]]]:
+    """The first ``limit`` images of each cluster among ``where`` by ``order``, with thumbnails."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    for row in ctx.rows(
+            f"SELECT cluster, image_id, uri, label, cluster_distance FROM images WHERE {where} "
+            f"QUALIFY row_number() OVER (PARTITION BY cluster ORDER BY {order}, image_id) <= {limit} "
+            f"ORDER BY cluster, {order}, image_id"):
+        row["thumb"] = ctx.thumb(row["image_id"], row["uri"])
+        found.setdefault(row["cluster"], []).append(row)
+    return found
+
+
 def collect(ctx: ReportContext) -> dict[str, Any] | None:
     if ctx.table_rows("clusters") == 0 or "cluster" not in ctx.image_columns:
         return None
@@ -24,19 +36,9 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
     outliers: dict[int, list[dict[str, Any]]] = {}
     if chosen:
         listed = ", ".join(str(int(c)) for c in chosen)
-        for row in ctx.rows(
-                f"SELECT cluster, image_id, uri, label, cluster_distance FROM images WHERE cluster IN ({listed}) "
-                f"QUALIFY row_number() OVER (PARTITION BY cluster ORDER BY cluster_distance, image_id) <= {MEMBERS} "
-                f"ORDER BY cluster, cluster_distance, image_id"):
-            row["thumb"] = ctx.thumb(row["image_id"], row["uri"])
-            members.setdefault(row["cluster"], []).append(row)
+        members = _per_cluster(ctx, f"cluster IN ({listed})", "cluster_distance", MEMBERS)
         if "is_cluster_outlier" in ctx.image_columns:
-            for row in ctx.rows(
-                    f"SELECT cluster, image_id, uri, label, cluster_distance FROM images WHERE cluster IN ({listed}) "
-                    f"AND is_cluster_outlier QUALIFY row_number() OVER (PARTITION BY cluster "
-                    f"ORDER BY cluster_distance DESC, image_id) <= {OUTLIERS} ORDER BY cluster, cluster_distance DESC"):
-                row["thumb"] = ctx.thumb(row["image_id"], row["uri"])
-                outliers.setdefault(row["cluster"], []).append(row)
+            outliers = _per_cluster(ctx, f"cluster IN ({listed}) AND is_cluster_outlier", "cluster_distance DESC", OUTLIERS)
     for cluster in clusters:
         cluster["members"] = members.get(cluster["cluster"], [])
         cluster["outlier_examples"] = outliers.get(cluster["cluster"], [])
