@@ -7,13 +7,13 @@ CIFAR-10 test JPEGs (32 x 32) and on real photos of at least 640 x 480 (DTD orig
 - ``decode``: ``ood_ray.io.decode.decode_image`` only (Pillow decode + mode conversion);
 - ``ours_stats``: ``compute_images_stats`` on the decoded arrays, in blocks of 64 as a worker
   does, with per-channel sharpness on (every statistic, per image and per channel,
-  ``hash_pixels``, phash, dhash) -- the same work as the DataEval calls below;
+  ``hash_pixels``, phash, dhash, phash_d4, dhash_d4) -- the same work as the DataEval calls below;
 - ``ours_full``: ``scan_blobs`` on blocks of 64 objects' bytes with the shipped defaults:
   ``hash_file`` + decode + statistics and hashes (per-channel sharpness off) -- what a worker
   does with a block;
 - ``dataeval_stats``: DataEval's ``compute_stats`` on the same decoded arrays (channels first) with
-  the same families -- pixel, visual, dimension statistics, xxhash, phash, dhash (not the 8x
-  dihedral hashes we do not compute) -- and ``per_channel=True`` run separately as we also
+  the same families -- pixel, visual, dimension statistics, xxhash, phash, dhash and the
+  flip/rotation-invariant phash_d4, dhash_d4 -- and ``per_channel=True`` run separately as we also
   produce per-channel rows; ``set_max_processes(1)`` for one core.
 
 Ratios: ``ours_stats`` vs ``dataeval_stats`` throughput (targets: >= 5x on photos, >= 2x at
@@ -84,7 +84,8 @@ def dataeval_seconds(arrays: list[np.ndarray]) -> float:
     from dataeval.flags import ImageStats
 
     set_max_processes(1)
-    flags = ImageStats.PIXEL | ImageStats.VISUAL | ImageStats.DIMENSION | ImageStats.HASH_DUPLICATES_BASIC
+    flags = (ImageStats.PIXEL | ImageStats.VISUAL | ImageStats.DIMENSION | ImageStats.HASH_DUPLICATES_BASIC
+             | ImageStats.HASH_PHASH_D4 | ImageStats.HASH_DHASH_D4)
     chw = [np.moveaxis(a, -1, 0) for a in arrays]
     started = time.perf_counter()
     compute_stats(chw, stats=flags, normalize_pixel_values=True)

@@ -69,6 +69,8 @@ class ScanSettings:
     run_id: str = ""
     #: Retries of transient object-store errors (``io.retry_*``).
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
+    #: The flip/rotation-invariant hashes to compute (those ``dedup.near_methods`` searches).
+    d4_hashes: tuple[str, ...] = ("phash_d4", "dhash_d4")
 
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
@@ -199,12 +201,13 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
     rows = [row for row, _ in pending]
     decoded = [d for _, d in pending]
     try:
-        stats = compute_images_stats([d.pixels for d in decoded], [d.depth for d in decoded], settings.per_channel_sharpness)
+        stats = compute_images_stats([d.pixels for d in decoded], [d.depth for d in decoded], settings.per_channel_sharpness,
+                                     settings.d4_hashes)
         columns.set_stats(rows, stats, decoded)
     except Exception:  # noqa: BLE001 - find the image that failed, keep the others
         for row, image in pending:
             try:
-                one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness)
+                one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness, settings.d4_hashes)
                 columns.set_stats([row], one, [image])
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
                 columns.fail(row, f"statistics failed: {short_error(exc)}")

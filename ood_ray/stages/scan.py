@@ -134,7 +134,7 @@ class ScanSink(PartSink):
 
 class ScanStage(Stage):
     name = "scan"
-    reads = ("io", "stats", "ray", "ood", "embed", "autoencoder")
+    reads = ("io", "stats", "ray", "ood", "embed", "autoencoder", "dedup")
     writes = ("images", "channels", "predictions")
 
     def run(self, ctx: Any) -> StageResult:
@@ -155,7 +155,8 @@ class ScanStage(Stage):
                 per_channel_sharpness=cfg.stats.per_channel_sharpness, model_inputs=tuple(model_inputs.items()),
                 autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
-                task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry)
+                task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry,
+                d4_hashes=tuple(m for m in cfg.dedup.near_methods if m.endswith("_d4")) if cfg.dedup.enabled else ())
         if plan.rows and ctx.local:
             from ood_ray.io.memory import node_cpus
             from ood_ray.run.local import scan_locally

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ood_ray.stats.hashes import hashes_of_resized, resized_for_hashes
+from ood_ray.stats.hashes import as_optional, dhash_values, phash_values, resized_for_hashes
 
 #: The columns :func:`compute_batch_d4_hashes` fills, in its order.
 D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient")
@@ -66,43 +66,57 @@ def relation(orient_a: int, orient_b: int) -> str:
     raise AssertionError("D4 is closed under composition")
 
 
-def _transformed_resizes(lumas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The hashes' resizes of the 8 transforms of every image, ``(8 N, s, s)`` and ``(8 N, 9, 9)``
-    (transform-major), from two resizes per image instead of eight: Pillow's Lanczos resize to a
-    square commutes exactly with mirroring an axis (tested), so the resize of ``T_{2r+f} x`` is
+#: The D4 hash columns by kind.
+D4_METHODS = ("phash_d4", "dhash_d4")
+
+
+def _eight(upright: np.ndarray, turned: np.ndarray) -> np.ndarray:
+    """The hashes' resizes of the 8 transforms of every image, ``(8 N, ...)`` transform-major,
+    from two resizes per image instead of eight: Pillow's Lanczos resize to a square commutes
+    exactly with mirroring an axis (tested), so the resize of ``T_{2r+f} x`` is
     ``fliplr^f rot180^(r // 2)`` of the resize of ``x`` (``r`` even) or of ``rot90 x`` (``r`` odd).
     Turning by 90 degrees swaps which axis Pillow resamples first, which changes the rounding:
     that one needs its own resize."""
+    resized = []
+    for index in range(TRANSFORMS):
+        r, f = divmod(index, 2)
+        base = upright if r % 2 == 0 else turned
+        out = np.rot90(base, 2, axes=(1, 2)) if r >= 2 else base
+        resized.append(np.flip(out, axis=2) if f else out)
+    return np.ascontiguousarray(np.concatenate(resized))
+
+
+def compute_batch_all_hashes(lumas: np.ndarray, d4: tuple[str, ...] = D4_METHODS
+                             ) -> tuple[list[int | None], list[int | None], dict[str, list[int | None]]]:
+    """``(phash, dhash, {phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient})`` of ``N`` same-shape
+    uint8 luma images ``(N, H, W)``; only the D4 hashes named in ``d4`` are computed (the others
+    are ``None``). The plain hash is the D4 family's transform 0 (the identity), so one pass gives
+    both: per kind one more Lanczos resize per image (of the turned image) and one DCT batch of 8 N."""
+    n = len(lumas)
+    out = {name: [None] * n for name in D4_COLUMNS}
     upright = resized_for_hashes(lumas)
     if upright is None:
-        return None
-    turned = resized_for_hashes(np.ascontiguousarray(np.rot90(lumas, 1, axes=(1, 2))))
-    stacks = []
-    for which in range(2):
-        resized = []
-        for index in range(TRANSFORMS):
-            r, f = divmod(index, 2)
-            base = (upright if r % 2 == 0 else turned)[which]
-            out = np.rot90(base, 2, axes=(1, 2)) if r >= 2 else base
-            resized.append(np.flip(out, axis=2) if f else out)
-        stacks.append(np.ascontiguousarray(np.concatenate(resized)))
-    return stacks[0], stacks[1]
+        return [None] * n, [None] * n, out
+    wanted = tuple(kind for kind in ("phash", "dhash") if f"{kind}_d4" in d4)
+    turned = resized_for_hashes(np.ascontiguousarray(np.rot90(lumas, 1, axes=(1, 2))), wanted) if wanted else (None, None)
+    plain: list[list[int | None]] = []
+    for kind, values_of, straight, turn in (("phash", phash_values, upright[0], turned[0]),
+                                            ("dhash", dhash_values, upright[1], turned[1])):
+        if kind not in wanted:
+            plain.append(as_optional(*values_of(straight)))
+            continue
+        values, constant = values_of(_eight(straight, turn))
+        constant = constant[:n]  # a constant image is constant in every transform
+        values = values.reshape(TRANSFORMS, n)
+        orient = values.argmin(axis=0)
+        plain.append(as_optional(values[0], constant))
+        out[f"{kind}_d4"] = as_optional(values[orient, np.arange(n)], constant)
+        out[f"{kind}_d4_orient"] = as_optional(orient.astype(np.uint64), constant)
+    return plain[0], plain[1], out
 
 
 def compute_batch_d4_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int | None], list[int | None], list[int | None]]:
     """``(phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient)`` of ``N`` same-shape uint8 luma
     images ``(N, H, W)``: the smallest hash of the 8 transforms and the first transform giving it."""
-    n = len(lumas)
-    resized = _transformed_resizes(lumas)
-    if resized is None:
-        return [None] * n, [None] * n, [None] * n, [None] * n
-    phashes, dhashes = hashes_of_resized(*resized)
-    out: list[list[int | None]] = []
-    for hashes in (phashes, dhashes):
-        valid = np.array([v is not None for v in hashes[:n]], bool)  # constant: constant in every transform
-        values = np.array([v or 0 for v in hashes], np.uint64).reshape(TRANSFORMS, n)
-        orient = values.argmin(axis=0)
-        best = values[orient, np.arange(n)]
-        out.append([int(b) if ok else None for b, ok in zip(best, valid)])
-        out.append([int(o) if ok else None for o, ok in zip(orient, valid)])
-    return out[0], out[1], out[2], out[3]
+    d4 = compute_batch_all_hashes(lumas)[2]
+    return tuple(d4[name] for name in D4_COLUMNS)  # type: ignore[return-value]

@@ -82,27 +82,36 @@ def _pack_rows(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.reshape(len(bits), -1), axis=1).view(">u8").reshape(-1).astype(np.uint64)
 
 
-def _with_constant_as_none(values: np.ndarray, small: np.ndarray) -> list[int | None]:
+def _constant(small: np.ndarray) -> np.ndarray:
     flat = small.reshape(len(small), -1)
-    constant = flat.min(axis=1) == flat.max(axis=1)
-    return [None if c else int(v) for v, c in zip(values, constant)]
+    return flat.min(axis=1) == flat.max(axis=1)
 
 
-def _phash_of_resized(small: np.ndarray) -> list[int | None]:
-    coefficients = dct(dct(small, axis=1), axis=2)[:, :HASH_SIZE, :HASH_SIZE].reshape(len(small), -1)
+def as_optional(values: np.ndarray, constant: np.ndarray) -> list[int | None]:
+    """Hash values as Python ints, ``None`` where the resized image was constant."""
+    return [None if c else int(v) for v, c in zip(values.tolist(), constant.tolist())]
+
+
+def phash_values(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 phash, constant)`` of a stack of resized images."""
+    # only the 8 lowest frequencies are kept: the second DCT runs on those 8 rows alone (each row's
+    # transform is independent of the others, so the values are the same to the bit)
+    coefficients = dct(dct(small, axis=1)[:, :HASH_SIZE, :], axis=2)[:, :, :HASH_SIZE].reshape(len(small), -1)
     bits = coefficients > np.median(coefficients, axis=1, keepdims=True)
-    return _with_constant_as_none(_pack_rows(bits), small)
+    return _pack_rows(bits), _constant(small)
 
 
-def _dhash_of_resized(small: np.ndarray) -> list[int | None]:
+def dhash_values(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint64 dhash, constant)`` of a stack of 9 x 9 resized images."""
     small = small[:, :HASH_SIZE, :]
-    return _with_constant_as_none(_pack_rows(small[:, :, :-1] > small[:, :, 1:]), small)
+    return _pack_rows(small[:, :, :-1] > small[:, :, 1:]), _constant(small)
 
 
-def resized_for_hashes(lumas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def resized_for_hashes(lumas: np.ndarray, kinds: tuple[str, ...] = ("phash", "dhash")
+                       ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """The Lanczos resizes both hashes start from: ``(N, s, s)`` for phash and ``(N, 9, 9)`` for
-    dhash (float64), or ``None`` below 9 px on a side. Each luma image is wrapped once as a Pillow
-    image and resized twice."""
+    dhash (float64; ``None`` for a kind not in ``kinds``), or ``None`` below 9 px on a side. Each
+    luma image is wrapped once as a Pillow image and resized once per kind."""
     n, height, width = lumas.shape
     min_dim = min(height, width)
     if min_dim < HASH_SIZE + 1:
@@ -111,18 +120,21 @@ def resized_for_hashes(lumas: np.ndarray) -> tuple[np.ndarray, np.ndarray] | Non
     lanczos = Image.Resampling.LANCZOS
     for_phash = np.empty((n, size * size), np.uint8)
     for_dhash = np.empty((n, (HASH_SIZE + 1) ** 2), np.uint8)
+    want_p, want_d = "phash" in kinds, "dhash" in kinds
     for i, luma in enumerate(lumas):
         image = Image.frombuffer("L", (width, height), np.ascontiguousarray(luma).tobytes(), "raw", "L", 0, 1)
-        for_phash[i] = np.frombuffer(image.resize((size, size), lanczos).tobytes(), np.uint8)
-        for_dhash[i] = np.frombuffer(image.resize((HASH_SIZE + 1, HASH_SIZE + 1), lanczos).tobytes(), np.uint8)
-    return (for_phash.reshape(n, size, size).astype(np.float64),
-            for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64))
+        if want_p:
+            for_phash[i] = np.frombuffer(image.resize((size, size), lanczos).tobytes(), np.uint8)
+        if want_d:
+            for_dhash[i] = np.frombuffer(image.resize((HASH_SIZE + 1, HASH_SIZE + 1), lanczos).tobytes(), np.uint8)
+    return (for_phash.reshape(n, size, size).astype(np.float64) if want_p else None,
+            for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64) if want_d else None)
 
 
 def hashes_of_resized(for_phash: np.ndarray, for_dhash: np.ndarray) -> tuple[list[int | None], list[int | None]]:
     """``(phash, dhash)`` from :func:`resized_for_hashes`' stacks: the DCTs, medians and bit packing
     run on the whole stack."""
-    return _phash_of_resized(for_phash), _dhash_of_resized(for_dhash)
+    return as_optional(*phash_values(for_phash)), as_optional(*dhash_values(for_dhash))
 
 
 def compute_batch_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[int | None]]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ood_ray.stats.d4 import D4_COLUMNS, compute_batch_d4_hashes
-from ood_ray.stats.hashes import compute_batch_hashes, compute_hash_pixels, compute_luma
+from ood_ray.stats.d4 import D4_COLUMNS, D4_METHODS, compute_batch_all_hashes
+from ood_ray.stats.hashes import compute_hash_pixels, compute_luma
 from ood_ray.stats.pixels import (
     HISTOGRAM_STAT_NAMES,
     compute_batch_histograms,
@@ -106,7 +106,8 @@ def _group_by_shape(pixels: list[np.ndarray]) -> dict[tuple, list[int]]:
     return groups
 
 
-def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness: bool) -> StatsColumns:
+def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness: bool,
+                    d4_hashes: tuple[str, ...] = D4_METHODS) -> StatsColumns:
     n, height, width, channels = stack.shape
     if n == 1 or stack.dtype != np.uint8:
         counts = np.stack([compute_channel_histograms(image) for image in stack])
@@ -118,9 +119,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
         rows = np.vstack([rows, counts.sum(axis=1)])
     stats = compute_histogram_stats(rows)
     sharpness, channel_sharpness = compute_batch_sharpness(stack, per_channel_sharpness)
-    luma = compute_luma(stack)
-    phashes, dhashes = compute_batch_hashes(luma)
-    d4 = dict(zip(D4_COLUMNS, compute_batch_d4_hashes(luma)))
+    phashes, dhashes, d4 = compute_batch_all_hashes(compute_luma(stack), d4_hashes)
 
     whole = slice(n * channels, None) if channels > 1 else slice(None)
     image: dict[str, np.ndarray] = {
@@ -142,7 +141,8 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
 
 
 def compute_images_stats(
-    pixels: list[np.ndarray], depths: list[int], per_channel_sharpness: bool = False
+    pixels: list[np.ndarray], depths: list[int], per_channel_sharpness: bool = False,
+    d4_hashes: tuple[str, ...] = D4_METHODS,
 ) -> StatsColumns:
     """Every statistic and hash of several ``(H, W, C)`` uint8/uint16 images, in input order.
 
@@ -159,7 +159,7 @@ def compute_images_stats(
     )
     for indices in _group_by_shape(pixels).values():
         stack = np.stack([pixels[i] for i in indices])
-        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness)
+        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness, d4_hashes)
         for name, values in group.image.items():
             out.image[name][indices] = values
         for name, lists in group.channels.items():

@@ -104,3 +104,25 @@ def test_flipped_and_rotated_copies_of_real_images_are_grouped_with_the_transfor
         assert a[0] == b[0] and row["method"] == "phash_d4"
         if a[1] == "identity":
             assert row["transform"] == b[1] or row["distance"] == 0  # a symmetric image has several answers
+
+
+def test_one_pass_gives_the_plain_hashes_too():
+    from ood_ray.stats.d4 import compute_batch_all_hashes
+
+    lumas = np.stack([_luma(path)[:28, :28] for path in REAL])
+    phash, dhash, d4 = compute_batch_all_hashes(lumas)
+    assert (phash, dhash) == compute_batch_hashes(lumas)
+    assert [d4[name] for name in ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient")] == \
+        list(compute_batch_d4_hashes(lumas))
+
+
+def test_only_the_asked_d4_hashes_are_computed():
+    from ood_ray.stats.d4 import compute_batch_all_hashes
+
+    lumas = np.stack([_luma(path)[:28, :28] for path in REAL])
+    full = compute_batch_all_hashes(lumas)
+    only_p = compute_batch_all_hashes(lumas, ("phash_d4",))
+    none = compute_batch_all_hashes(lumas, ())
+    assert only_p[:2] == none[:2] == full[:2]  # the plain hashes never change
+    assert only_p[2]["phash_d4"] == full[2]["phash_d4"] and only_p[2]["dhash_d4"] == [None] * len(REAL)
+    assert all(values == [None] * len(REAL) for values in none[2].values())
