@@ -35,6 +35,7 @@ from ood_ray.io.decode import (
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
 from ood_ray.stats.hashes import compute_hash_file
+from ood_ray.config import DEFAULT_NEAR_METHODS
 from ood_ray.stats.d4 import D4_COLUMNS
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
@@ -45,6 +46,10 @@ from ood_ray.stats.image import (
 )
 from ood_ray.progress import report
 from ood_ray.tables import scan_schema
+
+
+#: The D4 hashes the default ``dedup.near_methods`` searches.
+DEFAULT_D4_HASHES = tuple(m for m in DEFAULT_NEAR_METHODS if m.endswith("_d4"))
 
 
 @dataclass(frozen=True)
@@ -70,7 +75,7 @@ class ScanSettings:
     #: Retries of transient object-store errors (``io.retry_*``).
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: The flip/rotation-invariant hashes to compute (those ``dedup.near_methods`` searches).
-    d4_hashes: tuple[str, ...] = ("phash_d4", "dhash_d4")
+    d4_hashes: tuple[str, ...] = DEFAULT_D4_HASHES
 
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
