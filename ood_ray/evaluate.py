@@ -25,7 +25,7 @@ import pyarrow as pa
 from ood_ray.config import ConfigError
 from ood_ray.metrics import METRIC_NAMES, compute_metrics
 from ood_ray.query import connect
-from ood_ray.run.layout import RunLayout, read_run
+from ood_ray.run.layout import RunLayout, committed_reference_split, read_run
 from ood_ray.tables import EVALUATION_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def ood_sets(con: Any, run: dict, ood_column: str | None, ood_splits: list[str],
     if id_splits:
         id_condition = f"split IN ({_quote(id_splits)}) AND {not_ood}"
     else:
-        reference = run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
+        reference = committed_reference_split(run)
         id_condition = not_ood if reference is None else f"{not_ood} AND coalesce(split, '') <> '{reference.replace(chr(39), chr(39) * 2)}'"
     return id_condition, sets
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.columns import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, FETCH_SECONDS, INPUT_ERROR, PIXELS_PREFIX, SCAN_SECONDS
+from ood_ray.config import DEFAULT_NEAR_METHODS
 from ood_ray.embed.preprocess import prepare_model_input
 from ood_ray.io import storage
 from ood_ray.io.decode import (
@@ -34,9 +35,8 @@ from ood_ray.io.decode import (
 )
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
+from ood_ray.stats.d4 import D4_COLUMNS, d4_methods
 from ood_ray.stats.hashes import compute_hash_file
-from ood_ray.config import DEFAULT_NEAR_METHODS
-from ood_ray.stats.d4 import D4_COLUMNS
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
     IMAGE_STAT_NAMES,
@@ -49,7 +49,7 @@ from ood_ray.tables import scan_schema
 
 
 #: The D4 hashes the default ``dedup.near_methods`` searches.
-DEFAULT_D4_HASHES = tuple(m for m in DEFAULT_NEAR_METHODS if m.endswith("_d4"))
+DEFAULT_D4_HASHES = d4_methods(DEFAULT_NEAR_METHODS)
 
 
 @dataclass(frozen=True)

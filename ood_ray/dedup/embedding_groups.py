@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.dedup.components import compute_components
-from ood_ray.dedup.linkage import split_component
+from ood_ray.dedup.linkage import cut_components, split_component
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 
@@ -38,16 +38,11 @@ def cut_by_pairs(labels: np.ndarray, ia: np.ndarray, ib: np.ndarray, distance: n
     """Components cut so that every two members of a group are a candidate pair within
     ``max_distance`` (complete linkage over the pairs; a pair the kNN did not propose counts as
     far apart): a chain of near neighbours is not one group."""
-    out = labels.astype(np.int64).copy()
-    next_label = int(out.max()) + 1 if len(out) else 0
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        if len(members) < 3:
-            continue
+    def split(members: np.ndarray) -> np.ndarray:
         position = {int(m): k for k, m in enumerate(members)}
         matrix = np.full((len(members), len(members)), 2.0)
         np.fill_diagonal(matrix, 0.0)
-        inside = labels[ia] == label
+        inside = labels[ia] == labels[members[0]]
         for x, y, d in zip(ia[inside].tolist(), ib[inside].tolist(), distance[inside].tolist()):
             i, j = position[x], position[y]
             matrix[i, j] = matrix[j, i] = min(matrix[i, j], d)
@@ -55,11 +50,9 @@ def cut_by_pairs(labels: np.ndarray, ia: np.ndarray, ib: np.ndarray, distance: n
         def distances(rows: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
             return matrix[np.ix_(rows, rows if others is None else others)]
 
-        parts = split_component(distances, np.arange(len(members)), max_distance, exhaustive_max)
-        for part in range(1, int(parts.max()) + 1):
-            out[members[parts == part]] = next_label
-            next_label += 1
-    return out
+        return split_component(distances, np.arange(len(members)), max_distance, exhaustive_max)
+
+    return cut_components(labels, split)
 
 
 def embedding_groups(pairs: pa.Table, max_distance: float = 2.0) -> pa.Table:

@@ -43,8 +43,8 @@ import xxhash
 from ood_ray.config import DedupConfig
 from ood_ray.dedup.components import compute_components
 from ood_ray.parts import Parts
-from ood_ray.dedup.linkage import hamming_matrix, split_component
-from ood_ray.stats.d4 import relation
+from ood_ray.dedup.linkage import cut_components, hamming_matrix, split_component
+from ood_ray.stats.d4 import D4_METHODS, d4_methods, relation
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> d
 def columns_for(methods: list[str]) -> list[str]:
     """The ``images`` columns the dedup reads: ids, status, ``hash_pixels``, each method's hash and,
     for a D4 hash, the transform it came from."""
-    return ["image_id", "status", "hash_pixels", *methods, *(f"{m}_orient" for m in methods if m.endswith("_d4"))]
+    return ["image_id", "status", "hash_pixels", *methods, *(f"{m}_orient" for m in d4_methods(methods))]
 
 
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
@@ -342,7 +342,8 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
     i1, i2 = np.searchsorted(values, h1), np.searchsorted(values, h2)
     labels = compute_components(len(values), i1, i2)
     if max_distance is not None:
-        labels = cut_components(values, labels, max_distance, exhaustive_max)
+        labels = cut_components(labels, lambda members: split_component(hamming_matrix, values[members], max_distance,
+                                                                         exhaustive_max))
     inside = labels[i1] == labels[i2]
     i1, i2, dist = i1[inside], i2[inside], dist[inside]
 
@@ -378,23 +379,6 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
     return groups, _group_pairs(method, values, node, image_ids, orients, labels, reported, i1, i2, dist)
 
 
-def cut_components(values: np.ndarray, labels: np.ndarray, max_distance: int, exhaustive_max: int) -> np.ndarray:
-    """Component labels refined so that no group is wider than ``max_distance`` bits (complete
-    linkage inside each component of three or more distinct hashes)."""
-    out = labels.astype(np.int64).copy()
-    next_label = int(out.max()) + 1 if len(out) else 0
-    order = np.argsort(labels, kind="stable")
-    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
-    for indices in np.split(order, boundaries):
-        if len(indices) < 3:
-            continue
-        parts = split_component(hamming_matrix, values[indices], max_distance, exhaustive_max)
-        for part in range(1, int(parts.max()) + 1):
-            out[indices[parts == part]] = next_label
-            next_label += 1
-    return out
-
-
 def _group_pairs(method: str, values: np.ndarray, node: np.ndarray, image_ids: np.ndarray, orients: list,
                  labels: np.ndarray, reported: set[int], i1: np.ndarray, i2: np.ndarray, dist: np.ndarray) -> pa.Table:
     """The evidence of each reported group as image pairs: for each hash pair inside it, the first
@@ -415,7 +399,7 @@ def _group_pairs(method: str, values: np.ndarray, node: np.ndarray, image_ids: n
                 a_rows.append(rows_of_value[0])
                 b_rows.append(other)
                 distances.append(0.0)
-    d4 = method.endswith("_d4")
+    d4 = method in D4_METHODS
     transforms = [relation(int(orients[a]), int(orients[b])) if d4 and orients[a] is not None and orients[b] is not None
                   else None for a, b in zip(a_rows, b_rows)]
     n = len(a_rows)

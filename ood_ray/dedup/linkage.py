@@ -27,16 +27,6 @@ def hamming_matrix(values: np.ndarray, others: np.ndarray | None = None) -> np.n
     return np.bitwise_count(values[:, None] ^ others[None, :]).astype(np.float64)
 
 
-def cosine_distance_matrix(vectors: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
-    """``1 - cos`` of row vectors (normalised here): ``vectors`` x ``others`` (default: ``vectors``)."""
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    a = unit(np.asarray(vectors, np.float64))
-    b = a if others is None else unit(np.asarray(others, np.float64))
-    return np.clip(1.0 - a @ b.T, 0.0, 2.0)
-
-
 def split_component(distances: Callable[..., np.ndarray], items: np.ndarray, max_distance: float,
                     exhaustive_max: int = 2000) -> np.ndarray:
     """Labels ``0..k-1`` cutting ``items`` (one component) into groups of diameter ``<= max_distance``;
@@ -73,3 +63,21 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first))
     return order[inverse].astype(np.int64)
+
+
+def cut_components(labels: np.ndarray, split: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Component labels refined: each component of three or more members (indices into
+    ``labels``) is cut by ``split(members)`` (part labels ``0..k-1``, e.g. :func:`split_component`
+    on their distances); part 0 keeps the component's label, the others get new ones."""
+    out = labels.astype(np.int64).copy()
+    next_label = int(out.max()) + 1 if len(out) else 0
+    order = np.argsort(labels, kind="stable")
+    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
+    for members in np.split(order, boundaries):
+        if len(members) < 3:
+            continue
+        parts = split(members)
+        for part in range(1, int(parts.max()) + 1):
+            out[members[parts == part]] = next_label
+            next_label += 1
+    return out

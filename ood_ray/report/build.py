@@ -56,7 +56,8 @@ def folder_bytes(folder: str) -> int:
 def build_report(out: str, to: str | None = None, options: ReportOptions | None = None,
                  address: str | None = None) -> ReportResult:
     """Write the report of the committed run in ``out`` into ``to`` (``report.html``,
-    ``plotly.min.js``, ``thumbs/``, ``report.json``) and return what it holds."""
+    ``plotly.min.js``, ``thumbs/``, ``report.json``) and return what it holds (``bytes``: the
+    whole folder; ``report.json`` holds the same figures, its own size left out)."""
     from ood_ray.run.ray_runtime import start_ray
 
     options = options or ReportOptions()
@@ -101,11 +102,11 @@ def build_report(out: str, to: str | None = None, options: ReportOptions | None 
         path=path, folder=folder, sections=[s.name for s, _ in sections], thumbnails=len(made),
         thumbnails_missing=sum(1 for t in made.values() if t.error),
         missing={key: t.error for key, t in sorted(made.items()) if t.error}, map_points=map_data["points"] if map_data else 0,
-        bytes=0, seconds=0.0, section_seconds=seconds)
+        bytes=folder_bytes(folder), seconds=round(time.perf_counter() - started, 3), section_seconds=seconds)
+    # report.json records the folder's size without itself, and the time up to writing it
     with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as handle:
         json.dump({"run_id": run["run_id"], "out": out, "options": asdict(options), **asdict(result)}, handle, indent=2)
     result.bytes = folder_bytes(folder)
-    result.seconds = round(time.perf_counter() - started, 3)
     log.info("report of %s: %s (%d sections, %d thumbnails, %.1f MB, %.1f s)", out, path, len(sections),
              result.thumbnails, result.bytes / 1e6, result.seconds)
     return result

@@ -9,10 +9,12 @@ of the run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ood_ray.report.options import ReportOptions
 from ood_ray.report.thumbnails import ThumbnailRequest
+from ood_ray.run.layout import committed_reference_split
 
 
 def quote(value: str) -> str:
@@ -54,11 +56,11 @@ class ReportContext:
         row = self.con.execute(sql).fetchone()
         return None if row is None else row[0]
 
-    @property
+    @cached_property
     def image_columns(self) -> list[str]:
         return self.con.sql("SELECT * FROM images LIMIT 0").columns
 
-    @property
+    @cached_property
     def numeric_columns(self) -> set[str]:
         """Columns of ``images`` with a numeric type (what a histogram can be drawn of)."""
         types = self.con.execute("SELECT column_name, column_type FROM (DESCRIBE images)").fetchall()
@@ -68,7 +70,7 @@ class ReportContext:
 
     @property
     def reference_split(self) -> str | None:
-        return self.run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
+        return committed_reference_split(self.run)
 
     def table_rows(self, table: str) -> int:
         return int(self.run.get("tables", {}).get(table, {}).get("rows", 0))

@@ -66,6 +66,12 @@ def read_run(out: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{out}: no committed run ({RUN_FILE} not found)") from None
 
 
+def committed_reference_split(run: dict[str, Any]) -> str | None:
+    """The split a committed run used as its reference (``ood.reference_split`` when the run had
+    one), from its ``run.json``."""
+    return run.get("stages", {}).get("scan", {}).get("state", {}).get("reference_split")
+
+
 def table_files(out: str, run: dict[str, Any], table: str) -> list[str]:
     """Absolute URIs of the files of ``table`` in a committed run."""
     return [storage.join(out, table, name) for name in run["tables"].get(table, {}).get("files", [])]

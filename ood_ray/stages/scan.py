@@ -140,6 +140,7 @@ class ScanStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.embed.preprocess import preprocessing_key
         from ood_ray.scan import ScanSettings
+        from ood_ray.stats.d4 import d4_methods
 
         cfg = ctx.section(self)
         staged = bool(ctx.infos) or cfg.autoencoder.enabled
@@ -156,7 +157,7 @@ class ScanStage(Stage):
                 autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
                 task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry,
-                d4_hashes=tuple(m for m in cfg.dedup.near_methods if m.endswith("_d4")) if cfg.dedup.enabled else ())
+                d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else ())
         if plan.rows and ctx.local:
             from ood_ray.io.memory import node_cpus
             from ood_ray.run.local import scan_locally

@@ -26,7 +26,7 @@ import numpy as np
 
 from ood_ray.stats.hashes import as_optional, dhash_values, phash_values, resized_for_hashes
 
-#: The columns :func:`compute_batch_d4_hashes` fills, in its order.
+#: The columns :func:`compute_batch_all_hashes` fills (its third value), in this order.
 D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient")
 
 #: The 8 transforms in DataEval's order, on ``(..., H, W)`` arrays.
@@ -68,6 +68,11 @@ def relation(orient_a: int, orient_b: int) -> str:
 
 #: The D4 hash columns by kind.
 D4_METHODS = ("phash_d4", "dhash_d4")
+
+
+def d4_methods(near_methods: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The D4 hashes among ``dedup.near_methods`` (what the scan computes, what the dedup reads)."""
+    return tuple(m for m in near_methods if m in D4_METHODS)
 
 
 def _eight(upright: np.ndarray, turned: np.ndarray) -> np.ndarray:

@@ -80,6 +80,9 @@ def test_every_section_and_the_files(report_run):
     assert result.map_points == MAP_POINTS
     recorded = json.loads((folder / "report.json").read_text())
     assert recorded["sections"] == ALL_SECTIONS and recorded["run_id"] == report_run["run"]["run_id"]
+    # report.json's size leaves itself out; its time is the build's up to writing it
+    assert recorded["bytes"] == result.bytes - (folder / "report.json").stat().st_size
+    assert 0 < recorded["seconds"] <= result.seconds
 
 
 def test_numbers_equal_the_query(report_run):

