@@ -1,11 +1,14 @@
 """Lint: the share of ordinary images flagged and the planted extremes caught, ood-ray's lint
-settings against DataEval's ``Outliers`` on the same files.
+settings and named quality issues against DataEval's ``Outliers`` and CleanVision's ``find_issues``
+on the same files.
 
 Ordinary: the 10,000 CIFAR-10 test JPEGs. Planted: 50 extremes made from other CIFAR-10 images
 with Pillow (5 each): black, white, very dark (x0.15), very bright (x4, clipped), blurred (Gaussian,
 radius 3), uniform noise, a flat grey with one stripe, a 32 x 4 strip, 128 x 128 upscale, a
 single-colour image with JPEG noise. A tool catches a planted image when it flags it on any
-statistic; the ordinary share is the share of the 10,000 with any flag.
+statistic; the ordinary share is the share of the 10,000 with any flag. ood-ray's relative lint
+(table ``lint``) and its named quality issues (``is_<issue>`` in ``images``) are counted apart and
+together; a second table gives each named issue's ordinary and planted counts.
 
 Usage: ``python benchmarks/bench_lint.py [--work DIR] [--set key=value ...] [--json PATH]``
 """
@@ -30,7 +33,7 @@ from bench_setup import prepare  # noqa: E402
 
 KINDS = ("black", "white", "very_dark", "very_bright", "blurred", "noise", "flat_stripe", "strip_32x4", "upscaled_128",
          "flat_colour")
-SETTINGS = {"default": [], "zscore 3 (before)": ["lint.method=zscore", "lint.threshold=3"],
+SETTINGS = {"default (adaptive 3.5)": [], "zscore 3 (before)": ["lint.method=zscore", "lint.threshold=3"],
             "modzscore 3.5": ["lint.method=modzscore", "lint.threshold=3.5"],
             "iqr 3": ["lint.method=iqr", "lint.threshold=3"]}
 
@@ -83,7 +86,8 @@ def build(work: Path) -> tuple[Path, list[str]]:
     return images, planted
 
 
-def ood_ray_flags(images: Path, out: Path, overrides: list[str]) -> tuple[set[str], float]:
+def ood_ray_flags(images: Path, out: Path, overrides: list[str]) -> tuple[dict[str, set[str]], float]:
+    """``{"lint": files, "issues": files, "issue:<name>": files}`` flagged by one audit, and its seconds."""
     started = time.perf_counter()
     args = [sys.executable, "-m", "ood_ray", "audit", str(images), "--out", str(out), "--overwrite",
             "--set", "dedup.enabled=false", "--set", "drift.enabled=false"]
@@ -93,10 +97,37 @@ def ood_ray_flags(images: Path, out: Path, overrides: list[str]) -> tuple[set[st
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     seconds = time.perf_counter() - started
+    from ood_ray.lint.issues import ISSUES
     from ood_ray.query import run_query
 
-    uris = run_query(str(out), "SELECT DISTINCT i.uri FROM lint l JOIN images i USING (image_id)").column(0).to_pylist()
-    return {Path(u).parent.name + "/" + Path(u).name for u in uris}, seconds
+    def files(sql: str) -> set[str]:
+        return {Path(u).parent.name + "/" + Path(u).name for u in run_query(str(out), sql).column(0).to_pylist()}
+
+    found = {"lint": files("SELECT DISTINCT i.uri FROM lint l JOIN images i USING (image_id)")}
+    for name, issue in ISSUES.items():
+        found[f"issue:{name}"] = files(f"SELECT uri FROM images WHERE {issue.flag_column}")
+    found["issues"] = set().union(*(v for k, v in found.items() if k.startswith("issue:")))
+    return found, seconds
+
+
+def cleanvision_flags(images: Path) -> tuple[dict[str, set[str]], float]:
+    """CleanVision's image-property issues (``find_issues()`` defaults without its duplicate checks)."""
+    from cleanvision import Imagelab
+
+    files = sorted(str(f) for f in images.rglob("*.*"))
+    started = time.perf_counter()
+    lab = Imagelab(filepaths=files)
+    lab.find_issues({name: {} for name in ("dark", "light", "blurry", "low_information", "odd_aspect_ratio",
+                                           "odd_size", "grayscale")}, verbose=False)
+    seconds = time.perf_counter() - started
+    table = lab.issues
+    found = {}
+    for column in table.columns:
+        if column.startswith("is_") and column.endswith("_issue"):
+            name = column[3:-6]
+            found[f"issue:{name}"] = {f"{Path(p).parent.name}/{Path(p).name}" for p in table.index[table[column]]}
+    found["issues"] = set().union(*found.values())
+    return found, seconds
 
 
 def dataeval_flags(images: Path) -> tuple[set[str], float]:
@@ -119,6 +150,7 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/ood-ray-lint")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "lint.json"))
     parser.add_argument("--no-dataeval", action="store_true")
+    parser.add_argument("--no-cleanvision", action="store_true")
     args = parser.parse_args()
     work = prepare(args.work)
     if work is None:
@@ -127,22 +159,50 @@ def main() -> int:
     ordinary = len(list((images / "ordinary").iterdir()))
     results = {}
     for name, overrides in SETTINGS.items():
-        flagged, seconds = ood_ray_flags(images, work / "out", overrides)
-        results[f"ood-ray {name}"] = (flagged, seconds)
+        found, seconds = ood_ray_flags(images, work / "out", overrides)
+        results[f"ood-ray {name}"] = (found, seconds)
     if not args.no_dataeval:
-        results["DataEval Outliers (default)"] = dataeval_flags(images)
-    table = {}
-    print(f"\n{ordinary:,} ordinary CIFAR-10 test images, {len(planted)} planted extremes\n")
-    print("| tool | ordinary flagged | share | planted caught | missed | s |")
-    print("|---|---|---|---|---|---|")
-    for name, (flagged, seconds) in results.items():
+        flagged, seconds = dataeval_flags(images)
+        results["DataEval Outliers (default)"] = ({"lint": flagged}, seconds)
+    if not args.no_cleanvision:
+        results["CleanVision find_issues (default)"] = cleanvision_flags(images)
+
+    def counted(flagged: set[str]) -> dict:
         normal = sum(1 for f in flagged if f.startswith("ordinary/"))
         caught = [p for p in planted if f"planted/{p}" in flagged]
-        missed = sorted(set(planted) - set(caught))
-        table[name] = {"ordinary_flagged": normal, "share": normal / ordinary, "planted_caught": len(caught),
-                       "missed": missed, "seconds": round(seconds, 1)}
-        print(f"| {name} | {normal:,} | {normal / ordinary:.2%} | {len(caught)}/{len(planted)} | "
-              f"{', '.join(missed[:6])}{' ...' if len(missed) > 6 else ''} | {seconds:.1f} |")
+        return {"ordinary_flagged": normal, "share": normal / ordinary, "planted_caught": len(caught),
+                "missed": sorted(set(planted) - set(caught))}
+
+    table = {}
+    print(f"\n{ordinary:,} ordinary CIFAR-10 test images, {len(planted)} planted extremes\n")
+    print("| tool | flags from | ordinary flagged | share | planted caught | missed | s |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (found, seconds) in results.items():
+        kinds = {"relative lint": found.get("lint"), "named issues": found.get("issues")}
+        if kinds["relative lint"] is not None and kinds["named issues"] is not None:
+            kinds["either"] = kinds["relative lint"] | kinds["named issues"]
+        entry = {"seconds": round(seconds, 1)}
+        for kind, flagged in kinds.items():
+            if flagged is None:
+                continue
+            entry[kind] = row = counted(flagged)
+            missed = row["missed"]
+            print(f"| {name} | {kind} | {row['ordinary_flagged']:,} | {row['share']:.2%} | "
+                  f"{row['planted_caught']}/{len(planted)} | {', '.join(missed[:6])}{' ...' if len(missed) > 6 else ''} "
+                  f"| {seconds:.1f} |")
+        entry["issues_by_name"] = {k[6:]: counted(v) for k, v in found.items() if k.startswith("issue:")}
+        table[name] = entry
+    print("\nNamed issues, one by one (ordinary flagged / planted caught):\n")
+    tools = [n for n in table if table[n]["issues_by_name"]]
+    names = sorted({issue for n in tools for issue in table[n]["issues_by_name"]})
+    print("| issue | " + " | ".join(tools) + " |")
+    print("|---|" + "---|" * len(tools))
+    for issue in names:
+        cells = []
+        for n in tools:
+            row = table[n]["issues_by_name"].get(issue)
+            cells.append("-" if row is None else f"{row['ordinary_flagged']} / {row['planted_caught']}")
+        print(f"| {issue} | " + " | ".join(cells) + " |")
     Path(args.json).write_text(json.dumps({"ordinary": ordinary, "planted": len(planted), "results": table}, indent=2))
     return 0
 

@@ -138,6 +138,9 @@ def format_summary(run: dict) -> str:
     groups = run.get("dedup", {}).get("groups", {})
     if groups:
         lines.append("duplicate groups: " + ", ".join(f"{k} {v}" for k, v in groups.items()))
+    flagged = (run.get("quality") or {}).get("flagged")
+    if flagged:
+        lines.append("quality issues: " + ", ".join(f"{k} {v}" for k, v in flagged.items()))
     clusters = run.get("structure", {}).get("clusters")
     if clusters:
         lines.append(f"clusters: {clusters['k']} ({clusters['method']}, model {run['structure']['model']})")

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key and the value."""
 
 
-LINT_METHODS: dict[str, float] = {"zscore": 3.0, "modzscore": 3.5, "iqr": 1.5}
+LINT_METHODS: dict[str, float] = {"adaptive": 3.5, "zscore": 3.0, "modzscore": 3.5, "iqr": 1.5}
 LAYOUTS = ("auto", "split/label", "label", "flat")
 NEAR_METHODS = ("phash", "dhash", "phash_d4", "dhash_d4")
 #: The default near methods: dhash_d4 links many distinct periodic textures (measured by
@@ -109,6 +109,34 @@ class StatsConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """Named quality issues (``score_<issue>``, ``is_<issue>`` in ``images``; see
+    :mod:`ood_ray.lint.issues` for each definition). ``thresholds``: ``{issue: threshold}`` on the
+    0-1 score (an image is flagged when its score is above it); ``odd_size_iqr_factor``: the IQR
+    multiple of the odd-size rule. Off, the columns are null and the ``quality`` stage is skipped."""
+
+    enabled: bool = True
+    thresholds: dict[str, float] = field(default_factory=dict)
+    odd_size_iqr_factor: float = 3.0
+
+    def validate(self, prefix: str) -> None:
+        from ood_ray.lint.issues import ISSUE_NAMES
+
+        for name, value in self.thresholds.items():
+            if name not in ISSUE_NAMES:
+                _fail(f"{prefix}.thresholds", name, f"unknown issue; one of {', '.join(ISSUE_NAMES)}")
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                _fail(f"{prefix}.thresholds.{name}", value, "must be a number in [0, 1)")
+        _check_positive(f"{prefix}.odd_size_iqr_factor", self.odd_size_iqr_factor)
+
+    def threshold(self, issue: str) -> float:
+        """The flag threshold of ``issue`` (its default unless overridden)."""
+        from ood_ray.lint.issues import ISSUES
+
+        return float(self.thresholds.get(issue, ISSUES[issue].threshold))
+
+
+@dataclass(frozen=True)
 class LintRule:
     """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier)."""
 
@@ -125,16 +153,21 @@ class LintRule:
 class LintConfig:
     """Extreme-value flags over the scalar statistics of ``images``.
 
-    ``method``: ``zscore`` (|x - mean| / std > 3.0), ``modzscore`` (0.6745 |x - median| / MAD >
-    3.5) or ``iqr`` (outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR]); ``threshold`` replaces the multiplier.
-    ``metrics``: which statistics (default: every scalar statistic); ``per_class``: thresholds
-    computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
+    ``method``: ``adaptive`` (the default: DataEval 1.1's tail-weighted double MAD, multiplier 3.5),
+    ``zscore`` (|x - mean| / std > 3.0), ``modzscore`` (0.6745 |x - median| / MAD > 3.5) or ``iqr``
+    (outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR]); ``threshold`` replaces the multiplier
+    (see :mod:`ood_ray.lint.thresholds`).
+    ``metrics``: which statistics (default: every scalar statistic but the five pixel
+    percentiles); ``log_metrics``: statistics thresholded on the log scale, ``ln(max(x, 2^-16))``
+    (default ``sharpness``: blur divides it, and on the linear scale its lower bound falls below
+    0); ``per_class``: thresholds computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
     """
 
     enabled: bool = True
-    method: str = "zscore"
+    method: str = "adaptive"
     threshold: float | None = None
     metrics: list[str] | None = None
+    log_metrics: list[str] = field(default_factory=lambda: ["sharpness"])
     per_class: bool = False
     overrides: dict[str, LintRule] = field(default_factory=dict)
 
@@ -144,7 +177,7 @@ class LintConfig:
         if self.method not in LINT_METHODS:
             _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(LINT_METHODS)}")
         _check_positive(f"{prefix}.threshold", self.threshold)
-        for name in list(self.metrics or []) + list(self.overrides):
+        for name in list(self.metrics or []) + list(self.overrides) + list(self.log_metrics):
             if name not in IMAGE_STAT_NAMES:
                 _fail(f"{prefix}.metrics", name, f"unknown statistic; one of {', '.join(IMAGE_STAT_NAMES)}")
         for name, rule in self.overrides.items():
@@ -566,6 +599,7 @@ class AuditConfig:
     io: IOConfig = field(default_factory=IOConfig)
     stats: StatsConfig = field(default_factory=StatsConfig)
     lint: LintConfig = field(default_factory=LintConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: list[ModelConfig] = field(default_factory=list)

@@ -202,16 +202,24 @@ def write_demo_dataset(root: str, seed: int = 0) -> list[str]:
     extremes = {
         "train/squares/all_black.png": (Image.new("RGB", (64, 64), (0, 0, 0)), ["zeros", "mean", "darkness"]),
         "train/circles/all_white.png": (Image.new("RGB", (64, 64), (255, 255, 255)), ["mean", "brightness"]),
-        "train/stripes/wide_strip.png": (draw_picture("stripes", rng, 400, 24), ["aspect_ratio", "width"]),
+        # its aspect ratio is within this dataset's wide spread of shapes (relative lint), but odd (named issue)
+        "train/stripes/wide_strip.png": (draw_picture("stripes", rng, 400, 24), ["width"]),
         "test/stripes/noise.png": (
             Image.fromarray((rng.random((64, 64, 3)) > 0.5).astype(np.uint8) * 255, "RGB"),
-            ["std", "sharpness"],
+            ["std", "entropy"],
         ),
     }
     for relative, (picture, metrics) in extremes.items():
         data, _ = _encode(picture, "PNG", "RGB")
         files.append(_write(folder, relative, data))
         planted["extreme"][relative] = metrics
+    # The named quality issues each extreme has (absolute thresholds; see ood_ray.lint.issues).
+    planted["issues"] = {
+        "train/squares/all_black.png": ["dark", "low_information", "grayscale"],
+        "train/circles/all_white.png": ["light", "low_information", "grayscale"],
+        "train/stripes/wide_strip.png": ["odd_aspect_ratio"],
+        "test/stripes/noise.png": ["noisy"],
+    }
 
     with open(os.path.join(root, "manifest.csv"), "w", encoding="utf-8") as f:
         f.write("uri,split,label,photographer\n")

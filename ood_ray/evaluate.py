@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.config import ConfigError
+from ood_ray.lint.issues import is_issue_column
 from ood_ray.metrics import METRIC_NAMES, compute_metrics
 from ood_ray.query import connect
 from ood_ray.run.layout import RunLayout, committed_reference_split, read_run
@@ -66,7 +67,8 @@ def evaluate(out: str, ood_column: str | None = None, ood_splits: list[str] = ()
     run = read_run(out)
     con = connect(out, run)
     id_condition, sets = ood_sets(con, run, ood_column, list(ood_splits), list(ood_labels), list(id_splits))
-    available = [c for c in con.sql("SELECT * FROM images LIMIT 0").columns if c.startswith("score_")]
+    available = [c for c in con.sql("SELECT * FROM images LIMIT 0").columns
+                 if c.startswith("score_") and not is_issue_column(c)]  # OOD scores, not the named quality issues
     chosen = list(scores) or available
     unknown = sorted(set(chosen) - set(available))
     if unknown:

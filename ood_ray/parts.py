@@ -44,7 +44,10 @@ class Parts:
     def shuffle(self, map_fn: Fn, reduce_fn: Fn, spec: dict[str, Any], columns: list[str]) -> list[Any]:
         raise NotImplementedError
 
-    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str], table: str) -> Any:
+    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str] | None, table: str, prefix: str = "",
+              one_per_part: bool = False) -> Any:
+        """``columns=None``: every column; ``prefix`` starts the written parts' names;
+        ``one_per_part``: one output per input part (a rewrite that keeps the table's files)."""
         raise NotImplementedError
 
 
@@ -54,7 +57,9 @@ class LocalParts(Parts):
     def __init__(self, tables: list[pa.Table]) -> None:
         self.tables = tables
 
-    def _select(self, columns: list[str]) -> list[pa.Table]:
+    def _select(self, columns: list[str] | None) -> list[pa.Table]:
+        if columns is None:
+            return list(self.tables)
         return [t.select([c for c in columns if c in t.column_names]) for t in self.tables]
 
     def merge(self, fn: Fn, spec: dict[str, Any], columns: list[str], merge: Fn, empty: Fn) -> Any:
@@ -64,7 +69,8 @@ class LocalParts(Parts):
         mapped = [map_fn(table, spec) for table in self._select(columns)]
         return [reduce_fn([m[p] for m in mapped], spec) for p in range(spec["partitions"])]
 
-    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str], table: str) -> pa.Table:
+    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str] | None, table: str, prefix: str = "",
+              one_per_part: bool = False) -> pa.Table:
         return fn(self._select(columns), spec)
 
 
@@ -153,12 +159,14 @@ class RayParts(Parts):
         del mapped
         return ray.get(reduced)
 
-    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str], table: str) -> list[tuple[str, int]]:
+    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str] | None, table: str,
+              prefix: str = "", one_per_part: bool = False) -> list[tuple[str, int]]:
         import ray
 
         task, spec_ref = self._remote(_write_task), ray.put(spec)
-        refs = [task.remote(group, fn, spec_ref, columns, table, self.layout.out, self.layout.run_id, f"{i:05d}",
-                            self.retry) for i, group in enumerate(self.groups)]
+        groups = [[uri] for uri in self.uris] if one_per_part else self.groups
+        refs = [task.remote(group, fn, spec_ref, columns, table, self.layout.out, self.layout.run_id, f"{prefix}{i:05d}",
+                            self.retry) for i, group in enumerate(groups)]
         return [written for written in ray.get(refs) if written is not None]
 
 
@@ -179,9 +187,11 @@ class InProcessParts(RayParts):
             mapped = [[out] for out in mapped]
         return [_reduce_task(reduce_fn, spec, *[out[p] for out in mapped]) for p in range(partitions)]
 
-    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str], table: str) -> list[tuple[str, int]]:
-        written = [_write_task(group, fn, spec, columns, table, self.layout.out, self.layout.run_id, f"{i:05d}",
-                               self.retry) for i, group in enumerate(self.groups)]
+    def write(self, fn: Fn, spec: dict[str, Any], columns: list[str] | None, table: str,
+              prefix: str = "", one_per_part: bool = False) -> list[tuple[str, int]]:
+        groups = [[uri] for uri in self.uris] if one_per_part else self.groups
+        written = [_write_task(group, fn, spec, columns, table, self.layout.out, self.layout.run_id, f"{prefix}{i:05d}",
+                               self.retry) for i, group in enumerate(groups)]
         return [entry for entry in written if entry is not None]
 
 

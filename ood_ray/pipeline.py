@@ -23,6 +23,7 @@ from ood_ray.stages.finalize import FinalizeStage
 from ood_ray.stages.knn import KNNStage
 from ood_ray.stages.lint import LintStage
 from ood_ray.stages.ood_fit import OODFitStage
+from ood_ray.stages.quality import QualityStage
 from ood_ray.stages.scan import ScanStage
 from ood_ray.stages.structure import StructureStage
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 #: streams the decoded pixels to the models); every other stage runs on its own.
 STAGES: tuple[Stage, ...] = (
     ScanStage(), EmbedStage(), KNNStage(), OODFitStage(), StructureStage(), AutoencoderStage(), FinalizeStage(),
-    CompactStage(), LintStage(), DedupStage(), ClustersStage(), DriftStage(),
+    CompactStage(), QualityStage(), LintStage(), DedupStage(), ClustersStage(), DriftStage(),
 )
 
 

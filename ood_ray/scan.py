@@ -35,6 +35,7 @@ from ood_ray.io.decode import (
 )
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
+from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES, absolute_scores
 from ood_ray.stats.d4 import D4_COLUMNS, d4_methods
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import (
@@ -76,6 +77,8 @@ class ScanSettings:
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: The flip/rotation-invariant hashes to compute (those ``dedup.near_methods`` searches).
     d4_hashes: tuple[str, ...] = DEFAULT_D4_HASHES
+    #: ``(issue, threshold)`` of the absolute named quality issues (empty: not computed).
+    quality_thresholds: tuple[tuple[str, float], ...] = ()
 
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
@@ -126,6 +129,7 @@ STATS_BUDGET_VALUES = 1 << 26
 #: rows that fail after the header was read).
 _META = ("file_size", "hash_file", "status", "error", "format", "mode", "frames", "width", "height")
 _STATS = tuple(name for name in IMAGE_STAT_NAMES if name not in ("width", "height"))
+_ISSUE_FLAGS = {ISSUES[name].flag_column for name in ABSOLUTE_ISSUES}
 
 
 class ScanColumns:
@@ -139,6 +143,9 @@ class ScanColumns:
         self.lists: dict[str, list[Any]] = {f"{CHANNEL_LIST_PREFIX}{name}": [None] * n for name in (*CHANNEL_STAT_NAMES, "band")}
         self.hashes: dict[str, list[Any]] = {name: [None] * n for name in ("hash_pixels", "phash", "dhash", *D4_COLUMNS)}
         self.inputs: dict[str, list[Any]] = {}
+        #: ``{score_<issue>: float64[n]}`` (NaN where not computed) and ``{is_<issue>: threshold}``
+        self.quality: dict[str, np.ndarray] = {ISSUES[name].score_column: np.full(n, np.nan) for name in ABSOLUTE_ISSUES}
+        self.quality_flags: dict[str, tuple[str, float]] = {}
 
     def fail(self, row: int, error: str) -> None:
         """Mark a decoded row as failed after all (its statistics become null)."""
@@ -148,11 +155,18 @@ class ScanColumns:
             for values in group.values():
                 values[row] = None
 
-    def set_stats(self, rows: list[int], columns: StatsColumns, decoded: list[Decoded]) -> None:
+    def set_stats(self, rows: list[int], columns: StatsColumns, decoded: list[Decoded],
+                  quality_thresholds: tuple[tuple[str, float], ...] = ()) -> None:
         index = np.asarray(rows)
         self.valid[index] = True
         for name in _STATS:
             self.stats[name][index] = columns.image[name]
+        if quality_thresholds and columns.quality:
+            scores = absolute_scores({**columns.quality, "width": columns.image["width"], "height": columns.image["height"]})
+            for name, threshold in quality_thresholds:
+                issue = ISSUES[name]
+                self.quality[issue.score_column][index] = scores[name]
+                self.quality_flags[issue.flag_column] = (issue.score_column, threshold)
         for k, (row, image) in enumerate(zip(rows, decoded)):
             for name in CHANNEL_STAT_NAMES:
                 self.lists[f"{CHANNEL_LIST_PREFIX}{name}"][row] = columns.channels[name][k]
@@ -169,6 +183,15 @@ class ScanColumns:
             values = self.stats[field.name]
             return pa.array(values.astype(np.int64) if pa.types.is_integer(field.type) else values,
                             type=field.type, mask=~self.valid)
+        if field.name in self.quality:
+            values = self.quality[field.name]
+            return pa.array(values, type=field.type, mask=~self.valid | np.isnan(values))
+        if field.name in _ISSUE_FLAGS:
+            if field.name not in self.quality_flags:
+                return pa.nulls(self.n, field.type)
+            score_column, threshold = self.quality_flags[field.name]
+            values = self.quality[score_column]
+            return pa.array(values > threshold, type=field.type, mask=~self.valid | np.isnan(values))
         for group in (self.meta, self.lists, self.hashes, self.inputs):
             if field.name in group:
                 return pa.array(group[field.name], type=field.type)
@@ -207,13 +230,14 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
     decoded = [d for _, d in pending]
     try:
         stats = compute_images_stats([d.pixels for d in decoded], [d.depth for d in decoded], settings.per_channel_sharpness,
-                                     settings.d4_hashes)
-        columns.set_stats(rows, stats, decoded)
+                                     settings.d4_hashes, bool(settings.quality_thresholds))
+        columns.set_stats(rows, stats, decoded, settings.quality_thresholds)
     except Exception:  # noqa: BLE001 - find the image that failed, keep the others
         for row, image in pending:
             try:
-                one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness, settings.d4_hashes)
-                columns.set_stats([row], one, [image])
+                one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness, settings.d4_hashes,
+                                           bool(settings.quality_thresholds))
+                columns.set_stats([row], one, [image], settings.quality_thresholds)
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
                 columns.fail(row, f"statistics failed: {short_error(exc)}")
     for name, data_config in settings.input_columns():

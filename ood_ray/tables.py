@@ -7,6 +7,8 @@
 - decode: ``format``, ``mode`` (as stored), ``frames``
 - geometry and statistics: :data:`ood_ray.stats.image.IMAGE_STAT_NAMES`
 - hashes: ``hash_pixels``, ``phash``, ``dhash``, ``phash_d4``, ``dhash_d4`` (with the D4 transform each came from)
+- named quality issues: ``score_<issue>`` and ``is_<issue>`` (:mod:`ood_ray.lint.issues`); the scan
+  writes the absolute ones, the ``quality`` stage adds ``score_odd_size`` / ``is_odd_size``
 
 A failing row keeps ``image_id``, ``uri``, ``split``, ``label``, ``status``, ``error`` (and
 ``file_size``/``hash_file``/``format``/``mode``/``width``/``height`` when they were known before
@@ -18,6 +20,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ood_ray.columns import CHANNEL_LIST_PREFIX, INPUT_ERROR
+from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES
 from ood_ray.metrics import METRIC_NAMES
 from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES
 
@@ -44,8 +47,11 @@ HASH_FIELDS: list[pa.Field] = [
     pa.field("dhash_d4", pa.uint64()),
     pa.field("dhash_d4_orient", pa.int8()),
 ]
+#: The absolute named quality issues: ``score_<issue>`` (float64) and ``is_<issue>`` (bool) each.
+QUALITY_FIELDS: list[pa.Field] = [field for name in ABSOLUTE_ISSUES for field in (
+    pa.field(ISSUES[name].score_column, pa.float64()), pa.field(ISSUES[name].flag_column, pa.bool_()))]
 #: Columns the scan adds to every manifest row (in this order).
-SCAN_FIELDS: list[pa.Field] = OBJECT_FIELDS + STAT_FIELDS + HASH_FIELDS
+SCAN_FIELDS: list[pa.Field] = OBJECT_FIELDS + STAT_FIELDS + HASH_FIELDS + QUALITY_FIELDS
 
 #: Per-channel lists carried from the scan to the channels writer (dropped from ``images``).
 CHANNEL_LIST_FIELDS: list[pa.Field] = [pa.field(f"{CHANNEL_LIST_PREFIX}band", pa.list_(pa.string()))] + [

@@ -336,8 +336,8 @@ def read_parquet(uri: str, columns: list[str] | None = None, retry: RetryPolicy 
     return retry.call(lambda: pq.read_table(path, filesystem=fs, columns=columns), uri)
 
 
-def read_parquet_present(uri: str, columns: list[str], retry: RetryPolicy = DEFAULT_RETRY):
-    """The ``columns`` of one Parquet file that it has (one open of the file; retried on S3)."""
+def read_parquet_present(uri: str, columns: list[str] | None, retry: RetryPolicy = DEFAULT_RETRY):
+    """The ``columns`` of one Parquet file that it has (``None``: all; one open of the file; retried on S3)."""
     import pyarrow.parquet as pq
 
     fs, path = resolve(uri)
@@ -346,7 +346,7 @@ def read_parquet_present(uri: str, columns: list[str], retry: RetryPolicy = DEFA
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             present = set(parquet.schema_arrow.names)
-            return parquet.read(columns=[c for c in columns if c in present])
+            return parquet.read(columns=None if columns is None else [c for c in columns if c in present])
 
     return retry.call(read, uri)
 

@@ -193,7 +193,7 @@ class RunContext:
             "images_per_second": scan.get("images_per_second"),
             "listing": self.listing,
             "max_decode_bytes": scan.get("max_decode_bytes"),
-            **{key: self.reports.get(key, {}) for key in ("lint_thresholds", "dedup", "knn", "structure", "drift")},
+            **{key: self.reports.get(key, {}) for key in ("lint_thresholds", "quality", "dedup", "knn", "structure", "drift")},
             "ood": self._ood_report(),
             "stages": {stage.name: {"state": self.states[stage.name]} for stage in stages if stage.name in self.states},
             "resume": self.resume_report,

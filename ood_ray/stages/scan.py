@@ -43,6 +43,7 @@ from ood_ray.columns import (
 from ood_ray.io import storage
 from ood_ray.io.inputs import SEQUENCE
 from ood_ray.io.memory import default_decode_budget
+from ood_ray.lint.issues import ABSOLUTE_ISSUES
 from ood_ray.run.sink import PartSink
 from ood_ray.stages.base import Stage, StageResult
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
@@ -134,7 +135,7 @@ class ScanSink(PartSink):
 
 class ScanStage(Stage):
     name = "scan"
-    reads = ("io", "stats", "ray", "ood", "embed", "autoencoder", "dedup")
+    reads = ("io", "stats", "ray", "ood", "embed", "autoencoder", "dedup", "quality")
     writes = ("images", "channels", "predictions")
 
     def run(self, ctx: Any) -> StageResult:
@@ -157,7 +158,9 @@ class ScanStage(Stage):
                 autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
                 max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
                 task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry,
-                d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else ())
+                d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else (),
+                quality_thresholds=tuple((name, cfg.quality.threshold(name)) for name in ABSOLUTE_ISSUES)
+                if cfg.quality.enabled else ())
         if plan.rows and ctx.local:
             from ood_ray.io.memory import node_cpus
             from ood_ray.run.local import scan_locally

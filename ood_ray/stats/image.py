@@ -22,6 +22,7 @@ import numpy as np
 
 from ood_ray.stats.d4 import D4_COLUMNS, D4_METHODS, compute_batch_all_hashes
 from ood_ray.stats.hashes import compute_hash_pixels, compute_luma
+from ood_ray.stats.quality import QUALITY_MEASURES, compute_batch_quality
 from ood_ray.stats.pixels import (
     HISTOGRAM_STAT_NAMES,
     compute_batch_histograms,
@@ -75,6 +76,8 @@ class StatsColumns:
     dhash: list[int | None]
     #: ``phash_d4``, ``phash_d4_orient``, ``dhash_d4``, ``dhash_d4_orient`` (see ood_ray.stats.d4)
     d4: dict[str, list[int | None]] = None  # type: ignore[assignment]
+    #: the quality measurements (see ood_ray.stats.quality), ``float64[N]`` each; empty when not computed
+    quality: dict[str, np.ndarray] = None  # type: ignore[assignment]
 
     def row(self, i: int) -> ImageStats:
         """Image ``i`` as an :class:`ImageStats`."""
@@ -107,7 +110,7 @@ def _group_by_shape(pixels: list[np.ndarray]) -> dict[tuple, list[int]]:
 
 
 def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness: bool,
-                    d4_hashes: tuple[str, ...] = D4_METHODS) -> StatsColumns:
+                    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True) -> StatsColumns:
     n, height, width, channels = stack.shape
     if n == 1 or stack.dtype != np.uint8:
         counts = np.stack([compute_channel_histograms(image) for image in stack])
@@ -119,7 +122,9 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
         rows = np.vstack([rows, counts.sum(axis=1)])
     stats = compute_histogram_stats(rows)
     sharpness, channel_sharpness = compute_batch_sharpness(stack, per_channel_sharpness)
-    phashes, dhashes, d4 = compute_batch_all_hashes(compute_luma(stack), d4_hashes)
+    luma = compute_luma(stack)
+    phashes, dhashes, d4 = compute_batch_all_hashes(luma, d4_hashes)
+    measures = compute_batch_quality(stack, counts, luma) if quality else {}
 
     whole = slice(n * channels, None) if channels > 1 else slice(None)
     image: dict[str, np.ndarray] = {
@@ -137,12 +142,12 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
     image["sharpness"] = sharpness
     per_channel["sharpness"] = channel_sharpness.tolist() if channel_sharpness is not None else [[None] * channels] * n
     return StatsColumns(image=image, channels=per_channel, hash_pixels=[compute_hash_pixels(x) for x in stack],
-                        phash=phashes, dhash=dhashes, d4=d4)
+                        phash=phashes, dhash=dhashes, d4=d4, quality=measures)
 
 
 def compute_images_stats(
     pixels: list[np.ndarray], depths: list[int], per_channel_sharpness: bool = False,
-    d4_hashes: tuple[str, ...] = D4_METHODS,
+    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True,
 ) -> StatsColumns:
     """Every statistic and hash of several ``(H, W, C)`` uint8/uint16 images, in input order.
 
@@ -156,12 +161,15 @@ def compute_images_stats(
         image={name: np.zeros(n, np.int64 if name in _INTEGER_STATS else np.float64) for name in IMAGE_STAT_NAMES},
         channels={name: [None] * n for name in CHANNEL_STAT_NAMES},
         hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n, d4={name: [None] * n for name in D4_COLUMNS},
+        quality={name: np.full(n, np.nan) for name in QUALITY_MEASURES} if quality else {},
     )
     for indices in _group_by_shape(pixels).values():
         stack = np.stack([pixels[i] for i in indices])
-        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness, d4_hashes)
+        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness, d4_hashes, quality)
         for name, values in group.image.items():
             out.image[name][indices] = values
+        for name, values in group.quality.items():
+            out.quality[name][indices] = values
         for name, lists in group.channels.items():
             for i, value in zip(indices, lists):
                 out.channels[name][i] = value

@@ -13,6 +13,7 @@ import pytest
 
 from ood_ray.cli import main as cli_main
 from ood_ray.config import ConfigError, load_config
+from ood_ray.lint.issues import ISSUES
 from ood_ray.run.layout import read_run
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
@@ -109,9 +110,37 @@ def test_lint_flags_the_planted_extremes(folder_run, demo_dataset):
     for path, metrics in demo_dataset["planted"]["extreme"].items():
         assert set(metrics) <= per_image.get(path, set()), (path, per_image.get(path))
     thresholds = folder_run["run"]["lint_thresholds"]
-    assert thresholds["mean"]["all"]["method"] == "zscore" and thresholds["mean"]["all"]["threshold"] == 3.0
+    assert thresholds["mean"]["all"]["method"] == "adaptive" and thresholds["mean"]["all"]["threshold"] == 3.5
+    assert thresholds["sharpness"]["all"]["scale"] == "log" and "p0" not in thresholds
     by_class = run_query(str(folder_run["out"]), "SELECT label, metric, flags FROM lint_by_class").to_pylist()
     assert sum(r["flags"] for r in by_class) == len(flagged)
+
+
+def test_named_quality_issues_flag_the_planted_images(folder_run, demo_dataset):
+    """Each planted extreme has its named issues; the drawn pictures are not dark, light or noise;
+    every score lies in [0, 1]; run.json counts what the table holds."""
+    rows = folder_run["rows"]
+    planted = demo_dataset["planted"]["issues"]
+    for path, issues in planted.items():
+        flagged = {name for name in ISSUES if rows[path][f"is_{name}"]}
+        assert set(issues) <= flagged, (path, flagged)
+    pictures = [r for path, r in rows.items() if r["status"] == "ok" and path not in planted]
+    assert len(pictures) > 20
+    for name in ("dark", "light", "noisy", "low_information"):
+        assert not [r["uri"] for r in pictures if r[f"is_{name}"]], name
+    for r in rows.values():
+        for name in ISSUES:
+            score = r[f"score_{name}"]
+            assert (score is None) == (r["status"] != "ok") and (score is None or 0 <= score <= 1), (r["uri"], name)
+    quality = folder_run["run"]["quality"]
+    counts = run_query(str(folder_run["out"]), "SELECT " + ", ".join(
+        f"count(*) FILTER (WHERE is_{name}) AS {name}" for name in ISSUES) + " FROM images").to_pylist()[0]
+    assert quality["flagged"] == counts
+    assert quality["odd_size"]["q1"] <= quality["odd_size"]["q3"]
+    # Named issue columns are not OOD scores: evaluate leaves them out.
+    from ood_ray.evaluate import evaluate
+    with pytest.raises(ConfigError, match="not in the run"):
+        evaluate(str(folder_run["out"]), ood_splits=["test"], scores=["score_dark"])
 
 
 def test_run_json_records_config_versions_and_timings(folder_run):

@@ -34,6 +34,66 @@ def test_bounds_equal_dataeval_thresholds(skewed, method, multiplier):
     assert ours == pytest.approx((lower, upper), rel=1e-12)
 
 
+def _adaptive_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(11)
+    smooth_tail = np.zeros(400)
+    smooth_tail[:60] = rng.exponential(0.02, 60)  # over half at 0, a continuous tail beside it
+    jumps = np.full(300, 3.0)
+    jumps[:25] = [1.0] * 12 + [4.0] * 13  # over half at one value, the others a whole step away
+    few_off = np.full(100, 0.5)
+    few_off[:4] = [0.1, 0.2, 0.9, 0.95]  # 10 or fewer values off the mode: the tight fallback
+    # the left half-MAD is 0 (most of the left half at the median), the right one is not
+    one_side = np.concatenate([1 - rng.exponential(0.5, 200) - 0.01, np.full(250, 1.0), 1 + rng.exponential(0.5, 300)])
+    return {"lognormal": np.concatenate([rng.lognormal(0, 0.5, 500), [15.0, 22.0, -3.0]]),
+            "heavy_tails": rng.standard_t(2, 2000), "normal": rng.normal(5, 2, 1001), "smooth_tail": smooth_tail,
+            "jumps": jumps, "few_off_the_mode": few_off, "one_side_flat": one_side, "three": np.array([1.0, 2.0, 7.0]),
+            "constant": np.full(20, 0.4)}
+
+
+@pytest.mark.parametrize("case", list(_adaptive_cases()))
+@pytest.mark.parametrize("multiplier", [3.5, 2.0])
+def test_adaptive_bounds_equal_dataeval_adaptive_threshold(case, multiplier):
+    """Every branch of DataEval 1.1's tail-weighted double MAD: tails, both half-MADs zero with a
+    smooth or a discrete tail, one half-MAD zero, a constant column."""
+    thresholds = pytest.importorskip("dataeval.utils.thresholds")
+    values = _adaptive_cases()[case]
+    lower, upper = thresholds.AdaptiveThreshold(multiplier)(values)
+    ours = compute_bounds(MetricSummary.of(values), "adaptive", multiplier)
+    if lower is None:
+        assert ours is None
+    else:
+        assert ours == pytest.approx((lower, upper), rel=1e-12)
+
+
+@pytest.mark.parametrize("parts", [1, 3, 17])
+def test_adaptive_summaries_equal_numpy_for_any_split_into_parts(parts):
+    """The half-MADs, their 90th percentiles and the non-median deviations, found by the same
+    distributed radix passes, are NumPy's to the bit; so the bounds are the in-memory ones."""
+    cases = _adaptive_cases()
+    n = max(len(v) for v in cases.values())
+    columns = {name: np.concatenate([v, np.full(n - len(v), np.nan)]) for name, v in cases.items()}
+    metrics = list(columns)
+    got = summarize_metrics(_images(columns, ["a"] * n, parts, seed=parts), metrics, False, adaptive=True)
+    for name, values in cases.items():
+        expected = MetricSummary.of(values)
+        for field in ("median", "mad", "q1", "q3", "mad_left", "mad_right", "p90_left", "p90_right", "n_nonmode",
+                      "nonmode_min", "nonmode_mad", "nonmode_p90"):
+            assert getattr(got[("all", name)], field) == getattr(expected, field), (name, field)
+        bounds = compute_bounds(expected, "adaptive", 3.5)
+        assert compute_bounds(got[("all", name)], "adaptive", 3.5) == (None if bounds is None else pytest.approx(bounds))
+
+
+def test_adaptive_default_widens_only_the_heavy_side():
+    """A right-skewed metric: the right bound moves out (tail factor > 1), the left stays at the
+    plain modified z-score distance."""
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.normal(0, 1, 5000), rng.exponential(5, 1500) + 1])
+    s = MetricSummary.of(values)
+    lower, upper = compute_bounds(s, "adaptive", 3.5)
+    assert upper - s.median > 2 * (s.median - lower)
+    assert load_config(None, [], source="s", out="o").lint.method == "adaptive"
+
+
 def test_iqr_bounds_are_tukey_fences_on_linear_quartiles(skewed):
     q1, q3 = np.percentile(skewed, [25, 75])
     assert compute_bounds(MetricSummary.of(skewed), "iqr", 1.5) == pytest.approx((q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)))
@@ -134,7 +194,7 @@ def test_flags_are_exactly_the_values_outside_the_bounds():
     values = rng.normal(0.5, 0.05, 200)
     values[[7, 50]] = [0.95, 0.01]
     parts = _images({"mean": values, "std": np.full(200, 0.1)}, ["a"] * 200, parts=5)
-    config = load_config(None, ["lint.metrics=mean,std"], source="s", out="o").lint
+    config = load_config(None, ["lint.metrics=mean,std", "lint.method=zscore"], source="s", out="o").lint
     flags, used = run_lint(parts, config)
     mean, std = values.mean(), values.std()
     expected = {f"id{i:03d}" for i in np.flatnonzero(np.abs(values - mean) > 3 * std)}
