@@ -6,7 +6,9 @@ DTD textures at 32 px and as original photos, ImageNet samples) and, for a seede
 ``--copied`` of them, one copy per transform made with Pillow: JPEG quality 50, half size, double
 size, a text watermark, grayscale, horizontal and vertical flip, rotations by 90 and 180 degrees, a
 5% crop (each side), +30% brightness. The ground truth (which file is a copy of which) is written
-to ``truth.json`` first.
+to ``truth.json`` first. DTD's ``original/`` photos are also in ``resized32/`` (squashed to 32 x 32):
+a photo and its 32-px version are one image (a real pair of copies nobody here made), so they
+share an origin.
 
 A tool's predicted pairs are the pairs of files in one of its duplicate groups (exact or near;
 ood-ray's embedding groups are not counted: no model runs here). Recall of a transform = share of
@@ -89,10 +91,12 @@ def build_set(root: Path, copied: int, seed: int) -> dict:
     images.mkdir(parents=True)
     origin: dict[str, int] = {}
     names = []
+    first_of: dict[tuple, int] = {}
     for i, source in enumerate(sources):
         name = f"{i:05d}_{source.parent.name}{source.suffix.lower()}"
         shutil.copyfile(source, images / name)
-        origin[name] = i
+        dtd = source.parent.parent.name in ("resized32", "original") and source.parent.parent.parent.name == "dtd"
+        origin[name] = first_of.setdefault((source.parent.name, source.stem) if dtd else ("", i), i)
         names.append(name)
     chosen = sorted(random.Random(seed).sample(range(len(sources)), copied))
     planted = {t: [] for t in TRANSFORMS}
@@ -105,9 +109,9 @@ def build_set(root: Path, copied: int, seed: int) -> dict:
                 copy.save(images / name, quality=50)
             else:
                 copy.save(images / name)
-            origin[name] = i
+            origin[name] = origin[names[i]]
             planted[t].append([names[i], name])
-    truth = {"origin": origin, "planted": planted, "distinct": len(sources), "files": len(origin)}
+    truth = {"origin": origin, "planted": planted, "distinct": len(set(origin.values())), "files": len(origin)}
     (root / "truth.json").write_text(json.dumps(truth))
     return truth
 

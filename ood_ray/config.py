@@ -204,7 +204,9 @@ class DedupConfig:
     every pair without comparing all pairs. Buckets with more than ``max_bucket`` distinct hashes
     are skipped (and reported) so that a pathological dataset cannot explode the join.
     The join is a hash-partitioned shuffle in Ray tasks; ``partitions`` reduce tasks (``0``: one per
-    4 million ``(band combination, hash)`` keys, at least 4).
+    4 million ``(band combination, hash)`` keys, at least 4). ``verify``: link two images only when
+    their pixel means differ by at most ``verify_mean_difference`` and their standard deviations
+    (+0.01) by at most a factor ``verify_contrast_ratio`` (see ood_ray.dedup.hash_groups.PhotometricCheck).
     """
 
     enabled: bool = True
@@ -213,6 +215,9 @@ class DedupConfig:
     bands: int | None = None
     max_bucket: int = 2000
     partitions: int = 0
+    verify: bool = True
+    verify_mean_difference: float = 0.25
+    verify_contrast_ratio: float = 2.0
 
     def validate(self, prefix: str) -> None:
         if not 0 <= self.near_distance <= 16:
@@ -225,6 +230,16 @@ class DedupConfig:
         _check_positive(f"{prefix}.max_bucket", self.max_bucket)
         if self.partitions < 0:
             _fail(f"{prefix}.partitions", self.partitions, "must be >= 0 (0: chosen from the number of rows)")
+        if not 0 < self.verify_mean_difference <= 1:
+            _fail(f"{prefix}.verify_mean_difference", self.verify_mean_difference, "must be in (0, 1]")
+        if not self.verify_contrast_ratio >= 1:
+            _fail(f"{prefix}.verify_contrast_ratio", self.verify_contrast_ratio, "must be >= 1")
+
+    def photometric_check(self) -> Any:
+        """The check near pairs must pass (``None`` when ``verify`` is off)."""
+        from ood_ray.dedup.hash_groups import PhotometricCheck
+
+        return PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio) if self.verify else None
 
     @property
     def effective_bands(self) -> int:

@@ -22,12 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import ray
-
 log = logging.getLogger(__name__)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
 class ProgressTracker:
     """Rows done per step, as reported by the workers."""
 
@@ -43,9 +40,12 @@ class ProgressTracker:
 
 def start_tracker(resources: dict[str, float] | None = None) -> Any:
     """The tracker actor (preferably on a node with ``resources``: ``ray.helper_resources``)."""
+    import ray
+
     from ood_ray.run.ray_runtime import helper_options
 
-    return ProgressTracker.options(**helper_options(resources)).remote()
+    actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)(ProgressTracker)
+    return actor.options(**helper_options(resources)).remote()
 
 
 def report(tracker: Any, step: str, rows: int) -> None:
@@ -96,6 +96,8 @@ class ProgressLogger:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        import ray
+
         while not self._stop.wait(self.interval_s):
             try:
                 totals = ray.get(self.tracker.totals.remote(), timeout=min(30.0, self.interval_s * 3))

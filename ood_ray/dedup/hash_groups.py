@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -259,7 +260,8 @@ def reduce_hashes(results: list[dict[str, Any]], spec: dict[str, Any]) -> dict[s
 
 
 def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]:
-    """Per method, the ``ok`` rows whose hash is in ``spec["wanted"][method]`` (sorted)."""
+    """Per method, the ``ok`` rows whose hash is in ``spec["wanted"][method]`` (sorted), with the
+    image's ``mean`` and ``std`` for the photometric check."""
     table = _ok(table)
     out = {}
     for method, wanted in spec["wanted"].items():
@@ -273,7 +275,9 @@ def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]
         out[method] = pa.table({"image_id": rows.column("image_id"), "h": rows.column(method).cast(pa.uint64()),
                                 "hash_pixels": rows.column("hash_pixels"),
                                 "orient": rows.column(orient).cast(pa.int8()) if orient in rows.column_names
-                                else pa.nulls(rows.num_rows, pa.int8())})
+                                else pa.nulls(rows.num_rows, pa.int8()),
+                                **{name: rows.column(name).cast(pa.float64()) if name in rows.column_names
+                                   else pa.nulls(rows.num_rows, pa.float64()) for name in PHOTOMETRIC}})
     return out
 
 
@@ -285,8 +289,8 @@ def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> d
 
 def columns_for(methods: list[str]) -> list[str]:
     """The ``images`` columns the dedup reads: ids, status, ``hash_pixels``, each method's hash and,
-    for a D4 hash, the transform it came from."""
-    return ["image_id", "status", "hash_pixels", *methods, *(f"{m}_orient" for m in d4_methods(methods))]
+    for a D4 hash, the transform it came from, and the photometric statistics."""
+    return ["image_id", "status", "hash_pixels", *methods, *(f"{m}_orient" for m in d4_methods(methods)), *PHOTOMETRIC]
 
 
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
@@ -328,30 +332,105 @@ def find_near_pairs(reduced: list[dict[str, Any]], method: str) -> tuple[np.ndar
     return h1, h2, dist, sorted(skipped, key=lambda s: (s["band_combination"], s["key"]))
 
 
+#: The image statistics the photometric check compares (``mean`` and ``std`` of the pixel values).
+PHOTOMETRIC = ("mean", "std")
+#: Added to both standard deviations before their ratio (flat images have a std near 0).
+CONTRAST_FLOOR = 0.01
+
+
+@dataclass(frozen=True)
+class PhotometricCheck:
+    """Whether two images whose hashes agree can be copies of each other: a copy keeps the overall
+    brightness within ``max_mean_difference`` (pixel mean on ``[0, 1]``) and the contrast within a
+    factor ``max_contrast_ratio`` (``(std + 0.01)`` of one over the other's). Perceptual hashes are
+    computed on the luma with its mean and scale normalised away, so a light and a dark checkerboard,
+    or stripes of any two colour pairs, hash alike; this tells them apart. ``None``: no check."""
+
+    max_mean_difference: float = 0.25
+    max_contrast_ratio: float = 2.0
+
+    def agree(self, mean_a: np.ndarray, std_a: np.ndarray, mean_b: np.ndarray, std_b: np.ndarray) -> np.ndarray:
+        """Element-wise; a missing statistic agrees with anything."""
+        with np.errstate(invalid="ignore"):
+            close = np.abs(mean_a - mean_b) <= self.max_mean_difference
+            high, low = np.maximum(std_a, std_b) + CONTRAST_FLOOR, np.minimum(std_a, std_b) + CONTRAST_FLOOR
+            similar = high <= self.max_contrast_ratio * low
+        known = ~(np.isnan(mean_a) | np.isnan(mean_b) | np.isnan(std_a) | np.isnan(std_b))
+        return ~known | (close & similar)
+
+
+def _image_nodes(values_of_row: np.ndarray, mean: np.ndarray, std: np.ndarray, check: PhotometricCheck | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(node of each row, first row of each node)``: the rows holding one hash value, split into
+    nodes whose members agree photometrically with the node's first row (rows in order)."""
+    node = np.empty(len(values_of_row), np.int64)
+    leaders: list[int] = []
+    leaders_of_value: dict[int, list[int]] = {}
+    for row, value in enumerate(values_of_row.tolist()):
+        found = -1
+        for candidate in leaders_of_value.get(value, ()):
+            lead = leaders[candidate]
+            if check is None or check.agree(mean[row:row + 1], std[row:row + 1], mean[lead:lead + 1], std[lead:lead + 1])[0]:
+                found = candidate
+                break
+        if found < 0:
+            found = len(leaders)
+            leaders.append(row)
+            leaders_of_value.setdefault(value, []).append(found)
+        node[row] = found
+    return node, np.asarray(leaders, np.int64)
+
+
 def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray,
-                     max_distance: int | None = None, exhaustive_max: int = 2000) -> tuple[pa.Table, pa.Table]:
+                     max_distance: int | None = None, exhaustive_max: int = 2000,
+                     check: PhotometricCheck | None = None) -> tuple[pa.Table, pa.Table]:
     """Near-duplicate groups by one perceptual hash from its pairs and the images holding their
     hashes or a hash shared with another image (see module docstring), each connected component
     cut into groups of diameter at most ``max_distance`` (:mod:`ood_ray.dedup.linkage`; default: the
-    largest pair distance, i.e. no cut), and the pairs inside the groups (``duplicate_pairs``)."""
+    largest pair distance, i.e. no cut), and the pairs inside the groups (``duplicate_pairs``).
+
+    With a ``check``, images are linked only when they also agree photometrically: the images
+    holding one hash value are split into nodes of mutually agreeing images (each checked against
+    its node's first image, in ``image_id`` order), and a hash pair links two nodes only when
+    their first images agree."""
     if members.num_rows == 0:
         return DUPLICATES_SCHEMA.empty_table(), DUPLICATE_PAIRS_SCHEMA.empty_table()
     members = members.sort_by("image_id")
     hashes = members.column("h").to_numpy().astype(np.uint64)
-    values, node = np.unique(hashes, return_inverse=True)
-    i1, i2 = np.searchsorted(values, h1), np.searchsorted(values, h2)
-    labels = compute_components(len(values), i1, i2)
+    values, value_of_row = np.unique(hashes, return_inverse=True)
+    mean, std = (members.column(name).to_numpy(zero_copy_only=False).astype(np.float64) if name in members.column_names
+                 else np.full(members.num_rows, np.nan) for name in PHOTOMETRIC)
+    node, leaders = _image_nodes(value_of_row, mean, std, check)
+    # every node of one hash value with every node of the other, kept when their first images agree
+    nodes_of_value: dict[int, list[int]] = {}
+    for n, lead in enumerate(leaders.tolist()):
+        nodes_of_value.setdefault(int(value_of_row[lead]), []).append(n)
+    v1, v2 = np.searchsorted(values, h1), np.searchsorted(values, h2)
+    e1, e2, ed = [], [], []
+    for x, y, d in zip(v1.tolist(), v2.tolist(), dist.tolist()):
+        for a in nodes_of_value.get(x, ()):
+            for b in nodes_of_value.get(y, ()):
+                e1.append(a)
+                e2.append(b)
+                ed.append(d)
+    e1, e2, ed = np.asarray(e1, np.int64), np.asarray(e2, np.int64), np.asarray(ed, np.int64)
+    if check is not None and len(e1):
+        la, lb = leaders[e1], leaders[e2]
+        keep = check.agree(mean[la], std[la], mean[lb], std[lb])
+        e1, e2, ed = e1[keep], e2[keep], ed[keep]
+    node_values = values[value_of_row[leaders]]
+    labels = compute_components(len(leaders), e1, e2)
     if max_distance is not None:
-        labels = cut_components(labels, lambda members: split_component(hamming_matrix, values[members], max_distance,
-                                                                         exhaustive_max))
-    inside = labels[i1] == labels[i2]
-    i1, i2, dist = i1[inside], i2[inside], dist[inside]
+        labels = cut_components(labels, lambda group: split_component(hamming_matrix, node_values[group], max_distance,
+                                                                       exhaustive_max))
+    inside = labels[e1] == labels[e2]
+    e1, e2, ed = e1[inside], e2[inside], ed[inside]
 
-    # Smallest distance from each hash value to another member: 0 when shared by two images.
-    nearest = np.full(len(values), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(nearest, i1, dist)
-    np.minimum.at(nearest, i2, dist)
-    nearest[np.bincount(node, minlength=len(values)) > 1] = 0
+    # Smallest distance from each node to another member: 0 when it holds two images.
+    nearest = np.full(len(leaders), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(nearest, e1, ed)
+    np.minimum.at(nearest, e2, ed)
+    nearest[np.bincount(node, minlength=len(leaders)) > 1] = 0
 
     image_ids = np.asarray(members.column("image_id").to_pylist(), dtype=object)
     pixel_hashes = np.asarray(members.column("hash_pixels").to_pylist(), dtype=object)
@@ -376,19 +455,19 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
             rows["group_size"].append(len(indices))
             rows["model"].append(None)
     groups = pa.Table.from_pydict(rows, schema=DUPLICATES_SCHEMA)
-    return groups, _group_pairs(method, values, node, image_ids, orients, labels, reported, i1, i2, dist)
+    return groups, _group_pairs(method, node, image_ids, orients, labels, reported, e1, e2, ed)
 
 
-def _group_pairs(method: str, values: np.ndarray, node: np.ndarray, image_ids: np.ndarray, orients: list,
-                 labels: np.ndarray, reported: set[int], i1: np.ndarray, i2: np.ndarray, dist: np.ndarray) -> pa.Table:
-    """The evidence of each reported group as image pairs: for each hash pair inside it, the first
-    image holding each hash; for a hash held by several images, the first with each other (distance
-    0). ``transform``: for D4 hashes, what turns the first image into the second."""
+def _group_pairs(method: str, node: np.ndarray, image_ids: np.ndarray, orients: list,
+                 labels: np.ndarray, reported: set[int], e1: np.ndarray, e2: np.ndarray, dist: np.ndarray) -> pa.Table:
+    """The evidence of each reported group as image pairs: for each node pair inside it, the first
+    image of each node; for a node of several images, its first with each other (distance 0).
+    ``transform``: for D4 hashes, what turns the first image into the second."""
     holders: dict[int, list[int]] = {}
     for row, value in enumerate(node.tolist()):
         holders.setdefault(value, []).append(row)
     a_rows, b_rows, distances = [], [], []
-    for x, y, d in zip(i1.tolist(), i2.tolist(), dist.tolist()):
+    for x, y, d in zip(e1.tolist(), e2.tolist(), dist.tolist()):
         if int(labels[x]) in reported:
             a_rows.append(holders[x][0])
             b_rows.append(holders[y][0])
@@ -436,7 +515,7 @@ def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups
                                                                       "hash_pixels": pa.array([], pa.string()),
                                                                       "orient": pa.array([], pa.int8())})
         groups, method_pairs = find_near_groups(members, method, *pairs[method], config.near_distance,
-                                                config.max_bucket)
+                                                config.max_bucket, config.photometric_check())
         tables.append(groups)
         pair_tables.append(method_pairs)
     if embedding_groups is not None:

@@ -43,7 +43,6 @@ BLUR_MAX_SIDE = 64
 CORRELATION_WINDOW = 512
 
 _SQUARES = np.arange(256, dtype=np.int64) ** 2
-_HSP_RED, _HSP_GREEN, _HSP_BLUE = 0.241 * _SQUARES, 0.691 * _SQUARES, 0.068 * _SQUARES
 
 
 def display_levels(stack: np.ndarray) -> np.ndarray:
@@ -62,15 +61,35 @@ def pillow_gray(stack8: np.ndarray) -> np.ndarray:
     return ((red * 19595 + green * 38470 + blue * 7471 + 0x8000) >> 16).astype(np.uint8)
 
 
+#: ``1000 x`` the squared perceived brightness ``0.241 r^2 + 0.691 g^2 + 0.068 b^2`` as an exact integer.
+_KEY_RED, _KEY_GREEN, _KEY_BLUE = (np.uint32(w) * _SQUARES.astype(np.uint32) for w in (241, 691, 68))
+
+
 def _brightness_percentiles(stack8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy's linear 5th and 99th percentiles of the perceived brightness, per image.
+
+    The order statistics are found on the exact integer ``1000 x`` squared brightness (an
+    ``np.partition`` of uint32 keys: no float array over the pixels), then mapped to brightness
+    and interpolated as ``np.percentile`` does; equal to CleanVision's float computation to ~1e-16."""
+    from ood_ray.lint.summaries import interpolate, quantile_ranks
+
     n = stack8.shape[0]
     if stack8.shape[-1] >= 3:
-        squared = _HSP_RED[stack8[..., 0]] + _HSP_GREEN[stack8[..., 1]] + _HSP_BLUE[stack8[..., 2]]
-        brightness = np.sqrt(squared) / 255
+        keys = _KEY_RED[stack8[..., 0]] + _KEY_GREEN[stack8[..., 1]] + _KEY_BLUE[stack8[..., 2]]
+        to_brightness = lambda k: np.sqrt(k / 1000.0) / 255  # noqa: E731
     else:
-        brightness = stack8[..., 0] / 255.0
-    p5, p99 = np.percentile(brightness.reshape(n, -1), [5, 99], axis=1)
-    return p5, p99
+        keys = stack8[..., 0]
+        to_brightness = lambda k: k / 255.0  # noqa: E731
+    keys = keys.reshape(n, -1)
+    count = keys.shape[1]
+    ranks = {q: quantile_ranks(count, q) for q in (0.05, 0.99)}
+    wanted = sorted({r for low, high, _ in ranks.values() for r in (low, high)})
+    ordered = np.partition(keys, wanted, axis=1)
+    out = []
+    for low, high, weight in ranks.values():
+        a, b = to_brightness(ordered[:, low].astype(np.float64)), to_brightness(ordered[:, high].astype(np.float64))
+        out.append(np.array([interpolate(x, y, weight) for x, y in zip(a.tolist(), b.tolist())]))
+    return out[0], out[1]
 
 
 def _find_edges(gray: np.ndarray) -> np.ndarray:
@@ -93,15 +112,17 @@ def _level_histograms(levels: np.ndarray) -> np.ndarray:
     return np.bincount(flat.reshape(-1), minlength=n * 256).reshape(n, 256)
 
 
-def _pillow_std(histogram: np.ndarray) -> float:
-    """Pillow ``ImageStat.stddev`` of one band from its 256-level histogram (exact integer sums)."""
-    counts = [int(c) for c in histogram]
-    count = sum(counts)
-    if not count:
-        return 0.0
-    total = sum(j * c for j, c in enumerate(counts))
-    total2 = sum(j * j * c for j, c in enumerate(counts))
-    return float(np.sqrt((total2 - total ** 2 / count) / count))
+def _pillow_std(histograms: np.ndarray) -> np.ndarray:
+    """Pillow ``ImageStat.stddev`` of one band per row of ``(N, 256)`` level histograms:
+    ``sqrt((S2 - S^2 / n) / n)`` with the integer sums ``S``, ``S2`` (exact in int64 for
+    images of at most 64 x 64 pixels, as here) and the same float operations Pillow performs."""
+    levels = np.arange(256, dtype=np.int64)
+    counts = histograms.sum(axis=1)
+    total = histograms @ levels
+    total2 = histograms @ (levels * levels)
+    safe = np.maximum(counts, 1)
+    variance = (total2 - (total * total) / safe) / safe
+    return np.where(counts > 0, np.sqrt(variance), 0.0)
 
 
 def _blur_size(width: int, height: int) -> tuple[int, int] | None:
@@ -130,7 +151,7 @@ def _blur_gray(stack8: np.ndarray) -> np.ndarray:
 def _blurriness(stack8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gray = _blur_gray(stack8)
     edge_histograms = _level_histograms(_find_edges(gray))
-    blurriness = np.array([_pillow_std(h) for h in edge_histograms])
+    blurriness = _pillow_std(edge_histograms)
     gray_std = np.std(_level_histograms(gray), axis=1)
     return blurriness, gray_std
 
@@ -154,9 +175,9 @@ def _chroma(stack8: np.ndarray) -> np.ndarray:
     n = stack8.shape[0]
     if stack8.shape[-1] < 3:
         return np.zeros(n)
-    rgb = stack8[..., :3]
-    spread = rgb.max(axis=-1).astype(np.int32) - rgb.min(axis=-1)
-    return spread.reshape(n, -1).mean(axis=1) / 255.0
+    red, green, blue = stack8[..., 0], stack8[..., 1], stack8[..., 2]
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)
+    return spread.reshape(n, -1).sum(axis=1, dtype=np.int64) / (spread[0].size * 255.0)
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:

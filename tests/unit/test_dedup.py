@@ -201,3 +201,37 @@ def test_components_partition():
     assert labels[4] == labels[5] != labels[0]
     assert len(set(labels.tolist())) == 3
     assert compute_components(0, np.array([]), np.array([])).size == 0
+
+
+def _checkerboard(light: int, dark: int, cell: int = 8, size: int = 64, colour=(1.0, 1.0, 1.0)) -> np.ndarray:
+    y, x = np.mgrid[:size, :size]
+    grey = np.where(((y // cell) + (x // cell)) % 2 == 0, light, dark).astype(np.float64)
+    return np.clip(grey[..., None] * np.asarray(colour)[None, None, :], 0, 255).astype(np.uint8)
+
+
+def test_the_photometric_check_splits_hash_alike_images_that_are_not_copies():
+    """A light and a dark checkerboard (and one at a third of the contrast) have the same perceptual
+    hashes -- the hash normalises brightness and contrast away -- but are different pictures; a
+    brighter copy (+30%) of the light one is still its duplicate. Without the check all four are
+    one group."""
+    from ood_ray.stats.image import compute_images_stats
+
+    images = {"light": _checkerboard(235, 190), "dark": _checkerboard(90, 10), "low_contrast": _checkerboard(150, 135),
+              "light_brighter": np.clip(_checkerboard(235, 190).astype(np.float64) * 1.08 + 8, 0, 255).astype(np.uint8)}
+    stats = compute_images_stats(list(images.values()), [8] * len(images))
+    assert len(set(stats.phash)) == 1  # the hash alone cannot tell them apart
+    n = len(images)
+    table = pa.table({"image_id": [f"id{i:05d}" for i in range(n)], "status": ["ok"] * n,
+                      "phash": pa.array(stats.phash, pa.uint64()), "hash_pixels": stats.hash_pixels,
+                      "mean": stats.image["mean"], "std": stats.image["std"]})
+    names = list(images)
+
+    def groups(*overrides):
+        duplicates, _, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides))
+        found: dict[str, set[str]] = {}
+        for row in duplicates.to_pylist():
+            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
+        return sorted(found.values(), key=len)
+
+    assert groups() == [{"light", "light_brighter"}]
+    assert groups("dedup.verify=false") == [set(names)]
