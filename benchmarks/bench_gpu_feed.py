@@ -89,6 +89,7 @@ def _blocks(jpegs: list[bytes], block: int, settings):
 
 
 def decode_rate(jpegs: list[bytes], block: int, settings, processes: int) -> float:
+    jpegs = jpegs[: block * processes * 4]  # four blocks per process
     context = mp.get_context("spawn")
     with context.Pool(processes) as pool:
         pool.map(_decode_block, _blocks(jpegs[: block * processes], block, settings))  # warm-up: imports
