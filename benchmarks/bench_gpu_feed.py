@@ -89,7 +89,7 @@ def _blocks(jpegs: list[bytes], block: int, settings):
 
 
 def decode_rate(jpegs: list[bytes], block: int, settings, processes: int) -> float:
-    jpegs = jpegs[: block * processes * 4]  # four blocks per process
+    jpegs = jpegs[: block * processes * 2]  # two blocks per process
     context = mp.get_context("spawn")
     with context.Pool(processes) as pool:
         pool.map(_decode_block, _blocks(jpegs[: block * processes], block, settings))  # warm-up: imports
@@ -159,15 +159,18 @@ def main() -> int:
                      "images": args.images, "block": args.block, "decode": {}, "embed": {}, "fed": {}}
     for processes in sorted({1, cores}):
         results["decode"][processes] = round(decode_rate(jpegs, args.block, settings, processes), 1)
+        print(f"decode, {processes} processes: {results['decode'][processes]} images/s", flush=True)
     tables = [_decode_block(b) for b in _blocks(jpegs[: args.block * 4], args.block, settings)]
     actors = {}
     for precision in ("fp32", "fp16", "bf16") if cuda else ("fp32",):
         embed = EmbedSettings(top_k=5, max_full_probabilities=0, num_cpus=1, num_gpus=1 if cuda else 0, precision=precision)
         actors[precision] = EmbedActor([info], embed)
         results["embed"][precision] = round(embed_rate(actors[precision], tables, cuda), 1)
+        print(f"embed {precision}: {results['embed'][precision]} images/s", flush=True)
     fed_precision = "fp16" if cuda else "fp32"
     for processes in sorted({max(1, cores // 2), cores}):
         results["fed"][processes] = fed_share(actors[fed_precision], jpegs, args.block, settings, processes)
+        print(f"fed by {processes} processes: {results['fed'][processes]}", flush=True)
     print(f"\n{results['device']}, {cores} cores, {args.model}, {args.images} JPEGs 640 x 480, blocks of {args.block}\n")
     print("| step | workers | images/s |\n|---|---|---|")
     for processes, rate in results["decode"].items():
