@@ -71,6 +71,17 @@ def scan_settings(model: str):
     return info, settings
 
 
+def _one_thread() -> None:
+    """A worker as Ray starts one for a 1-CPU task: one torch thread (the BLAS/OpenMP ones: the
+    environment ``main`` sets before spawning)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 def _decode_block(args):
     """One scan task's work on a block of JPEG bytes: the model input column as a pyarrow table."""
     import pyarrow as pa
@@ -91,7 +102,7 @@ def _blocks(jpegs: list[bytes], block: int, settings):
 def decode_rate(jpegs: list[bytes], block: int, settings, processes: int) -> float:
     jpegs = jpegs[: block * processes * 2]  # two blocks per process
     context = mp.get_context("spawn")
-    with context.Pool(processes) as pool:
+    with context.Pool(processes, initializer=_one_thread) as pool:
         pool.map(_decode_block, _blocks(jpegs[: block * processes], block, settings))  # warm-up: imports
         started = time.perf_counter()
         pool.map(_decode_block, _blocks(jpegs, block, settings))
@@ -119,7 +130,7 @@ def fed_share(actor, jpegs: list[bytes], block: int, settings, processes: int) -
     context = mp.get_context("spawn")
     busy = idle = 0.0
     rows = 0
-    with context.Pool(processes) as pool:
+    with context.Pool(processes, initializer=_one_thread) as pool:
         pool.map(_decode_block, _blocks(jpegs[: block * processes], block, settings))  # workers warm
         started = time.perf_counter()
         for k, table in enumerate(pool.imap_unordered(_decode_block, _blocks(jpegs, block, settings))):
@@ -153,6 +164,8 @@ def main() -> int:
     if not cuda:
         args.images, args.model, args.block = 64, "test_resnet", 16
     cores = os.cpu_count() or 1
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # inherited by the spawned workers
+        os.environ[name] = "1"
     info, settings = scan_settings(args.model)
     jpegs = make_jpegs(args.images, 640, 480)
     results: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "cores": cores, "model": args.model,
