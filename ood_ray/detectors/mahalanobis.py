@@ -11,6 +11,12 @@
   to one background Gaussian fitted on all reference embeddings (mean ``mu_0``, covariance
   ``S_0``): ``score = min_c MD_c(x) - MD_0(x)``, higher = more OOD.
 
+- ``score_mahalanobis_pp`` and ``score_rmd_pp`` (Mahalanobis++, Mueller & Hein, ICML 2025,
+  "Mahalanobis++: Improving OOD Detection via Feature Normalization"; MDS++ / RMDS++ in OpenOOD
+  v1.5's ViT table): the same two scores on L2-normalised embeddings ``x / ||x||``, fitted and
+  scored alike, which removes the feature-norm variation that breaks the shared-covariance
+  Gaussian assumption.
+
 ``S^+`` is the Moore-Penrose pseudo-inverse (symmetric, ``numpy.linalg.pinv(hermitian=True)``), so
 a singular covariance -- fewer samples than dimensions, or collinear features -- stays finite. The
 distances use ``x^T P x - 2 x^T P mu + mu^T P mu``, one ``(n, D) x (D, D)`` product per batch.
@@ -99,3 +105,28 @@ class RelativeMahalanobis(Mahalanobis):
         self._check_fitted()
         background = class_distances(X, self.background_mean_[None, :], self.background_precision_)[:, 0]
         return class_distances(X, self.means_, self.precision_).min(axis=1) - background
+
+
+def l2_normalised(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+class MahalanobisPlusPlus(Mahalanobis):
+    name = "mahalanobis_pp"
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> MahalanobisPlusPlus:
+        return super().fit(l2_normalised(X), y)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return super()._score(l2_normalised(X))
+
+
+class RelativeMahalanobisPlusPlus(RelativeMahalanobis):
+    name = "rmd_pp"
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RelativeMahalanobisPlusPlus:
+        return super().fit(l2_normalised(X), y)
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
+        return super()._score(l2_normalised(X))

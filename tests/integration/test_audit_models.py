@@ -102,12 +102,20 @@ def _scores(model_run, ids, column):
 
 
 def test_probability_scores_recomputed_from_stored_predictions(model_run):
+    from scipy.special import softmax
+
     for alias in ("twin_a", "tiny_classifier"):
         ids, p = _probabilities(model_run, alias)
         classes = p.shape[1]
         np.testing.assert_allclose(_scores(model_run, ids, f"score_msp_{alias}"), 1 - p.max(axis=1), atol=2e-6)
         entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(axis=1) / np.log(classes)
         np.testing.assert_allclose(_scores(model_run, ids, f"score_entropy_{alias}"), entropy, atol=2e-5)
+        # GEN (gamma 0.1, M 100) from the stored logits (float32 probabilities lose 1 - p near 1)
+        rows = q(model_run, f"SELECT image_id, logits FROM predictions WHERE model = '{alias}' ORDER BY image_id").to_pylist()
+        clamped = np.clip(softmax(np.asarray([r["logits"] for r in rows], dtype=np.float64), axis=1), 1e-7, 1 - 1e-7)
+        top = -np.sort(-clamped, axis=1)[:, :100]
+        gen = (top ** 0.1 * (1 - top) ** 0.1).mean(axis=1)
+        np.testing.assert_allclose(_scores(model_run, ids, f"score_gen_{alias}"), gen, rtol=1e-5, atol=1e-6)
 
 
 def test_ensemble_of_twins_equals_one_member_and_has_no_mutual_information(model_run):

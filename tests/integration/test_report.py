@@ -15,11 +15,12 @@ import pytest
 
 from ood_ray.config import load_config
 from ood_ray.evaluate import evaluate
+from ood_ray.lint.issues import ISSUES
 from ood_ray.pipeline import run_audit
 from ood_ray.query import run_query
 from ood_ray.report import ReportOptions, build_report
 
-ALL_SECTIONS = ["overview", "lint", "duplicates", "ood", "clusters", "map", "drift", "evaluation"]
+ALL_SECTIONS = ["overview", "lint", "quality", "duplicates", "ood", "clusters", "map", "drift", "evaluation"]
 MAP_POINTS = 40
 #: Deleted after the audit: a member of a planted exact-duplicate group, so its thumbnail is asked for.
 DELETED = "train/circles/circles_001_as_bmp.bmp"
@@ -113,6 +114,11 @@ def test_numbers_equal_the_query(report_run):
         assert float(value) == thresholds[score]["threshold"]
         flagged = q(out, f"SELECT count(*) FILTER (WHERE is_ood_{score.removeprefix('score_')}) AS n FROM images")[0]["n"]
         assert int(_values(elements, "data-flagged")[score]) == flagged
+    issues = {name: q(out, f"SELECT count(*) FILTER (WHERE is_{name}) AS n FROM images")[0]["n"] for name in ISSUES}
+    assert {k: int(v) for k, v in _values(elements, "data-issue").items()} == issues
+    assert sum(issues.values()) > 0
+    assert int(keys["quality_flagged_images"]) == q(out, "SELECT count(*) AS n FROM images WHERE " + " OR ".join(
+        f"coalesce(is_{name}, false)" for name in ISSUES))[0]["n"]
     cluster_sizes = {str(r["cluster"]): r["size"] for r in q(out, "SELECT cluster, size FROM clusters")}
     assert {k: int(v) for k, v in _values(elements, "data-cluster-size").items()} == cluster_sizes
 

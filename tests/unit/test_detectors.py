@@ -12,6 +12,7 @@ from scipy.special import softmax as scipy_softmax
 from ood_ray.detectors import REGISTRY, NotFittedError
 from ood_ray.detectors.base import Detector, Registry
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
+from ood_ray.detectors.head import HeadDetector
 from ood_ray.detectors.thresholds import QuantileThreshold
 
 RNG = np.random.default_rng(0)
@@ -21,12 +22,23 @@ EMBEDDINGS = np.concatenate([RNG.normal(-2, 1, (30, 5)), RNG.normal(2, 1, (30, 5
 LABELS = np.array(["a"] * 30 + ["b"] * 30)
 
 INPUT_FOR = {"logits": LOGITS, "member_probabilities": MEMBERS, "embeddings": EMBEDDINGS}
+#: The head of the detectors that use the last linear layer, and their (non-negative, post-ReLU) features.
+_HEAD_RNG = np.random.default_rng(1)
+HEAD = (_HEAD_RNG.normal(0, 1, (7, 5)), _HEAD_RNG.normal(0, 0.1, 7))
+FEATURES = np.abs(EMBEDDINGS)
+
+
+def _input(cls: type[Detector]) -> np.ndarray:
+    return FEATURES if issubclass(cls, HeadDetector) else INPUT_FOR[cls.input]
 
 
 def fitted(name: str) -> Detector:
-    detector = REGISTRY[name](k=5) if name in ("knn", "knn_mean") else REGISTRY[name]()
+    cls = REGISTRY[name]
+    detector = cls(k=5) if name in ("knn", "knn_mean", "nnguide") else cls()
+    if isinstance(detector, HeadDetector):
+        detector.with_head(*HEAD)
     if detector.requires_fit:
-        detector.fit(INPUT_FOR[detector.input], LABELS)
+        detector.fit(_input(cls), LABELS)
     return detector
 
 
@@ -35,7 +47,7 @@ def test_detector_conformance(name):
     """Shape, dtype, finiteness, determinism, read-only input, state round trip, registry facts."""
     cls = REGISTRY[name]
     assert cls.name == name
-    X = INPUT_FOR[cls.input].copy()
+    X = _input(cls).copy()
     X.setflags(write=False)
     detector = fitted(name)
     scores = detector.score(X)

@@ -14,7 +14,8 @@ from ood_ray.report.sections.lint import LINT
 from ood_ray.report.sections.map import MAP
 from ood_ray.report.sections.ood import OOD
 from ood_ray.report.sections.overview import OVERVIEW
+from ood_ray.report.sections.quality import QUALITY
 
-SECTIONS: tuple[Section, ...] = (OVERVIEW, LINT, DUPLICATES, OOD, CLUSTERS, MAP, DRIFT, EVALUATION)
+SECTIONS: tuple[Section, ...] = (OVERVIEW, LINT, QUALITY, DUPLICATES, OOD, CLUSTERS, MAP, DRIFT, EVALUATION)
 
 __all__ = ["SECTIONS", "Section"]
