@@ -5,7 +5,8 @@ and MNIST test; models = the four CIFAR ResNets of ``cifar10_resnets`` through t
 path (ImageNet mean/std at 32 px). One audit computes every score; ``ood-ray evaluate`` gives
 AUROC / FPR@95 (ID positive) / TNR@95 per OOD set and their mean. Rows: the ResNet-56's MSP, max
 logit, energy, entropy, classifier-ensemble entropy (the OoD Tool's probes), kNN and kNN-mean
-(k = 50), Mahalanobis and RMD; the ensemble entropy and mutual information over the four ResNets.
+(k = 50), Mahalanobis and RMD, GEN, ReAct, ASH-S, SCALE, fDBD, ViM, NNGuide, Mahalanobis++ and
+RMD++; the ensemble entropy and mutual information over the four ResNets.
 
 pytorch-ood's MSP, energy and Mahalanobis run on the same logits and penultimate features (read
 back from the run's tables) and are shown beside ours. Then the holdout-class protocol on CIFAR-10:
@@ -15,7 +16,8 @@ training images.
 The issue's check run (ResNet-56, same files): AUROC/FPR95 of MSP 0.756/0.824, energy 0.750/0.773,
 kNN 0.874/0.490 on DTD; MSP 0.807/0.821, energy 0.916/0.501, kNN 0.996/0.017 on MNIST.
 
-Usage: ``python benchmarks/bench_quality.py [--work DIR] [--seeds 0 1 2] [--json PATH]``
+Usage: ``python benchmarks/bench_quality.py [--work DIR] [--seeds 0 1 2] [--json PATH]`` (``--seeds``
+with no value: no holdout runs)
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ ROWS = [("MSP", "score_msp_r56"), ("max logit", "score_maxlogit_r56"), ("energy"
         ("entropy", "score_entropy_r56"), ("classifier-ensemble entropy", "score_clf_entropy_r56"),
         ("kNN (k=50)", "score_knn_r56"), ("kNN mean (k=50)", "score_knn_mean_r56"),
         ("Mahalanobis", "score_mahalanobis_r56"), ("RMD", "score_rmd_r56"),
+        ("GEN", "score_gen_r56"), ("ReAct", "score_react_r56"), ("ASH-S@90", "score_ash_r56"), ("SCALE@85", "score_scale_r56"),
+        ("fDBD", "score_fdbd_r56"), ("ViM", "score_vim_r56"), ("NNGuide", "score_nnguide_r56"),
+        ("Mahalanobis++", "score_mahalanobis_pp_r56"), ("RMD++", "score_rmd_pp_r56"),
         ("ensemble entropy (4 ResNets)", "score_ensemble_entropy"), ("mutual information (4 ResNets)", "score_mutual_information")]
 CHECK = {("score_msp_r56", "dtd"): 0.756, ("score_energy_r56", "dtd"): 0.750, ("score_knn_r56", "dtd"): 0.874,
          ("score_msp_r56", "mnist"): 0.807, ("score_energy_r56", "mnist"): 0.916, ("score_knn_r56", "mnist"): 0.996}

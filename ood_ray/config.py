@@ -397,7 +397,10 @@ class OODConfig:
     ``clf_max_samples`` in all (a seeded, stratified sample) -- and thresholded on up to
     ``threshold_sample`` other reference rows: ``clf_entropy`` (the OoD Tool's logistic-regression
     probes with strengths ``clf_c``; ``headless``: for models without a classifier head, ``all``,
-    or ``none``), ``mahalanobis`` and ``rmd`` (every model).
+    or ``none``), ``mahalanobis``, ``rmd``, ``mahalanobis_pp`` and ``rmd_pp`` (every model).
+    ``head_detectors``: the scores that use a classifier's last linear layer (ReAct, ASH-S, SCALE,
+    fDBD, ViM, NNGuide; fitted on the same sample, labels not needed); ``nnguide_bank``: the rows of
+    NNGuide's bank.
     ``driver_quantile_max_rows``: up to this many reference rows the score thresholds are computed
     by DuckDB on the driver (it holds the column); past it, exactly the same numbers from mergeable
     summaries in Ray tasks (:mod:`ood_ray.score_quantiles`), so the driver's memory stays flat.
@@ -408,6 +411,10 @@ class OODConfig:
     clf_entropy: str = "headless"
     mahalanobis: bool = True
     rmd: bool = True
+    mahalanobis_pp: bool = True
+    rmd_pp: bool = True
+    head_detectors: list[str] = field(default_factory=lambda: ["react", "ash", "scale", "fdbd", "vim", "nnguide"])
+    nnguide_bank: int = 2000
     clf_c: list[float] = field(default_factory=lambda: [1e-5, 1.0, 1e5])
     clf_max_per_class: int = 1000
     clf_max_samples: int = 20000
@@ -426,6 +433,12 @@ class OODConfig:
         _check_positive(f"{prefix}.clf_max_per_class", self.clf_max_per_class)
         _check_positive(f"{prefix}.clf_max_samples", self.clf_max_samples)
         _check_positive(f"{prefix}.threshold_sample", self.threshold_sample)
+        _check_positive(f"{prefix}.nnguide_bank", self.nnguide_bank)
+        from ood_ray.detectors import HEAD_DETECTORS
+
+        for name in self.head_detectors:
+            if name not in HEAD_DETECTORS:
+                _fail(f"{prefix}.head_detectors", self.head_detectors, f"each must be one of {', '.join(HEAD_DETECTORS)}")
         _check_positive(f"{prefix}.driver_quantile_max_rows", self.driver_quantile_max_rows, allow_zero=True)
 
 

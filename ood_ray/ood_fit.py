@@ -5,12 +5,18 @@
   when no row has that split -- the selection the scan stage records): by DuckDB on the driver up
   to ``ood.driver_quantile_max_rows`` rows, past it by Ray tasks from mergeable summaries
   (:mod:`ood_ray.score_quantiles`; the same numbers).
-- **Fitted embedding detectors** (clf_entropy, Mahalanobis, RMD; when labels exist): a
-  stratified sample of labelled reference embeddings -- at most ``ood.clf_max_per_class`` per
-  label, at most ``ood.clf_max_samples`` in all, picked by a seeded hash of ``image_id`` so a run
-  is reproducible -- fits each detector; its threshold is the quantile over up to
-  ``ood.threshold_sample`` *other* reference rows (held out from the fit, so the fit does not
-  lower it), drawn part by part like the fitting sample.
+- **Fitted embedding detectors** (clf_entropy, Mahalanobis, RMD, Mahalanobis++, RMD++; when
+  labels exist): a stratified sample of labelled reference embeddings -- at most
+  ``ood.clf_max_per_class`` per label, at most ``ood.clf_max_samples`` in all, picked by a seeded
+  hash of ``image_id`` so a run is reproducible -- fits each detector; its threshold is the
+  quantile over up to ``ood.threshold_sample`` *other* reference rows (held out from the fit, so
+  the fit does not lower it), drawn part by part like the fitting sample.
+- **Head detectors** (``ood.head_detectors``: ReAct, ASH-S, SCALE, fDBD, ViM, NNGuide) for every
+  classifier whose last layer is linear (:func:`ood_ray.embed.models.classifier_head`, read on the
+  driver): the head ``(W, b)`` goes into each detector's state, the fitted parts (ReAct's clipping
+  percentile, fDBD's mean, ViM's subspace and alpha, NNGuide's bank of ``ood.nnguide_bank`` rows)
+  come from the same sample (labels not needed: without them, a seeded sample of the reference
+  rows), the threshold from the held-out rows; ``finalize`` applies them to every embedding.
 
 Without labels, label-dependent scores are skipped with a log line.
 """
@@ -31,7 +37,7 @@ from ood_ray.score_quantiles import exact_quantiles
 from ood_ray.detectors import REGISTRY
 from ood_ray.detectors.clf_entropy import ClassifierEntropy
 from ood_ray.columns import EMBEDDING_PREFIX
-from ood_ray.embed.models import ModelInfo
+from ood_ray.embed.models import ModelInfo, classifier_head
 
 log = logging.getLogger(__name__)
 
@@ -97,18 +103,46 @@ def score_thresholds(con: duckdb.DuckDBPyConnection, sampler: Sampler, columns: 
 
 
 def fitted_detectors(info: ModelInfo, config: OODConfig) -> list[str]:
-    """Which fitted embedding detectors apply to a model (see :class:`OODConfig`)."""
+    """Which label-fitted embedding detectors apply to a model (see :class:`OODConfig`)."""
     names = []
     if config.clf_entropy == "all" or (config.clf_entropy == "headless" and info.num_classes == 0):
         names.append("clf_entropy")
-    names += [name for name in ("mahalanobis", "rmd") if getattr(config, name)]
+    names += [name for name in ("mahalanobis", "rmd", "mahalanobis_pp", "rmd_pp") if getattr(config, name)]
     return names
 
 
-def _build(name: str, config: OODConfig) -> Any:
+def plain_sample(sampler: Sampler, where: str, column: str, config: OODConfig) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(image_ids, [], embeddings)`` of a seeded sample of reference rows, labels or not."""
+    table = sampler.select([column], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed)),
+                           config.clf_max_samples)
+    return _unpack(table.rename_columns(["image_id", "v"]))
+
+
+def _build(name: str, config: OODConfig, head: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
     if name == "clf_entropy":
         return ClassifierEntropy(tuple(config.clf_c), seed=config.seed)
-    return REGISTRY[name]()
+    detector = REGISTRY[name]()
+    if head is not None:
+        detector.with_head(*head)
+    return detector
+
+
+def _fit_one(fit: OODFit, name: str, info: ModelInfo, config: OODConfig, X: np.ndarray, labels: np.ndarray | None,
+             X_held: np.ndarray, source: str, head: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Fit detector ``name`` for ``info`` on ``X``, threshold it on ``X_held``, record it."""
+    score_column = f"score_{name}_{info.alias}"
+    if name == "nnguide":
+        X = X[: config.nnguide_bank]
+    detector = _build(name, config, head).fit(X, labels)
+    value = float(np.quantile(detector.score(X_held).astype(np.float64), config.in_distribution_quantile))
+    fit.thresholds[score_column] = value
+    fit.fitted[score_column] = {"detector": name, "model": info.alias, "state": detector.state_dict()}
+    fit.report.setdefault("thresholds", {})[score_column] = {
+        "threshold": value, "n_reference": len(X_held), "quantile": config.in_distribution_quantile, "from": source,
+    }
+    classes = len(set(labels.tolist())) if labels is not None and len(labels) else 0
+    fit.report.setdefault("fitted", {})[score_column] = {"n_fit": len(X), "classes": classes}
+    log.info("%s: fitted on %d embeddings; threshold %.4f", score_column, len(X), value)
 
 
 def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig,
@@ -125,29 +159,31 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
 
     for info in infos:
         names = fitted_detectors(info, config)
-        if not names:
+        head = classifier_head(info) if config.head_detectors and info.num_classes > 0 else None
+        head_names = list(config.head_detectors) if head is not None else []
+        if not names and not head_names:
             continue
         column = f"{EMBEDDING_PREFIX}{info.alias}"
-        ids, labels, X = stratified_sample(sampler, where, column, config)
+        ids, labels, X = stratified_sample(sampler, where, column, config) if names else ([], np.array([]), np.zeros((0, 0)))
         classes = sorted(set(labels.tolist()))
-        if len(classes) < 2:
+        if names and len(classes) < 2:
             for name in names:
                 log.info("score_%s_%s: skipped -- the reference rows carry %d labels (needs 2 or more)", name, info.alias, len(classes))
                 fit.report.setdefault("skipped", {})[f"score_{name}_{info.alias}"] = f"{len(classes)} labels in the reference rows"
+            names = []
+        if not names:
+            if not head_names:
+                continue
+            ids, labels, X = plain_sample(sampler, where, column, config)
+            labels = None
+        if len(X) == 0:
             continue
         _, _, X_held = _unpack(held_out_sample(sampler, where, column, set(ids), config))
         source = "held-out reference rows"
         if len(X_held) == 0:
             X_held, source = X, "the fitting sample (no other reference rows)"
         for name in names:
-            score_column = f"score_{name}_{info.alias}"
-            detector = _build(name, config).fit(X, labels)
-            value = float(np.quantile(detector.score(X_held).astype(np.float64), q))
-            fit.thresholds[score_column] = value
-            fit.fitted[score_column] = {"detector": name, "model": info.alias, "state": detector.state_dict()}
-            fit.report.setdefault("thresholds", {})[score_column] = {
-                "threshold": value, "n_reference": len(X_held), "quantile": q, "from": source,
-            }
-            fit.report.setdefault("fitted", {})[score_column] = {"n_fit": len(ids), "classes": len(classes)}
-            log.info("%s: fitted on %d embeddings of %d classes; threshold %.4f", score_column, len(ids), len(classes), value)
+            _fit_one(fit, name, info, config, X, labels, X_held, source)
+        for name in head_names:
+            _fit_one(fit, name, info, config, X, labels, X_held, source, head)
     return fit

@@ -10,12 +10,26 @@ stores them in its state with whatever it fitted, so a run can be scored with ``
 
 from __future__ import annotations
 
+import base64
 from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import logsumexp
 
 from ood_ray.detectors.base import Detector, NotFittedError
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """A float64 array as JSON: shape and base64 of its little-endian bytes (a head of 1000 x 2048
+    is 16 MB this way, against ~40 MB as a JSON list, and exact)."""
+    array = np.ascontiguousarray(array, dtype="<f8")
+    return {"shape": list(array.shape), "float64": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def decode_array(state: Any) -> np.ndarray:
+    if isinstance(state, dict) and "float64" in state:
+        return np.frombuffer(base64.b64decode(state["float64"]), dtype="<f8").reshape(state["shape"]).copy()
+    return np.asarray(state, dtype=np.float64)
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
@@ -67,7 +81,7 @@ class HeadDetector(Detector):
         for key in ("weight", "bias", *self.FITTED):
             if hasattr(self, key + "_"):
                 value = getattr(self, key + "_")
-                state[key] = np.asarray(value).tolist() if isinstance(value, np.ndarray) else value
+                state[key] = encode_array(value) if isinstance(value, np.ndarray) else value
         return state
 
     @classmethod
@@ -75,9 +89,9 @@ class HeadDetector(Detector):
         Detector.from_state_dict.__func__(cls, state)
         detector = cls(**{p: state[p] for p in cls.PARAMS if p in state})
         if "weight" in state:
-            detector.with_head(np.asarray(state["weight"]), np.asarray(state["bias"]))
+            detector.with_head(decode_array(state["weight"]), decode_array(state["bias"]))
         for key in cls.FITTED:
             if key in state:
                 value = state[key]
-                setattr(detector, key + "_", np.asarray(value, dtype=np.float64) if isinstance(value, list) else value)
+                setattr(detector, key + "_", decode_array(value) if isinstance(value, (list, dict)) else value)
         return detector

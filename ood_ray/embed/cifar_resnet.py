@@ -90,6 +90,10 @@ class CifarResNet(nn.Module):
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.linear(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The last linear layer, as timm's models give it (the head-based OOD scores read it)."""
+        return self.linear
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ood_ray.config import ConfigError, ModelConfig
 from ood_ray.io import storage
 
@@ -219,6 +221,30 @@ def embed_and_logits(model: Any, x: Any) -> tuple[Any, Any | None]:
     embedding = model.forward_head(features, pre_logits=True)
     logits = model.forward_head(features) if getattr(model, "num_classes", 0) else None
     return embedding, logits
+
+
+def classifier_head(info: ModelInfo) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(W, b)`` of the model's last linear layer, ``logits = W z + b`` on its embeddings ``z``:
+    timm's ``get_classifier()`` (a custom model provides the same method returning a
+    ``torch.nn.Linear``). ``None`` (with the reason logged) when there is none or it does not map
+    the embedding to the logits (a head with more than one layer, say)."""
+    import torch
+
+    if info.num_classes == 0:
+        return None
+    model = build_model(info.spec, info.import_root)
+    head = model.get_classifier() if callable(getattr(model, "get_classifier", None)) else None
+    if not isinstance(head, torch.nn.Linear):
+        log.info("model %s: no linear classifier head (get_classifier() gave %s): the head-based scores are skipped",
+                 info.alias, type(head).__name__)
+        return None
+    if head.in_features != info.embedding_dim or head.out_features != info.num_classes:
+        log.info("model %s: classifier %d -> %d does not map the %d-d embedding to %d logits: head-based scores skipped",
+                 info.alias, head.in_features, head.out_features, info.embedding_dim, info.num_classes)
+        return None
+    weight = head.weight.detach().double().cpu().numpy()
+    bias = head.bias.detach().double().cpu().numpy() if head.bias is not None else np.zeros(head.out_features)
+    return weight, bias
 
 
 def inspect_models(specs: list[ModelConfig]) -> list[ModelInfo]:

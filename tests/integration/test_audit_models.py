@@ -186,6 +186,31 @@ def test_clf_entropy_for_the_headless_embedder(model_run):
     assert "score_msp_vit" not in q(model_run, "SELECT * FROM images LIMIT 0").column_names
 
 
+def test_head_detectors_use_the_classifier_layer_and_score_every_embedding(model_run):
+    """ReAct, ASH-S, SCALE, fDBD, ViM, NNGuide for each classifier with a linear head (none for the
+    headless embedder); the saved state holds the model's own layer, and applied to the stored
+    embeddings it gives the stored scores; Mahalanobis++ / RMD++ beside them."""
+    from ood_ray.detectors import HEAD_DETECTORS, REGISTRY
+
+    ood = read_run(model_run["out"])["ood"]
+    for name in HEAD_DETECTORS:
+        assert f"score_{name}_twin_a" in ood["detectors"] and f"score_{name}_tiny_classifier" in ood["detectors"]
+        assert f"score_{name}_vit" not in ood["detectors"]
+    assert {"score_mahalanobis_pp_vit", "score_rmd_pp_twin_a"} <= set(ood["detectors"])
+    fc = build_model(ModelConfig(name="test_resnet")).get_classifier()
+    rows = q(model_run, "SELECT e.image_id, e.embedding, " + ", ".join(f"i.score_{n}_twin_a AS {n}" for n in HEAD_DETECTORS)
+             + " FROM embeddings e JOIN images i USING (image_id) WHERE e.model = 'twin_a' ORDER BY e.image_id").to_pylist()
+    embeddings = np.asarray([r["embedding"] for r in rows], dtype=np.float64)
+    for name in HEAD_DETECTORS:
+        saved = ood["detectors"][f"score_{name}_twin_a"]
+        detector = REGISTRY[name].from_state_dict(json.loads((Path(model_run["out"]) / saved["file"]).read_text()))
+        np.testing.assert_allclose(detector.weight_, fc.weight.detach().double().numpy(), rtol=1e-7)
+        np.testing.assert_allclose(detector.score(embeddings), [r[name] for r in rows], rtol=1e-4, atol=1e-5)
+        flags = q(model_run, f"SELECT count(*) FILTER (WHERE is_ood_{name}_twin_a) AS n, count(*) AS m FROM images "
+                             f"WHERE status = 'ok' AND split = 'train'").to_pylist()[0]
+        assert flags["n"] <= 0.2 * flags["m"], name  # the 95% reference quantile (held-out rows) flags few train rows
+
+
 def test_no_labels_skips_label_dependent_scores(ray_session, demo_dataset, workdir):
     run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]"],
                                 source=str(demo_dataset["images"]), out=str(workdir / "flat")))

@@ -113,7 +113,7 @@ def test_resume_refuses_other_inputs_and_says_what_differs(killed_and_resumed, t
     refused = start(audit_command(str(source), str(out), "lint.method=iqr", resume=True), tmp_path / "b.log")
     assert refused.wait(timeout=120) == 2
     text = (tmp_path / "b.log").read_text()
-    assert "cannot be resumed" in text and "lint.method: 'zscore' then, 'iqr' now" in text and "input manifest" in text
+    assert "cannot be resumed" in text and "lint.method: 'adaptive' then, 'iqr' now" in text and "input manifest" in text
 
 
 def test_a_second_audit_into_the_same_out_refuses_then_takes_over_a_dead_ones_lease(tmp_path):

@@ -32,6 +32,10 @@ class TinyClassifier(nn.Module):
         x = x.mean(dim=(2, 3))
         return x if pre_logits else self.fc(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The last linear layer (timm's interface; the head-based OOD scores read it)."""
+        return self.fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
