@@ -400,7 +400,10 @@ class OODConfig:
     or ``none``), ``mahalanobis``, ``rmd``, ``mahalanobis_pp`` and ``rmd_pp`` (every model).
     ``head_detectors``: the scores that use a classifier's last linear layer (ReAct, ASH-S, SCALE,
     fDBD, ViM, NNGuide; fitted on the same sample, labels not needed); ``nnguide_bank``: the rows of
-    NNGuide's bank.
+    NNGuide's bank. ``fusion``: the detectors of one model (``fusion_model``, default: the first
+    classifier) whose empirical CDFs on held-out reference rows are combined into ``score_fusion``
+    (``fusion_method``: mean or max; ``[]``: no fusion); by default a distance (kNN), a
+    feature-shaping (SCALE) and an output (GEN) score.
     ``driver_quantile_max_rows``: up to this many reference rows the score thresholds are computed
     by DuckDB on the driver (it holds the column); past it, exactly the same numbers from mergeable
     summaries in Ray tasks (:mod:`ood_ray.score_quantiles`), so the driver's memory stays flat.
@@ -415,6 +418,9 @@ class OODConfig:
     rmd_pp: bool = True
     head_detectors: list[str] = field(default_factory=lambda: ["react", "ash", "scale", "fdbd", "vim", "nnguide"])
     nnguide_bank: int = 2000
+    fusion: list[str] = field(default_factory=lambda: ["knn", "scale", "gen"])
+    fusion_method: str = "mean"
+    fusion_model: str | None = None
     clf_c: list[float] = field(default_factory=lambda: [1e-5, 1.0, 1e5])
     clf_max_per_class: int = 1000
     clf_max_samples: int = 20000
@@ -434,8 +440,14 @@ class OODConfig:
         _check_positive(f"{prefix}.clf_max_samples", self.clf_max_samples)
         _check_positive(f"{prefix}.threshold_sample", self.threshold_sample)
         _check_positive(f"{prefix}.nnguide_bank", self.nnguide_bank)
-        from ood_ray.detectors import HEAD_DETECTORS
+        from ood_ray.detectors import HEAD_DETECTORS, REGISTRY
+        from ood_ray.detectors.fusion import FUSION_METHODS
 
+        if self.fusion_method not in FUSION_METHODS:
+            _fail(f"{prefix}.fusion_method", self.fusion_method, f"must be one of {', '.join(FUSION_METHODS)}")
+        for name in self.fusion:
+            if name not in REGISTRY or name == "fusion" or REGISTRY[name].input == "member_probabilities":
+                _fail(f"{prefix}.fusion", self.fusion, "each must be a per-model detector name (e.g. knn, scale, gen, energy)")
         for name in self.head_detectors:
             if name not in HEAD_DETECTORS:
                 _fail(f"{prefix}.head_detectors", self.head_detectors, f"each must be one of {', '.join(HEAD_DETECTORS)}")

@@ -18,6 +18,11 @@
   come from the same sample (labels not needed: without them, a seeded sample of the reference
   rows), the threshold from the held-out rows; ``finalize`` applies them to every embedding.
 
+- **Fusion** (``score_fusion``, :class:`ood_ray.detectors.fusion.CDFFusion`): the ``ood.fusion``
+  members of one model on up to ``threshold_sample`` reference rows held out from the fitting
+  sample (a third seeded order); the members' CDFs come from the even rows of that sample, the
+  fusion's threshold from the odd ones, so neither is fitted on the rows it is judged by.
+
 Without labels, label-dependent scores are skipped with a log line.
 """
 
@@ -145,6 +150,64 @@ def _fit_one(fit: OODFit, name: str, info: ModelInfo, config: OODConfig, X: np.n
     log.info("%s: fitted on %d embeddings; threshold %.4f", score_column, len(X), value)
 
 
+def fusion_model(infos: list[ModelInfo], config: OODConfig) -> ModelInfo | None:
+    """The model whose scores are fused: ``ood.fusion_model``, else the first classifier."""
+    if not config.fusion:
+        return None
+    for info in infos:
+        if (config.fusion_model is None and info.num_classes > 0) or info.alias == config.fusion_model:
+            return info
+    return None
+
+
+def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], config: OODConfig, where: str,
+               sampler: Sampler, fitting_ids: dict[str, set[str]]) -> None:
+    """``score_fusion`` of the module docstring, recorded in ``fit`` (skipped, with the reason, when
+    a member is missing)."""
+    from ood_ray.detectors.fusion import CDFFusion
+
+    info = fusion_model(infos, config)
+    if info is None:
+        if config.fusion:
+            fit.report.setdefault("skipped", {})["score_fusion"] = "no classifier to fuse the scores of"
+        return
+    members = [f"score_{name}_{info.alias}" for name in config.fusion]
+    missing = [m for m in members if m not in score_columns and m not in fit.fitted]
+    if missing:
+        log.info("score_fusion: skipped -- %s not computed in this run", ", ".join(missing))
+        fit.report.setdefault("skipped", {})["score_fusion"] = f"members not in the run: {', '.join(missing)}"
+        return
+    column = f"{EMBEDDING_PREFIX}{info.alias}"
+    stored = [m for m in members if m in score_columns]
+    excluded = fitting_ids.get(info.alias, set())
+    table = sampler.select([column, *stored], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + 2)),
+                           int(config.threshold_sample) + len(excluded))
+    keep = pa.array([i not in excluded for i in table.column("image_id").to_pylist()], pa.bool_())
+    table = table.filter(keep).slice(0, int(config.threshold_sample))
+    if table.num_rows < 4:
+        fit.report.setdefault("skipped", {})["score_fusion"] = f"{table.num_rows} held-out reference rows"
+        return
+    _, _, embeddings = _unpack(table.select(["image_id", column]).rename_columns(["image_id", "v"]))
+    values = []
+    for member in members:
+        if member in stored:
+            values.append(table.column(member).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False))
+        else:
+            entry = fit.fitted[member]
+            values.append(REGISTRY[entry["detector"]].from_state_dict(entry["state"]).score(embeddings).astype(np.float64))
+    X = np.column_stack(values)
+    fusion = CDFFusion(config.fusion_method).fit(X[0::2])
+    threshold = float(np.quantile(fusion.score(X[1::2]).astype(np.float64), config.in_distribution_quantile))
+    fit.thresholds["score_fusion"] = threshold
+    fit.fitted["score_fusion"] = {"detector": "fusion", "model": info.alias, "members": members, "state": fusion.state_dict()}
+    fit.report.setdefault("thresholds", {})["score_fusion"] = {
+        "threshold": threshold, "n_reference": len(X[1::2]), "quantile": config.in_distribution_quantile,
+        "from": "held-out reference rows (the odd half; the CDFs from the even half)"}
+    fit.report["fusion"] = {"members": members, "method": config.fusion_method, "model": info.alias,
+                            "n_cdf": len(X[0::2]), "n_threshold": len(X[1::2])}
+    log.info("score_fusion: %s of %s; threshold %.4f", config.fusion_method, ", ".join(members), threshold)
+
+
 def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_columns: list[str], config: OODConfig,
             where: str, described: str, sampler: Sampler) -> OODFit:
     """Thresholds for ``score_columns`` and the fitted embedding detectors, over the reference rows
@@ -157,6 +220,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
         fit.thresholds[column] = value
         fit.report.setdefault("thresholds", {})[column] = {"threshold": value, "n_reference": n, "quantile": q}
 
+    fitting_ids: dict[str, set[str]] = {}
     for info in infos:
         names = fitted_detectors(info, config)
         head = classifier_head(info) if config.head_detectors and info.num_classes > 0 else None
@@ -178,6 +242,7 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
             labels = None
         if len(X) == 0:
             continue
+        fitting_ids[info.alias] = set(ids)
         _, _, X_held = _unpack(held_out_sample(sampler, where, column, set(ids), config))
         source = "held-out reference rows"
         if len(X_held) == 0:
@@ -186,4 +251,5 @@ def fit_ood(con: duckdb.DuckDBPyConnection, infos: list[ModelInfo], score_column
             _fit_one(fit, name, info, config, X, labels, X_held, source)
         for name in head_names:
             _fit_one(fit, name, info, config, X, labels, X_held, source, head)
+    fit_fusion(fit, infos, score_columns, config, where, sampler, fitting_ids)
     return fit

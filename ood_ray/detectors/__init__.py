@@ -8,6 +8,7 @@ from ood_ray.detectors.entropy import Entropy
 from ood_ray.detectors.knn import KNN, KNNMean
 from ood_ray.detectors.ash import ASH
 from ood_ray.detectors.fdbd import FDBD
+from ood_ray.detectors.fusion import CDFFusion
 from ood_ray.detectors.gen import GEN
 from ood_ray.detectors.mahalanobis import (
     Mahalanobis,
@@ -25,7 +26,7 @@ from ood_ray.detectors.vim import ViM
 REGISTRY = Registry()
 for _cls in (MSP, MaxLogit, Energy, Entropy, GEN, EnsembleEntropy, MutualInformation, ClassifierEntropy, KNN, KNNMean,
              Mahalanobis, RelativeMahalanobis, MahalanobisPlusPlus, RelativeMahalanobisPlusPlus, ReAct, ASH, SCALE, FDBD,
-             ViM, NNGuide):
+             ViM, NNGuide, CDFFusion):
     REGISTRY.register(_cls)
 
 #: Per-model scores computed from one classifier's logits, in column order.

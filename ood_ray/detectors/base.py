@@ -5,7 +5,8 @@ A detector turns features into a score, higher = more out-of-distribution, and d
 
 - ``name`` (class variable): the score's name; the column is ``score_<name>[_<model>]``.
 - ``input`` (class variable): what ``X`` is -- ``"logits"`` ``(n, C)``, ``"member_probabilities"``
-  ``(n, M, C)`` (the softmax of each of ``M`` ensemble members) or ``"embeddings"`` ``(n, D)``.
+  ``(n, M, C)`` (the softmax of each of ``M`` ensemble members), ``"embeddings"`` ``(n, D)`` or
+  ``"scores"`` ``(n, M)`` (other detectors' scores, for a fusion).
 - ``requires_fit`` (class variable): whether :meth:`fit` must run before :meth:`score`.
 - ``fit(X, y=None) -> self``; ``score(X) -> float32[n]``; ``state_dict()`` /
   ``from_state_dict(state)`` (JSON-able, so a fitted detector is saved with a run).
@@ -20,7 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 #: Input kind -> the number of dimensions ``X`` must have.
-INPUT_NDIM = {"logits": 2, "member_probabilities": 3, "embeddings": 2}
+INPUT_NDIM = {"logits": 2, "member_probabilities": 3, "embeddings": 2, "scores": 2}
 INPUTS = tuple(INPUT_NDIM)
 
 

@@ -70,11 +70,20 @@ def _built(settings: FinalizeSettings, name: str, build: Any) -> Any:
     return _BUILT[name]
 
 
-def _fitted(settings: FinalizeSettings) -> dict[str, tuple[str, Any]]:
-    """``{score column: (model alias, detector)}``, rebuilt once per worker process and run."""
-    return _built(settings, "fitted", lambda: {
-        column: (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]))
-        for column, entry in settings.fitted.items()})
+def _fitted(settings: FinalizeSettings) -> dict[str, tuple[str, Any, list[str]]]:
+    """``{score column: (model alias, detector, member columns)}``, rebuilt once per worker process
+    and run; the detectors over other scores (``members``: the fusion) come last."""
+    return _built(settings, "fitted", lambda: dict(sorted(
+        ((column, (entry["model"], REGISTRY[entry["detector"]].from_state_dict(entry["state"]), entry.get("members", [])))
+         for column, entry in settings.fitted.items()), key=lambda item: bool(item[1][2]))))
+
+
+def _member_matrix(batch: pa.Table, members: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows with at least one member score, float64[rows, M] with NaN for missing)``."""
+    values = np.column_stack([pc.cast(batch.column(m), pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+                              for m in members])
+    rows = np.flatnonzero(~np.all(np.isnan(values), axis=1))
+    return rows, values[rows]
 
 
 def _autoencoder(settings: FinalizeSettings) -> Any:
@@ -86,8 +95,11 @@ def _autoencoder(settings: FinalizeSettings) -> Any:
 def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     """Add the probe scores and every flag to one staged block."""
     n = batch.num_rows
-    for column, (alias, detector) in _fitted(settings).items():
-        rows, X = embedding_matrix(batch.column(embedding_column(alias)))
+    for column, (alias, detector, members) in _fitted(settings).items():
+        if members:
+            rows, X = _member_matrix(batch, members)
+        else:
+            rows, X = embedding_matrix(batch.column(embedding_column(alias)))
         values = np.zeros(n, np.float32)
         mask = np.ones(n, bool)
         if len(rows):

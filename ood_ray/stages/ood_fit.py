@@ -31,7 +31,8 @@ class FittedScores:
 def load_fitted(state: dict[str, Any], base: str) -> FittedScores:
     """The thresholds and detectors of a recorded fit whose artifacts lie under ``base``."""
     fitted = {column: {"detector": e["detector"], "model": e["model"],
-                       "state": json.loads(storage.read_bytes(storage.join(base, e["file"])))}
+                       "state": json.loads(storage.read_bytes(storage.join(base, e["file"]))),
+                       **({"members": e["members"]} if "members" in e else {})}
               for column, e in state.get("detectors", {}).items()}
     return FittedScores(dict(state.get("thresholds", {})), fitted)
 
@@ -75,7 +76,8 @@ class OODFitStage(Stage):
             uri = ctx.layout.artifact_uri(name)
             storage.write_bytes_atomic(uri, json.dumps(entry["state"]).encode(), ctx.retry)
             artifacts.append(uri)
-            detectors[column] = {"detector": entry["detector"], "model": entry["model"], "file": name}
+            detectors[column] = {"detector": entry["detector"], "model": entry["model"], "file": name,
+                                 **({"members": entry["members"]} if "members" in entry else {})}
         state = {"thresholds": fit.thresholds, "detectors": detectors}
         return StageResult(state=state, report={**fit.report, "detectors": detectors}, artifacts=artifacts,
                            value=FittedScores(fit.thresholds, fit.fitted))

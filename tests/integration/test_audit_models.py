@@ -211,6 +211,27 @@ def test_head_detectors_use_the_classifier_layer_and_score_every_embedding(model
         assert flags["n"] <= 0.2 * flags["m"], name  # the 95% reference quantile (held-out rows) flags few train rows
 
 
+def test_fusion_of_a_distance_a_shaping_and_an_output_score(model_run):
+    """score_fusion: the mean of the empirical CDFs of kNN, SCALE and GEN of the first classifier on
+    held-out reference rows; recomputed from the stored member scores with the saved state; its
+    flag follows its recorded threshold; run.json names the members."""
+    from ood_ray.detectors.fusion import CDFFusion
+
+    ood = read_run(model_run["out"])["ood"]
+    assert ood["fusion"]["members"] == ["score_knn_twin_a", "score_scale_twin_a", "score_gen_twin_a"]
+    assert ood["fusion"]["method"] == "mean" and ood["fusion"]["n_cdf"] > 0
+    saved = ood["detectors"]["score_fusion"]
+    assert saved["members"] == ood["fusion"]["members"]
+    fusion = CDFFusion.from_state_dict(json.loads((Path(model_run["out"]) / saved["file"]).read_text()))
+    rows = q(model_run, "SELECT score_knn_twin_a AS a, score_scale_twin_a AS b, score_gen_twin_a AS c, score_fusion AS f, "
+                        "is_ood_fusion AS flag FROM images WHERE status = 'ok'").to_pylist()
+    X = np.asarray([[r["a"], r["b"], r["c"]] for r in rows], dtype=np.float64)
+    np.testing.assert_allclose(fusion.score(X), [r["f"] for r in rows], rtol=1e-5, atol=1e-6)
+    assert all(0.0 <= r["f"] <= 1.0 for r in rows)
+    threshold = ood["thresholds"]["score_fusion"]["threshold"]
+    assert all(r["flag"] == (r["f"] > threshold) for r in rows)
+
+
 def test_no_labels_skips_label_dependent_scores(ray_session, demo_dataset, workdir):
     run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]"],
                                 source=str(demo_dataset["images"]), out=str(workdir / "flat")))

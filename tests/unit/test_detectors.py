@@ -21,7 +21,8 @@ MEMBERS = np.stack([scipy_softmax(RNG.normal(0, 2, size=(40, 7)), axis=1) for _ 
 EMBEDDINGS = np.concatenate([RNG.normal(-2, 1, (30, 5)), RNG.normal(2, 1, (30, 5))])
 LABELS = np.array(["a"] * 30 + ["b"] * 30)
 
-INPUT_FOR = {"logits": LOGITS, "member_probabilities": MEMBERS, "embeddings": EMBEDDINGS}
+SCORES = np.random.default_rng(2).normal(0, 1, (60, 3))
+INPUT_FOR = {"logits": LOGITS, "member_probabilities": MEMBERS, "embeddings": EMBEDDINGS, "scores": SCORES}
 #: The head of the detectors that use the last linear layer, and their (non-negative, post-ReLU) features.
 _HEAD_RNG = np.random.default_rng(1)
 HEAD = (_HEAD_RNG.normal(0, 1, (7, 5)), _HEAD_RNG.normal(0, 0.1, 7))
@@ -186,3 +187,23 @@ def test_mahalanobis_handles_a_singular_covariance_and_flags_planted_points():
     rmd = REGISTRY["rmd"]().fit(EMBEDDINGS, LABELS)
     far = np.full((1, 5), 8.0)
     assert rmd.score(far)[0] > np.percentile(rmd.score(EMBEDDINGS), 95)
+
+
+def test_fusion_maps_each_member_to_its_reference_cdf_and_combines():
+    """Known answers: a reference row's fused score is the mean of its ranks; an image beyond every
+    reference value scores 1 (mean) and one beyond a single member 1 under max; a missing member
+    is left out; the state round trip is exact."""
+    from ood_ray.detectors.fusion import CDFFusion
+
+    reference = np.array([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0], [4.0, 40.0]])
+    fusion = CDFFusion().fit(reference)
+    np.testing.assert_allclose(fusion.score(reference), [(0.25 + 0.25) / 2, (0.5 + 0.75) / 2, (0.75 + 0.5) / 2, 1.0])
+    np.testing.assert_allclose(fusion.score(np.array([[9.0, 99.0], [0.0, 99.0], [np.nan, 25.0], [0.0, 0.0]])),
+                               [1.0, 0.5, 0.5, 0.0])
+    assert CDFFusion("max").fit(reference).score(np.array([[0.0, 99.0]]))[0] == 1.0
+    assert np.isnan(fusion.score(np.array([[np.nan, np.nan]]))[0])
+    state = json.loads(json.dumps(fusion.state_dict()))
+    np.testing.assert_array_equal(CDFFusion.from_state_dict(state).score(reference), fusion.score(reference))
+    # scale-free: a member multiplied by 1000 (or shifted) fuses the same
+    np.testing.assert_allclose(CDFFusion().fit(reference * [1, 1000] + [5, 0]).score(reference * [1, 1000] + [5, 0]),
+                               fusion.score(reference))
