@@ -74,7 +74,7 @@ def test_report_of_a_run_on_s3_with_thumbnails_from_s3(s3_run, tmp_path):
     from ood_ray.report import build_report
 
     result = build_report(s3_run["out"], str(tmp_path / "report"))
-    assert result.sections == ["overview", "lint", "duplicates", "drift"]
+    assert result.sections == ["overview", "lint", "quality", "duplicates", "drift"]
     assert result.thumbnails > 10 and result.thumbnails_missing == 0  # every shown image is an ok image read from S3
     assert len(list((tmp_path / "report" / "thumbs").glob("*.jpg"))) == result.thumbnails
     html = (tmp_path / "report" / "report.html").read_text()
