@@ -99,7 +99,15 @@ def test_submitted_job_writes_a_committed_run(ray_session, demo_dataset, tmp_pat
     client = JobSubmissionClient(ray_session["dashboard"])
     out = tmp_path / "job-run"
     entrypoint = f"{sys.executable} jobs/audit.py {demo_dataset['images']} --out {out} --set io.rows_per_block=25"
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(REPO), "excludes": [".venv", ".git"]})
+    runtime_env = {"working_dir": str(REPO), "excludes": [".venv", ".git"]}
+    for attempt in range(30):  # the head's job agent starts lazily: "No available agent ... try again later"
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or attempt == 29:
+                raise
+            time.sleep(2)
     deadline = time.monotonic() + 300
     while client.get_job_status(job_id) not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
         assert time.monotonic() < deadline, client.get_job_logs(job_id)[-3000:]
