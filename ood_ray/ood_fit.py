@@ -183,9 +183,13 @@ def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], co
     table = sampler.select([column, *stored], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + 2)),
                            int(config.threshold_sample) + len(excluded))
     keep = pa.array([i not in excluded for i in table.column("image_id").to_pylist()], pa.bool_())
-    table = table.filter(keep).slice(0, int(config.threshold_sample))
+    held = table.filter(keep).slice(0, int(config.threshold_sample))
+    source = "held-out reference rows"
+    if held.num_rows < 4:  # every reference row is in the fitting sample (a small reference split)
+        held, source = table.slice(0, int(config.threshold_sample)), "the fitting sample (no other reference rows)"
+    table = held
     if table.num_rows < 4:
-        fit.report.setdefault("skipped", {})["score_fusion"] = f"{table.num_rows} held-out reference rows"
+        fit.report.setdefault("skipped", {})["score_fusion"] = f"{table.num_rows} reference rows"
         return
     _, _, embeddings = _unpack(table.select(["image_id", column]).rename_columns(["image_id", "v"]))
     values = []
@@ -202,7 +206,7 @@ def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], co
     fit.fitted["score_fusion"] = {"detector": "fusion", "model": info.alias, "members": members, "state": fusion.state_dict()}
     fit.report.setdefault("thresholds", {})["score_fusion"] = {
         "threshold": threshold, "n_reference": len(X[1::2]), "quantile": config.in_distribution_quantile,
-        "from": "held-out reference rows (the odd half; the CDFs from the even half)"}
+        "from": f"{source} (the odd half; the CDFs from the even half)"}
     fit.report["fusion"] = {"members": members, "method": config.fusion_method, "model": info.alias,
                             "n_cdf": len(X[0::2]), "n_threshold": len(X[1::2])}
     log.info("score_fusion: %s of %s; threshold %.4f", config.fusion_method, ", ".join(members), threshold)
