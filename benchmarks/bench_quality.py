@@ -48,6 +48,7 @@ ROWS = [("MSP", "score_msp_r56"), ("max logit", "score_maxlogit_r56"), ("energy"
         ("GEN", "score_gen_r56"), ("ReAct", "score_react_r56"), ("ASH-S@90", "score_ash_r56"), ("SCALE@85", "score_scale_r56"),
         ("fDBD", "score_fdbd_r56"), ("ViM", "score_vim_r56"), ("NNGuide", "score_nnguide_r56"),
         ("Mahalanobis++", "score_mahalanobis_pp_r56"), ("RMD++", "score_rmd_pp_r56"),
+        ("fusion (kNN + SCALE + GEN, mean of CDFs)", "score_fusion"),
         ("ensemble entropy (4 ResNets)", "score_ensemble_entropy"), ("mutual information (4 ResNets)", "score_mutual_information")]
 CHECK = {("score_msp_r56", "dtd"): 0.756, ("score_energy_r56", "dtd"): 0.750, ("score_knn_r56", "dtd"): 0.874,
          ("score_msp_r56", "mnist"): 0.807, ("score_energy_r56", "mnist"): 0.916, ("score_knn_r56", "mnist"): 0.996}
@@ -59,7 +60,7 @@ def models_override(aliases: list[str]) -> str:
     return "models=[" + ", ".join(entries) + "]"
 
 
-COMMON = ["knn.k=50", "io.rows_per_block=512", "embed.batch_size=256", "lint.enabled=false", "dedup.enabled=false",
+COMMON = ["knn.k=50", "ood.fusion_model=r56", "io.rows_per_block=512", "embed.batch_size=256", "lint.enabled=false", "dedup.enabled=false",
           "ray.progress_interval_s=60", "ood.clf_entropy=all", "cluster.enabled=false", "drift.enabled=false"]
 
 
