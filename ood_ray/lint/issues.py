@@ -117,12 +117,6 @@ def odd_size_score(area_sqrt: np.ndarray, mid: float, norm: float) -> np.ndarray
     return np.clip(np.abs(area_sqrt - mid) / norm, 0, 1)
 
 
-def odd_size_threshold(q1: float, q3: float, factor: float, threshold: float) -> float:
-    """The flag threshold on the odd-size score: ``threshold`` when the quartiles differ; 0 when
-    they coincide (CleanVision then flags every size but the mode's)."""
-    return threshold if q3 - q1 > 0 else 0.0
-
-
 def is_issue_column(name: str) -> bool:
     """Whether ``name`` is a named-issue column (not an OOD score or flag)."""
     return name in ISSUE_COLUMNS
