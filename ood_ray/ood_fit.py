@@ -73,14 +73,17 @@ def _unpack(table: Any) -> tuple[list[str], np.ndarray, np.ndarray]:
     return ids, labels, values
 
 
-def held_out_sample(sampler: Sampler, where: str, column: str, fitted_ids: set[str], config: OODConfig) -> pa.Table:
-    """Up to ``threshold_sample`` reference rows outside the fitting sample, ordered by a second
-    seeded hash: the first ``threshold_sample + len(fitted_ids)`` rows of that order (drawn part by
-    part) hold them all, so the fitted rows are dropped after the draw."""
-    table = sampler.select([column], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + 1)),
+def held_out_sample(sampler: Sampler, where: str, column: str, fitted_ids: set[str], config: OODConfig,
+                    extra: list[str] = (), order: int = 1) -> pa.Table:
+    """Up to ``threshold_sample`` reference rows outside the fitting sample, ordered by another
+    seeded hash (``seed + order``): the first ``threshold_sample + len(fitted_ids)`` rows of that
+    order (drawn part by part) hold them all, so the fitted rows are dropped after the draw.
+    Columns: ``image_id``, ``v`` (``column``) and ``extra``."""
+    table = sampler.select([column, *extra], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + order)),
                            int(config.threshold_sample) + len(fitted_ids))
     keep = pa.array([image_id not in fitted_ids for image_id in table.column("image_id").to_pylist()], pa.bool_())
-    return table.filter(keep).slice(0, int(config.threshold_sample)).rename_columns(["image_id", "v"])
+    table = table.filter(keep).slice(0, int(config.threshold_sample))
+    return table.rename_columns(["image_id", "v", *table.column_names[2:]])
 
 
 def score_thresholds(con: duckdb.DuckDBPyConnection, sampler: Sampler, columns: list[str], where: str,
@@ -179,19 +182,15 @@ def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], co
         return
     column = f"{EMBEDDING_PREFIX}{info.alias}"
     stored = [m for m in members if m in score_columns]
-    excluded = fitting_ids.get(info.alias, set())
-    table = sampler.select([column, *stored], f'{where} AND "{column}" IS NOT NULL', hash_order(int(config.seed + 2)),
-                           int(config.threshold_sample) + len(excluded))
-    keep = pa.array([i not in excluded for i in table.column("image_id").to_pylist()], pa.bool_())
-    held = table.filter(keep).slice(0, int(config.threshold_sample))
+    table = held_out_sample(sampler, where, column, fitting_ids.get(info.alias, set()), config, stored, order=2)
     source = "held-out reference rows"
-    if held.num_rows < 4:  # every reference row is in the fitting sample (a small reference split)
-        held, source = table.slice(0, int(config.threshold_sample)), "the fitting sample (no other reference rows)"
-    table = held
+    if table.num_rows < 4:  # every reference row is in the fitting sample (a small reference split)
+        table = held_out_sample(sampler, where, column, set(), config, stored, order=2)
+        source = "the fitting sample (no other reference rows)"
     if table.num_rows < 4:
         fit.report.setdefault("skipped", {})["score_fusion"] = f"{table.num_rows} reference rows"
         return
-    _, _, embeddings = _unpack(table.select(["image_id", column]).rename_columns(["image_id", "v"]))
+    _, _, embeddings = _unpack(table.select(["image_id", "v"]))
     values = []
     for member in members:
         if member in stored:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ood_ray.detectors.head import HeadDetector, energy_score
+from ood_ray.detectors.head import HeadDetector, energy_score, kept_count
 
 
 class ASH(HeadDetector):
@@ -26,10 +26,7 @@ class ASH(HeadDetector):
 
     def shaped(self, X: np.ndarray) -> np.ndarray:
         z = np.asarray(X, dtype=np.float64)
-        d = z.shape[1]
-        k = d - int(np.round(d * self.percentile))
-        if k <= 0:
-            raise ValueError(f"{self.name}: percentile {self.percentile} keeps no activation of {d}")
+        k = kept_count(z.shape[1], self.percentile)
         s1 = z.sum(axis=1)
         top = np.argpartition(-z, k - 1, axis=1)[:, :k]
         kept = np.zeros_like(z)

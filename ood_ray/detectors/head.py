@@ -37,13 +37,18 @@ def energy_score(logits: np.ndarray) -> np.ndarray:
     return -logsumexp(np.asarray(logits, dtype=np.float64), axis=1)
 
 
-def largest_sum(z: np.ndarray, percentile: float) -> np.ndarray:
-    """Per row, the sum of its ``k = D - round(D * percentile)`` largest values (pytorch-ood's and
-    the papers' top-k for ASH and SCALE)."""
-    d = z.shape[1]
+def kept_count(d: int, percentile: float) -> int:
+    """``k = D - round(D * percentile)``: how many of ``D`` activations ASH keeps and SCALE sums
+    (pytorch-ood's and the papers' top-k); an error when none."""
     k = d - int(np.round(d * percentile))
     if k <= 0:
         raise ValueError(f"percentile {percentile} keeps no activation of {d}")
+    return k
+
+
+def largest_sum(z: np.ndarray, percentile: float) -> np.ndarray:
+    """Per row, the sum of its :func:`kept_count` largest values."""
+    k = kept_count(z.shape[1], percentile)
     return -np.partition(-z, k - 1, axis=1)[:, :k].sum(axis=1)
 
 

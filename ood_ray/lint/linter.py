@@ -276,7 +276,6 @@ def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool, adaptiv
                        ("p90_right", "right", 0.9), ("nonmode_min", "nonmode", 0.0), ("nonmode_mad", "nonmode", None),
                        ("nonmode_p90", "nonmode", 0.9)]
         dev_targets, dev_searches, dev_plan = _rank_searches(level0["n"], {k: wanted for k in keys})
-        dev_targets = {name: (f"{key}", transform) for name, (key, transform) in dev_targets.items()}
         for name, search in dev_searches.items():
             key, transform = dev_targets[name]
             search.refine(level0["buckets"].get(f"{key}\x00{transform}", NO_BUCKETS))
