@@ -43,9 +43,12 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
 #: The reaper: watches its standard input (closed when the driver exits, however it died) and,
 #: every half second meanwhile, the tree of processes below the local Ray processes the driver
 #: started (agents and workers appear later); at the close it kills every process it has seen
-#: that is still the same process (pid and start time), even those already orphaned.
+#: that is still the same process (pid and start time), even those already orphaned, and every
+#: process whose environment names one of them as its raylet (``RAY_RAYLET_PID``): a worker the
+#: raylet forked in the last half second is orphaned before the tree is read again, and would
+#: otherwise live on until its own check of the raylet, which an import-heavy start delays.
 _REAPER = r"""
-import os, select, signal, sys
+import os, select, signal, sys, time
 def table():
     out = {}
     for entry in os.listdir("/proc"):
@@ -57,24 +60,41 @@ def table():
             except (OSError, IndexError, ValueError):
                 pass
     return out
-known = {int(p): t for p, t in (a.split(":") for a in sys.argv[1:])}
-while True:
-    ready, _, _ = select.select([sys.stdin], [], [], 0.5)
-    procs = table()
+def grow(procs):
     grown = True
     while grown:
         extra = {p: t for p, (parent, t) in procs.items() if parent in known and p not in known}
         known.update(extra)
         grown = bool(extra)
+def raylet_of(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            for item in f.read().split(b"\0"):
+                if item.startswith(b"RAY_RAYLET_PID="):
+                    return int(item.split(b"=", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+known = {int(p): t for p, t in (a.split(":") for a in sys.argv[1:])}
+while True:
+    ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+    grow(table())
     if ready and not os.read(sys.stdin.fileno(), 4096):
         break
-procs = table()
-for pid, start in known.items():
-    if pid in procs and procs[pid][1] == start:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
+for _ in range(3):
+    procs = table()
+    grow(procs)
+    raylets = set(known)
+    for pid, (_, start) in procs.items():
+        if pid not in known and pid != os.getpid() and raylet_of(pid) in raylets:
+            known[pid] = start
+    for pid, start in known.items():
+        if pid in procs and procs[pid][1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    time.sleep(0.2)
 """
 
 

@@ -132,3 +132,29 @@ def test_a_second_audit_into_the_same_out_refuses_then_takes_over_a_dead_ones_le
     text = (tmp_path / "third.log").read_text()
     assert f"taking over the lease of run {holder['run_id']}" in text and "is gone" in text
     assert read_run(str(out))["rows_out"] == 20
+
+
+SPAWNING_DRIVER = """
+import time, ray
+from ood_ray.run.ray_runtime import start_ray
+start_ray(num_cpus=2, object_store_memory_mb=200)
+@ray.remote(num_cpus=0)
+class Idle:
+    pass
+held = []
+print("spawning", flush=True)
+while True:
+    held.append(Idle.remote())
+    time.sleep(0.05)
+"""
+
+
+def test_workers_forked_just_before_the_kill_die_with_the_driver(tmp_path):
+    """A driver that keeps starting actors (as stages do when they start) is killed at odd moments:
+    workers the raylet forked since the reaper last read the process tree die too."""
+    for attempt, delay in enumerate((2.0, 2.37, 2.74, 3.11)):
+        log = tmp_path / f"spawn{attempt}.log"
+        process = start([sys.executable, "-c", SPAWNING_DRIVER], log)
+        assert wait_for(lambda: "spawning" in log.read_text(errors="replace"), 120, process=process), log.read_text()
+        wait_for(lambda: False, timeout=delay)
+        assert kill_driver(process) == [], (attempt, log.read_text()[-2000:])
