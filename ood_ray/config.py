@@ -137,6 +137,33 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class LabelIssuesConfig:
+    """Label issues of labelled rows (see :mod:`ood_ray.label_issues`).
+
+    ``k``: the nearest reference neighbours whose labels vote (at most ``knn.k``);
+    ``knn_threshold``: ``is_label_issue_knn_<model>`` when more than this share of the labelled
+    neighbours carry another label. Confident learning runs for every classifier whose classes are
+    the dataset's labels (``models[].class_names``, or inferred -- see the module); ``min_accuracy``:
+    an inferred class mapping is used only when the model's top-1 accuracy on the reference rows
+    under it is at least this. ``model``: the model behind ``is_label_issue`` (default: the first
+    classifier over the labels, else the first model).
+    """
+
+    enabled: bool = True
+    k: int = 10
+    knn_threshold: float = 0.5
+    min_accuracy: float = 0.3
+    model: str | None = None
+
+    def validate(self, prefix: str) -> None:
+        _check_positive(f"{prefix}.k", self.k)
+        if not 0 <= self.knn_threshold < 1:
+            _fail(f"{prefix}.knn_threshold", self.knn_threshold, "must be in [0, 1)")
+        if not 0 <= self.min_accuracy <= 1:
+            _fail(f"{prefix}.min_accuracy", self.min_accuracy, "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class LintRule:
     """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier)."""
 
@@ -308,7 +335,8 @@ class ModelConfig:
     ``input_size``/``mean``/``std``/``interpolation``/``crop_pct`` override the model's
     ``pretrained_cfg``. ``alias`` names the model in tables and column names (default: the timm
     name, or the function name of an import path, with other characters than letters and digits
-    replaced by ``_``).
+    replaced by ``_``). ``class_names``: the dataset label of each output, in order (for the
+    confident-learning label-issue score; see :mod:`ood_ray.label_issues` for the inferred default).
     """
 
     name: str = ""
@@ -321,8 +349,11 @@ class ModelConfig:
     std: list[float] | None = None
     interpolation: str | None = None
     crop_pct: float | None = None
+    class_names: list[str] | None = None
 
     def validate(self, prefix: str) -> None:
+        if self.class_names is not None and len(set(self.class_names)) != len(self.class_names):
+            _fail(f"{prefix}.class_names", self.class_names, "must not repeat a name")
         if not self.name:
             _fail(f"{prefix}.name", self.name, "a timm model name or package.module:function is required")
         if self.alias is not None and not self.alias.replace("_", "").isalnum():
@@ -402,8 +433,9 @@ class OODConfig:
     fDBD, ViM, NNGuide; fitted on the same sample, labels not needed); ``nnguide_bank``: the rows of
     NNGuide's bank. ``fusion``: the detectors of one model (``fusion_model``, default: the first
     classifier) whose empirical CDFs on held-out reference rows are combined into ``score_fusion``
-    (``fusion_method``: mean or max; ``[]``: no fusion); by default a distance (kNN), a
-    feature-shaping (SCALE) and an output (GEN) score.
+    (``fusion_method``: mean or max; ``[]``: no fusion; members a run lacks are left out while two
+    remain); by default a local distance (kNN), a class-conditional distance (Mahalanobis++) and a
+    feature-residual + logit score (ViM).
     ``driver_quantile_max_rows``: up to this many reference rows the score thresholds are computed
     by DuckDB on the driver (it holds the column); past it, exactly the same numbers from mergeable
     summaries in Ray tasks (:mod:`ood_ray.score_quantiles`), so the driver's memory stays flat.
@@ -418,7 +450,7 @@ class OODConfig:
     rmd_pp: bool = True
     head_detectors: list[str] = field(default_factory=lambda: ["react", "ash", "scale", "fdbd", "vim", "nnguide"])
     nnguide_bank: int = 2000
-    fusion: list[str] = field(default_factory=lambda: ["knn", "scale", "gen"])
+    fusion: list[str] = field(default_factory=lambda: ["knn", "mahalanobis_pp", "vim"])
     fusion_method: str = "mean"
     fusion_model: str | None = None
     clf_c: list[float] = field(default_factory=lambda: [1e-5, 1.0, 1e5])
@@ -640,6 +672,7 @@ class AuditConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     lint: LintConfig = field(default_factory=LintConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    label_issues: LabelIssuesConfig = field(default_factory=LabelIssuesConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     models: list[ModelConfig] = field(default_factory=list)
@@ -668,6 +701,10 @@ class AuditConfig:
                 _fail(f"models[{i}].alias", model.column_alias,
                       f"models[{seen[model.column_alias]}] already has this name; give one an alias")
             seen[model.column_alias] = i
+        if self.label_issues.model is not None and self.models and self.label_issues.model not in seen:
+            _fail("label_issues.model", self.label_issues.model, f"must be one of the models' names {sorted(seen)}")
+        if self.label_issues.k > self.knn.k:
+            _fail("label_issues.k", self.label_issues.k, f"must be at most knn.k ({self.knn.k})")
         if self.cluster.model is not None and self.models and self.cluster.model not in seen:
             _fail("cluster.model", self.cluster.model, f"must be one of the models' names {sorted(seen)}")
 

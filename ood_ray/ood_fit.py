@@ -174,12 +174,15 @@ def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], co
         if config.fusion:
             fit.report.setdefault("skipped", {})["score_fusion"] = "no classifier to fuse the scores of"
         return
-    members = [f"score_{name}_{info.alias}" for name in config.fusion]
-    missing = [m for m in members if m not in score_columns and m not in fit.fitted]
-    if missing:
+    wanted = [f"score_{name}_{info.alias}" for name in config.fusion]
+    missing = [m for m in wanted if m not in score_columns and m not in fit.fitted]
+    members = [m for m in wanted if m not in missing]
+    if len(members) < min(2, len(wanted)):
         log.info("score_fusion: skipped -- %s not computed in this run", ", ".join(missing))
         fit.report.setdefault("skipped", {})["score_fusion"] = f"members not in the run: {', '.join(missing)}"
         return
+    if missing:  # e.g. Mahalanobis++ without labels, ViM without a classifier head: fuse the others
+        log.info("score_fusion: %s not computed in this run; fusing %s", ", ".join(missing), ", ".join(members))
     column = f"{EMBEDDING_PREFIX}{info.alias}"
     stored = [m for m in members if m in score_columns]
     table = held_out_sample(sampler, where, column, fitting_ids.get(info.alias, set()), config, stored, order=2)
@@ -207,7 +210,7 @@ def fit_fusion(fit: OODFit, infos: list[ModelInfo], score_columns: list[str], co
         "threshold": threshold, "n_reference": len(X[1::2]), "quantile": config.in_distribution_quantile,
         "from": f"{source} (the odd half; the CDFs from the even half)"}
     fit.report["fusion"] = {"members": members, "method": config.fusion_method, "model": info.alias,
-                            "n_cdf": len(X[0::2]), "n_threshold": len(X[1::2])}
+                            "n_cdf": len(X[0::2]), "n_threshold": len(X[1::2]), "missing": missing}
     log.info("score_fusion: %s of %s; threshold %.4f", config.fusion_method, ", ".join(members), threshold)
 
 

@@ -21,6 +21,7 @@ from ood_ray.stages.drift import DriftStage
 from ood_ray.stages.embed import EmbedStage
 from ood_ray.stages.finalize import FinalizeStage
 from ood_ray.stages.knn import KNNStage
+from ood_ray.stages.label_issues import LabelIssuesStage
 from ood_ray.stages.lint import LintStage
 from ood_ray.stages.ood_fit import OODFitStage
 from ood_ray.stages.quality import QualityStage
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 #: The stages of an audit, in order. ``embed`` runs inside the scan's pipeline (its operator
 #: streams the decoded pixels to the models); every other stage runs on its own.
 STAGES: tuple[Stage, ...] = (
-    ScanStage(), EmbedStage(), KNNStage(), OODFitStage(), StructureStage(), AutoencoderStage(), FinalizeStage(),
+    ScanStage(), EmbedStage(), KNNStage(), OODFitStage(), LabelIssuesStage(), StructureStage(), AutoencoderStage(), FinalizeStage(),
     CompactStage(), QualityStage(), LintStage(), DedupStage(), ClustersStage(), DriftStage(),
 )
 

@@ -8,8 +8,10 @@ driver), L2-normalises them and keeps two indexes:
 - ``others``: the remaining rows, always exact -- searched together with the reference for
   embedding near-duplicates.
 
-Ids are the 32-hex ``image_id`` of each row (``S32``), so shards of any size merge exactly. A
-saved shard (``save``) is the FAISS index file plus its ids; ``load_saved`` restores the reference
+Ids are the 32-hex ``image_id`` of each row (``S32``), so shards of any size merge exactly; each
+reference row's ``label`` (UTF-8 bytes, ``b""`` when unlabelled) travels with its id, so a query
+learns its neighbours' labels without a join (the neighbour-vote label-issue score). A saved shard
+(``save``) is the FAISS index file plus its ids and labels; ``load_saved`` restores the reference
 part for scoring new data against a committed run.
 """
 
@@ -40,6 +42,7 @@ class _ModelIndex:
         self.set_nprobe()
         self.others = faiss.IndexFlatIP(dim)
         self.reference_ids = np.zeros(0, dtype="S32")
+        self.reference_labels = np.zeros(0, dtype="S1")
         self.other_ids = np.zeros(0, dtype="S32")
 
     def set_nprobe(self) -> None:
@@ -50,10 +53,12 @@ class _ModelIndex:
         except RuntimeError:
             pass  # not an IVF index
 
-    def add(self, vectors: np.ndarray, ids: np.ndarray, reference: bool) -> None:
+    def add(self, vectors: np.ndarray, ids: np.ndarray, reference: bool, labels: np.ndarray | None = None) -> None:
         (self.reference if reference else self.others).add(np.ascontiguousarray(vectors, dtype=np.float32))
         if reference:
             self.reference_ids = np.concatenate([self.reference_ids, np.asarray(ids, dtype="S32")])
+            labels = np.full(len(ids), b"", dtype="S1") if labels is None else np.asarray(labels, dtype="S")
+            self.reference_labels = np.concatenate([self.reference_labels, labels])
         else:
             self.other_ids = np.concatenate([self.other_ids, np.asarray(ids, dtype="S32")])
 
@@ -61,11 +66,19 @@ class _ModelIndex:
         return {"reference": int(self.reference.ntotal), "others": int(self.others.ntotal)}
 
 
-def _search(index: Any, ids: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _search(index: Any, ids: np.ndarray, queries: np.ndarray, k: int, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
     if index.ntotal == 0 or k == 0:
-        return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), b"", dtype="S32")
+        return (np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), b"", dtype="S32"),
+                *(np.full((len(queries), k), b"", dtype=e.dtype) for e in extra))
     similarities, positions = index.search(queries, k)
-    return clean(similarities, positions, ids)
+    return clean(similarities, positions, ids, *extra)
+
+
+def _labels(table: pa.Table) -> np.ndarray:
+    """The ``label`` column as UTF-8 bytes (``b""``: unlabelled or no such column)."""
+    if "label" not in table.column_names:
+        return np.full(table.num_rows, b"", dtype="S1")
+    return np.asarray([(v or "").encode() for v in table.column("label").to_pylist()], dtype="S")
 
 
 class IndexShard:
@@ -105,15 +118,16 @@ class IndexShard:
         """Add the ``ok`` rows with a vector in ``column`` from ``files`` (staged Parquet parts), in
         ``image_id`` order, so the index is the same whatever the files and their order."""
         model = self.models[alias]
-        vectors, ids, is_ref = [], [], []
+        vectors, ids, is_ref, labels = [], [], [], []
         for uri in files:
-            table = storage.read_parquet(uri, ["image_id", "split", "status", column])
+            table = storage.read_parquet(uri, ["image_id", "split", "status", "label", column])
             table = table.filter(pc.and_(pc.equal(table.column("status"), "ok"), pc.is_valid(table.column(column))))
             if table.num_rows == 0:
                 continue
             vectors.append(table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False)
                            .reshape(table.num_rows, model.dim))
             ids.append(np.asarray(table.column("image_id").to_pylist(), dtype="S32"))
+            labels.append(_labels(table))
             if all_reference:
                 is_ref.append(np.ones(table.num_rows, dtype=bool))
             elif reference_split is None:
@@ -125,8 +139,9 @@ class IndexShard:
         all_ids = np.concatenate(ids)
         order = np.argsort(all_ids, kind="stable")
         all_vectors, all_ids, reference = l2_normalize(np.concatenate(vectors))[order], all_ids[order], np.concatenate(is_ref)[order]
+        all_labels = np.concatenate(labels)[order]
         if reference.any():
-            model.add(all_vectors[reference], all_ids[reference], reference=True)
+            model.add(all_vectors[reference], all_ids[reference], reference=True, labels=all_labels[reference])
         if (~reference).any():
             model.add(all_vectors[~reference], all_ids[~reference], reference=False)
         return model.sizes()
@@ -139,16 +154,19 @@ class IndexShard:
     def sizes(self, alias: str) -> dict[str, int]:
         return self.models[alias].sizes()
 
-    def search(self, alias: str, queries: np.ndarray, k_reference: int, k_all: int = 0) -> tuple[tuple, tuple]:
-        """``(reference top-k_reference, all-rows top-k_all)`` of ``alias`` for normalised ``queries``."""
+    def search(self, alias: str, queries: np.ndarray, k_reference: int, k_all: int = 0,
+               labels: bool = False) -> tuple[tuple, tuple]:
+        """``(reference top-k_reference, all-rows top-k_all)`` of ``alias`` for normalised ``queries``:
+        ``(similarities, ids)`` each, the reference part with the neighbours' labels third when
+        ``labels``."""
         model = self.models[alias]
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        reference = _search(model.reference, model.reference_ids, queries, max(k_reference, k_all))
+        reference = _search(model.reference, model.reference_ids, queries, max(k_reference, k_all), model.reference_labels)
         everything = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), "S32"))
         if k_all:
             head = (reference[0][:, :k_all], reference[1][:, :k_all])
             everything = merge_topk([head, _search(model.others, model.other_ids, queries, k_all)], k_all)
-        return (reference[0][:, :k_reference], reference[1][:, :k_reference]), everything
+        return tuple(a[:, :k_reference] for a in reference[: 3 if labels else 2]), everything
 
     def save(self, alias: str, index_uri: str, ids_uri: str) -> int:
         """Write the reference index of ``alias`` and its ids; returns the number of vectors."""
@@ -157,7 +175,8 @@ class IndexShard:
         model = self.models[alias]
         storage.write_bytes_atomic(index_uri, faiss.serialize_index(model.reference).tobytes())
         buffer = io.BytesIO()
-        pq.write_table(pa.table({"image_id": pa.array([i.decode() for i in model.reference_ids], pa.string())}), buffer)
+        pq.write_table(pa.table({"image_id": pa.array([i.decode() for i in model.reference_ids], pa.string()),
+                                 "label": pa.array([v.decode() for v in model.reference_labels], pa.string())}), buffer)
         storage.write_bytes_atomic(ids_uri, buffer.getvalue())
         return int(model.reference.ntotal)
 
@@ -168,5 +187,7 @@ class IndexShard:
         model = self.models[alias] = _ModelIndex(dim, None, self.nprobe)
         model.reference = faiss.deserialize_index(np.frombuffer(storage.read_bytes(index_uri), dtype=np.uint8))
         model.set_nprobe()
-        model.reference_ids = np.asarray(pq.read_table(io.BytesIO(storage.read_bytes(ids_uri))).column("image_id").to_pylist(), dtype="S32")
+        saved = pq.read_table(io.BytesIO(storage.read_bytes(ids_uri)))
+        model.reference_ids = np.asarray(saved.column("image_id").to_pylist(), dtype="S32")
+        model.reference_labels = _labels(saved)  # b"" for an index saved before labels were kept
         return model.sizes()

@@ -118,5 +118,5 @@ def odd_size_score(area_sqrt: np.ndarray, mid: float, norm: float) -> np.ndarray
 
 
 def is_issue_column(name: str) -> bool:
-    """Whether ``name`` is a named-issue column (not an OOD score or flag)."""
-    return name in ISSUE_COLUMNS
+    """Whether ``name`` is a named-issue or label-issue column (not an OOD score or flag)."""
+    return name in ISSUE_COLUMNS or name.startswith(("score_label_issue", "is_label_issue"))

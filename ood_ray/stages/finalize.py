@@ -3,7 +3,7 @@ the fits).
 
 Each staged part is read by one task (:func:`finalize_files`), which adds the fitted scores
 (``score_<detector>_<model>`` of clf_entropy, Mahalanobis, RMD), the cluster and map columns,
-``score_recon``, and a flag ``is_ood_<score>`` (``score > threshold``; null where the score is null)
+confident learning's label issues (:func:`ood_ray.stages.label_issues.apply_label_issues`), ``score_recon``, and a flag ``is_ood_<score>`` (``score > threshold``; null where the score is null)
 for every thresholded score; :class:`FinalizeSink` then writes ``images`` (without the internal
 columns) and ``embeddings`` (one row per image and model). Workers rebuild the fitted detectors and
 the autoencoder once per settings object (a cache keyed by the settings' token, not by identity).
@@ -33,6 +33,7 @@ from ood_ray.io import storage
 from ood_ray.progress import report
 from ood_ray.run.sink import PartSink
 from ood_ray.stages.base import Stage, StageResult
+from ood_ray.stages.label_issues import apply_label_issues
 from ood_ray.tables import EMBEDDINGS_SCHEMA
 
 
@@ -52,6 +53,8 @@ class FinalizeSettings:
     autoencoder_size: int = 32
     progress: Any = None
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
+    #: confident learning's rules and the label model (:mod:`ood_ray.stages.label_issues`)
+    label_issues: Any = None
     #: unique per settings object made on the driver (the workers' cache key)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -107,6 +110,8 @@ def finalize_batch(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
             mask[rows] = False
         batch = batch.append_column(pa.field(column, pa.float32()), pa.array(values, mask=mask))
     batch = _add_structure(batch, settings)
+    if settings.label_issues is not None:
+        batch = apply_label_issues(batch, settings.label_issues)
     if settings.autoencoder is not None:
         batch = _add_recon(batch, settings)
     for column, threshold in settings.thresholds.items():
@@ -223,7 +228,7 @@ class FinalizeStage(Stage):
             thresholds, fitted.fitted, getattr(structure, "model", None), getattr(structure, "clusters", None),
             cfg.cluster.outlier_zscore, getattr(structure, "projections", None),
             getattr(autoencoder, "weights", None), cfg.autoencoder.latent_channels, cfg.autoencoder.image_size,
-            tracker, ctx.retry)
+            tracker, ctx.retry, ctx.values.get("label_issues"))
         configure_ray_data(ctx.config)
         staged = ctx.images_uris()
         dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(

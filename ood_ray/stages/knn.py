@@ -10,8 +10,10 @@
 2. Batch half, :func:`knn_batch` (Ray Data tasks, one per staged file): each block of normalised
    embeddings is sent to every shard (one object-store copy), the per-shard lists are merged exactly
    (:func:`ood_ray.index.topk.merge_topk`), reference rows drop themselves (leave-one-out), and the
-   block gains ``score_knn_<model>``, ``score_knn_mean_<model>`` and the lists that
-   :class:`KNNSink` writes as ``neighbors`` and embedding duplicate pairs.
+   block gains ``score_knn_<model>``, ``score_knn_mean_<model>``, for a labelled dataset the
+   neighbour-vote label issue ``score_label_issue_knn_<model>`` / ``is_label_issue_knn_<model>``
+   (the shards return their rows' labels with the ids; :mod:`ood_ray.label_issues`), and the lists
+   that :class:`KNNSink` writes as ``neighbors`` and embedding duplicate pairs.
 
 Distances in ``neighbors``: ``distance`` is the Euclidean distance of the L2-normalised vectors,
 ``sqrt(2 - 2 cos)`` (KNN-OOD's), beside ``cosine_similarity``; never FAISS's squared distance.
@@ -43,6 +45,8 @@ from ood_ray.index.planner import plan_index, train_template
 from ood_ray.index.shards import IndexShard
 from ood_ray.index.topk import drop_self, merge_topk
 from ood_ray.io import storage
+from ood_ray.label_issues import flag_of, neighbor_disagreement
+from ood_ray.label_issues import knn_score_column as knn_label_column
 from ood_ray.progress import report
 from ood_ray.run.sink import PartSink
 from ood_ray.sampling import hash_order
@@ -72,6 +76,13 @@ class KNNSettings:
     duplicate_similarity: float
     progress: Any = None
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
+    #: neighbours whose labels vote for ``score_label_issue_knn_<model>`` (0: no label scores) and
+    #: the share of disagreeing ones above which ``is_label_issue_knn_<model>`` is set
+    label_k: int = 0
+    label_threshold: float = 0.5
+    #: the reference rows' labels (UTF-8): a row with another label (an OOD split's own classes)
+    #: gets no neighbour vote, its label being no class of the reference
+    reference_labels: frozenset = frozenset()
 
 
 def knn_score_columns(aliases: list[str]) -> list[str]:
@@ -92,6 +103,9 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
     n = batch.num_rows
     image_ids = np.asarray(batch.column("image_id").to_pylist(), dtype="S32")
     splits = batch.column("split").to_pylist()
+    labels = settings.label_k > 0
+    own_labels = np.asarray([(v or "").encode() if (v or "").encode() in settings.reference_labels else b""
+                             for v in batch.column("label").to_pylist()], dtype="S") if labels else None
     for model in settings.models:
         rows, X = embedding_matrix(batch.column(embedding_column(model.alias)))
         knn = np.zeros(n, np.float32)
@@ -101,17 +115,26 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
         neighbor_sims: list[Any] = []
         duplicate_ids: list[Any] = []
         duplicate_sims: list[Any] = []
+        disagreement = np.full(n, np.nan)
         if len(rows):
             queries = ray.put(l2_normalize(X))
             k_dup = settings.duplicate_neighbors + 1 if settings.duplicate_neighbors else 0
-            answers = ray.get([shard.search.remote(model.alias, queries, model.k + 1, k_dup) for shard in model.shards])
-            sims, ids = merge_topk([a[0] for a in answers], model.k + 1)
+            answers = ray.get([shard.search.remote(model.alias, queries, model.k + 1, k_dup, labels=labels)
+                               for shard in model.shards])
+            merged = merge_topk([a[0] for a in answers], model.k + 1)
+            sims, ids = merged[0], merged[1]
             own = image_ids[rows]
             is_reference = np.ones(len(rows), bool) if settings.all_reference else np.asarray(
                 [settings.reference_split is not None and splits[r] == settings.reference_split for r in rows.tolist()])
-            kept_sims, kept_ids = sims[:, : model.k].copy(), ids[:, : model.k].copy()
+            kept = [a[:, : model.k].copy() for a in merged]
             if is_reference.any():
-                kept_sims[is_reference], kept_ids[is_reference] = drop_self(sims[is_reference], ids[is_reference], own[is_reference], model.k)
+                dropped = drop_self(sims[is_reference], ids[is_reference], own[is_reference], model.k,
+                                    *(a[is_reference] for a in merged[2:]))
+                for column, values in zip(kept, dropped):
+                    column[is_reference] = values
+            kept_sims, kept_ids = kept[0], kept[1]
+            if labels:
+                disagreement[rows] = neighbor_disagreement(own_labels[rows], kept[2][:, : settings.label_k])
             knn[rows] = kth_distance(kept_sims, model.k)
             knn_mean[rows] = mean_cosine_distance(kept_sims, model.k)
             missing[rows] = False
@@ -126,6 +149,12 @@ def knn_batch(batch: pa.Table, settings: KNNSettings) -> pa.Table:
                     duplicate_sims.append(all_sims[i][keep].tolist())
         batch = batch.append_column(pa.field(score_column("knn", model.alias), pa.float32()), pa.array(knn, mask=missing))
         batch = batch.append_column(pa.field(score_column("knn_mean", model.alias), pa.float32()), pa.array(knn_mean, mask=missing))
+        if labels:
+            missing_label = np.isnan(disagreement)
+            batch = batch.append_column(pa.field(knn_label_column(model.alias), pa.float32()),
+                                        pa.array(np.nan_to_num(disagreement).astype(np.float32), mask=missing_label))
+            batch = batch.append_column(pa.field(flag_of(knn_label_column(model.alias)), pa.bool_()),
+                                        pa.array(np.nan_to_num(disagreement) > settings.label_threshold, mask=missing_label))
         batch = batch.append_column(f"{NEIGHBOR_ID_PREFIX}{model.alias}", _lists(neighbor_ids, n, rows, pa.string()))
         batch = batch.append_column(f"{NEIGHBOR_SIM_PREFIX}{model.alias}", _lists(neighbor_sims, n, rows, pa.float32()))
         batch = batch.append_column(f"{DUPLICATE_ID_PREFIX}{model.alias}", _lists(duplicate_ids, n, rows, pa.string()))
@@ -215,7 +244,7 @@ def start_shards(plans: list[list[dict[str, Any]]], config: Any, helper_resource
 
 class KNNStage(Stage):
     name = "knn"
-    reads = ("knn", "ray")
+    reads = ("knn", "ray", "label_issues")
     writes = ("neighbors",)
     report_key = "knn"
 
@@ -286,6 +315,12 @@ class KNNStage(Stage):
         knn = cfg.knn
         staged = ctx.images_uris()
         plans, report_, models = self._plans(ctx, staged)
+        reference_labels = frozenset(r[0].encode() for r in ctx.con().execute(
+            f"SELECT DISTINCT label FROM images WHERE {ctx.reference_where()} AND label IS NOT NULL").fetchall()
+        ) if cfg.label_issues.enabled and ctx.reference is None else frozenset()
+        if ctx.reference is not None and cfg.label_issues.enabled:  # the labels the saved index holds
+            reference_labels = frozenset(v.encode() for v in ctx.reference.stage("knn").get("reference_labels", []))
+        labelled = bool(reference_labels)
         if not models or not plans:
             return StageResult(report=report_, state={"models": report_})
         shards = start_shards(plans, knn, cfg.ray.helper_resources)
@@ -299,7 +334,9 @@ class KNNStage(Stage):
             tracker = start_tracker(cfg.ray.helper_resources)
             settings = KNNSettings(tuple(models), ctx.reference_split if ctx.reference is None else None,
                                    ctx.reference is None and ctx.reference_split is None, knn.neighbors_stored,
-                                   knn.duplicate_neighbors, knn.duplicate_similarity, tracker, ctx.retry)
+                                   knn.duplicate_neighbors, knn.duplicate_similarity, tracker, ctx.retry,
+                                   label_k=cfg.label_issues.k if labelled else 0,
+                                   label_threshold=cfg.label_issues.knn_threshold, reference_labels=reference_labels)
             configure_ray_data(ctx.config)
             # One task per staged file, reading it itself, and a fraction of a CPU each: the shard
             # actors hold the rest while they serve.
@@ -319,7 +356,8 @@ class KNNStage(Stage):
             result.files["neighbors"] = sink.files["neighbors"]
         result.staged = {"images": [uri for uri, _ in sink.files["images_knn"]],
                          "pairs": [uri for uri, _ in sink.files.get("pairs", [])]}
-        result.state = {"models": report_}
+        result.state = {"models": report_, "label_k": settings.label_k,
+                        "reference_labels": sorted(v.decode() for v in reference_labels)}
         return result
 
 

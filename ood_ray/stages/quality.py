@@ -6,7 +6,7 @@ come from the lint summaries (:func:`ood_ray.lint.linter.summarize_metrics`, fou
 tasks over two integer columns), then one Ray task per ``images`` part rewrites it with
 ``score_odd_size`` and ``is_odd_size`` (a pass over the table, after ``compact`` so that it
 rewrites few large files; the files stay as ``compact`` left them), and a last pass counts every
-issue's flags for ``run.json``.
+issue's flags (and ``is_label_issue``'s) for ``run.json``.
 """
 
 from __future__ import annotations
@@ -43,10 +43,15 @@ def add_odd_size(tables: list[pa.Table], spec: dict[str, Any]) -> pa.Table:
                                pa.array(scores > spec.get("threshold", 1.0), mask=~valid))
 
 
+#: the label issue (set by finalize, :mod:`ood_ray.stages.label_issues`), counted with the named ones
+LABEL_ISSUE_FLAG = "is_label_issue"
+
+
 def count_flags(table: pa.Table, spec: dict[str, Any]) -> dict[str, int]:
-    """``{issue: flagged rows}`` of one part."""
-    return {name: int(pc.sum(pc.cast(table.column(ISSUES[name].flag_column), pa.int64())).as_py() or 0)
-            for name in ISSUES if ISSUES[name].flag_column in table.column_names}
+    """``{issue: flagged rows}`` of one part (``label_issue`` too when the run has it)."""
+    flags = {name: ISSUES[name].flag_column for name in ISSUES} | {"label_issue": LABEL_ISSUE_FLAG}
+    return {name: int(pc.sum(pc.cast(table.column(column), pa.int64())).as_py() or 0)
+            for name, column in flags.items() if column in table.column_names}
 
 
 def add_counts(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
@@ -81,9 +86,13 @@ class QualityStage(Stage):
             odd_size.update(q1=size.q1, q3=size.q3, mid=mid, norm=norm, threshold=threshold,
                             lower=mid - threshold * norm, upper=mid + threshold * norm)
         files = parts.write(add_odd_size, spec, None, "images", prefix="q", one_per_part=True)
+        labelled = bool(ctx.states.get("label_issues", {}).get("label_model"))
         flagged = ctx.parts([uri for uri, _ in files]).merge(
-            count_flags, {}, ["status", *(issue.flag_column for issue in ISSUES.values())], add_counts, dict)
+            count_flags, {}, ["status", *(issue.flag_column for issue in ISSUES.values()), *([LABEL_ISSUE_FLAG] if labelled else [])],
+            add_counts, dict)
         report = {"thresholds": {name: odd_size.get("threshold", cfg.threshold(name)) if name == "odd_size"
                                  else cfg.threshold(name) for name in ISSUES},
                   "flagged": {name: int(flagged.get(name, 0)) for name in ISSUES}, "odd_size": odd_size}
+        if labelled:
+            report["flagged"]["label_issue"] = int(flagged.get("label_issue", 0))
         return StageResult(files={"images": files}, report=report)

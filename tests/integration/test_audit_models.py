@@ -44,7 +44,8 @@ def model_run(ray_session, demo_dataset, custom_checkpoint, tmp_path_factory):
     models = (
         "models=[{name: test_resnet, alias: twin_a}, {name: test_resnet, alias: twin_b},"
         " {name: test_vit, num_classes: 0, alias: vit},"
-        f" {{name: 'custom_models:tiny_classifier', checkpoint: '{custom_checkpoint}'}}]"
+        f" {{name: 'custom_models:tiny_classifier', checkpoint: '{custom_checkpoint}',"
+        " class_names: [circles, squares, stripes]}]"
     )
     config = load_config(None, [models, "embed.batch_size=16", "io.rows_per_block=20", "embed.num_cpus_per_actor=1"],
                          source=str(demo_dataset["images"]), out=str(out))
@@ -211,31 +212,86 @@ def test_head_detectors_use_the_classifier_layer_and_score_every_embedding(model
         assert flags["n"] <= 0.2 * flags["m"], name  # the 95% reference quantile (held-out rows) flags few train rows
 
 
-def test_fusion_of_a_distance_a_shaping_and_an_output_score(model_run):
-    """score_fusion: the mean of the empirical CDFs of kNN, SCALE and GEN of the first classifier on
-    held-out reference rows; recomputed from the stored member scores with the saved state; its
-    flag follows its recorded threshold; run.json names the members."""
+def test_fusion_of_two_distances_and_a_residual_score(model_run):
+    """score_fusion: the mean of the empirical CDFs of kNN, Mahalanobis++ and ViM of the first
+    classifier on held-out reference rows; recomputed from the stored member scores with the saved
+    state; its flag follows its recorded threshold; run.json names the members."""
     from ood_ray.detectors.fusion import CDFFusion
 
     ood = read_run(model_run["out"])["ood"]
-    assert ood["fusion"]["members"] == ["score_knn_twin_a", "score_scale_twin_a", "score_gen_twin_a"]
+    members = ["score_knn_twin_a", "score_mahalanobis_pp_twin_a", "score_vim_twin_a"]
+    assert ood["fusion"]["members"] == members and ood["fusion"]["missing"] == []
     assert ood["fusion"]["method"] == "mean" and ood["fusion"]["n_cdf"] > 0
     saved = ood["detectors"]["score_fusion"]
     assert saved["members"] == ood["fusion"]["members"]
     fusion = CDFFusion.from_state_dict(json.loads((Path(model_run["out"]) / saved["file"]).read_text()))
-    rows = q(model_run, "SELECT score_knn_twin_a AS a, score_scale_twin_a AS b, score_gen_twin_a AS c, score_fusion AS f, "
-                        "is_ood_fusion AS flag FROM images WHERE status = 'ok'").to_pylist()
-    X = np.asarray([[r["a"], r["b"], r["c"]] for r in rows], dtype=np.float64)
+    rows = q(model_run, f"SELECT {', '.join(members)}, score_fusion AS f, is_ood_fusion AS flag FROM images "
+                        "WHERE status = 'ok'").to_pylist()
+    X = np.asarray([[r[m] for m in members] for r in rows], dtype=np.float64)
     np.testing.assert_allclose(fusion.score(X), [r["f"] for r in rows], rtol=1e-5, atol=1e-6)
     assert all(0.0 <= r["f"] <= 1.0 for r in rows)
     threshold = ood["thresholds"]["score_fusion"]["threshold"]
     assert all(r["flag"] == (r["f"] > threshold) for r in rows)
 
 
+def test_label_issues_by_confident_learning_equal_cleanlab_on_the_stored_probabilities(model_run):
+    """The classifier over the labels (class_names given) gets confident learning: its thresholds
+    are the mean stored self-confidence per class over the reference rows, its flags equal cleanlab's
+    ``find_label_issues(filter_by="confident_learning")`` on the probabilities the actor stored, and
+    it is the label model; the 1000-class twins are skipped with the reason."""
+    from cleanlab.filter import find_label_issues
+
+    run = read_run(model_run["out"])
+    issues = run["label_issues"]
+    assert issues["label_model"] == "tiny_classifier" and issues["method"] == "cl"
+    assert "3 distinct reference labels for 1000 outputs" in issues["skipped"]["twin_a"]
+    fitted = issues["models"]["tiny_classifier"]
+    assert fitted["class_names"] == ["circles", "squares", "stripes"] and fitted["how"] == "models[].class_names"
+    rows = q(model_run, "SELECT i.image_id, i.label, i.split, p.probabilities, i.score_label_issue_cl_tiny_classifier AS s, "
+                        "i.is_label_issue_cl_tiny_classifier AS f, i.score_label_issue AS s_all, i.is_label_issue AS f_all "
+                        "FROM images i JOIN predictions p ON p.image_id = i.image_id AND p.model = 'tiny_classifier' "
+                        "WHERE i.status = 'ok' ORDER BY i.image_id").to_pylist()
+    names = fitted["class_names"]
+    given = np.asarray([names.index(r["label"]) for r in rows])
+    probs = np.asarray([r["probabilities"] for r in rows], dtype=np.float64)
+    train = np.asarray([r["split"] == "train" for r in rows])
+    expected_t = [probs[train & (given == j), j].mean() for j in range(3)]
+    np.testing.assert_allclose(issues["models"]["tiny_classifier"]["thresholds"], expected_t, atol=2e-6)
+    np.testing.assert_allclose([r["s"] for r in rows], 1 - probs[np.arange(len(rows)), given], atol=2e-6)
+    ours = np.asarray([r["f"] for r in rows])
+    theirs = find_label_issues(given[train], probs[train], filter_by="confident_learning")
+    assert (ours[train] != theirs).sum() <= 1  # float32 stored probabilities vs the float64 head
+    assert [r["f_all"] for r in rows] == [r["f"] for r in rows] and [r["s_all"] for r in rows] == [r["s"] for r in rows]
+    assert run["quality"]["flagged"]["label_issue"] == int(ours.sum())
+
+
+def test_label_issues_by_neighbour_vote_equal_the_stored_neighbours(model_run):
+    """``score_label_issue_knn_<model>``: the share of the 10 nearest labelled reference neighbours
+    (the ``neighbors`` table) whose label differs; its flag above one half."""
+    rows = q(model_run, """
+        SELECT i.image_id, any_value(i.score_label_issue_knn_twin_a) AS s, any_value(i.is_label_issue_knn_twin_a) AS f,
+               avg(CASE WHEN o.label <> i.label THEN 1.0 ELSE 0.0 END) AS expected, count(*) AS n
+        FROM images i JOIN neighbors nb ON nb.image_id = i.image_id AND nb.model = 'twin_a' AND nb.rank <= 10
+        JOIN images o ON o.image_id = nb.neighbor_id
+        WHERE i.status = 'ok' GROUP BY i.image_id""").to_pylist()
+    assert len(rows) == q(model_run, "SELECT count(*) FROM images WHERE status = 'ok'").column(0)[0].as_py()
+    assert all(r["n"] == 10 for r in rows)
+    np.testing.assert_allclose([r["s"] for r in rows], [r["expected"] for r in rows], atol=1e-6)
+    assert all(r["f"] == (r["expected"] > 0.5) for r in rows)
+    assert 0 < sum(r["s"] for r in rows)
+
+
 def test_no_labels_skips_label_dependent_scores(ray_session, demo_dataset, workdir):
-    run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]"],
+    run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]",
+                                       "ood.fusion=[knn, mahalanobis_pp, knn_mean]", "ood.fusion_model=test_vit"],
                                 source=str(demo_dataset["images"]), out=str(workdir / "flat")))
     assert "score_clf_entropy_test_vit" in run["ood"]["skipped"]
+    # Mahalanobis++ needs labels: the fusion goes on with the two members the run has, and says so.
+    assert "score_mahalanobis_pp_test_vit" not in run["ood"]["detectors"]
+    assert run["ood"]["fusion"]["members"] == ["score_knn_test_vit", "score_knn_mean_test_vit"]
+    assert run["ood"]["fusion"]["missing"] == ["score_mahalanobis_pp_test_vit"]
+    fused = run_query(str(workdir / "flat"), "SELECT count(score_fusion) AS n FROM images WHERE status = 'ok'")
+    assert fused.column(0)[0].as_py() == run["status_counts"]["ok"]
     assert run["ood"]["reference"] == "all ok rows (no reference split)"
     assert run["tables"]["embeddings"]["rows"] == run["status_counts"]["ok"]
 

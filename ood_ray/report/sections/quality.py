@@ -35,7 +35,27 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
                 row["thumb"] = ctx.thumb(row["image_id"], row["uri"])
         items.append({"issue": name, "threshold": (quality.get("thresholds") or {}).get(name, issue.threshold),
                       "flagged": int(counts[name] or 0), "examples": examples})
+    items += label_issue_items(ctx, columns, per_issue)
     return {"issues": items, "flagged_images": int(flagged_any or 0), "odd_size": quality.get("odd_size") or {}}
+
+
+def label_issue_items(ctx: ReportContext, columns: set[str], per_issue: int) -> list[dict[str, Any]]:
+    """``is_label_issue`` (see :mod:`ood_ray.label_issues`) as one more row, its examples captioned
+    with the given label."""
+    if "is_label_issue" not in columns:
+        return []
+    fit = ctx.run.get("label_issues") or {}
+    flagged = int(ctx.value("SELECT count(*) FROM images WHERE is_label_issue") or 0)
+    examples = []
+    if flagged and per_issue:
+        examples = ctx.rows("SELECT image_id, uri, label, split, score_label_issue::DOUBLE AS score FROM images "
+                            f"WHERE is_label_issue ORDER BY score DESC, image_id LIMIT {max(per_issue, 1)}")
+        for row in examples:
+            row["thumb"] = ctx.thumb(row["image_id"], row["uri"])
+            row["caption"] = f"label {row['label']} · {row['score']:.2f}"
+    how = {"cl": "confident learning", "knn": "neighbour vote"}.get(fit.get("method"), "")
+    return [{"issue": "label_issue", "threshold": f"{how} ({fit.get('label_model')})", "flagged": flagged,
+             "examples": examples}]
 
 
 QUALITY = Section("quality", "Quality issues: dark, light, blurry, ...", collect)
