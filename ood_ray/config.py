@@ -140,7 +140,7 @@ class QualityConfig:
 class LabelIssuesConfig:
     """Label issues of labelled rows (see :mod:`ood_ray.label_issues`).
 
-    ``k``: the nearest reference neighbours whose labels vote (at most ``knn.k``);
+    ``k``: the nearest reference neighbours whose labels vote (``knn.k`` when that is smaller);
     ``knn_threshold``: ``is_label_issue_knn_<model>`` when more than this share of the labelled
     neighbours carry another label. Confident learning runs for every classifier whose classes are
     the dataset's labels (``models[].class_names``, or inferred -- see the module); ``min_accuracy``:
@@ -703,8 +703,6 @@ class AuditConfig:
             seen[model.column_alias] = i
         if self.label_issues.model is not None and self.models and self.label_issues.model not in seen:
             _fail("label_issues.model", self.label_issues.model, f"must be one of the models' names {sorted(seen)}")
-        if self.label_issues.k > self.knn.k:
-            _fail("label_issues.k", self.label_issues.k, f"must be at most knn.k ({self.knn.k})")
         if self.cluster.model is not None and self.models and self.cluster.model not in seen:
             _fail("cluster.model", self.cluster.model, f"must be one of the models' names {sorted(seen)}")
 
