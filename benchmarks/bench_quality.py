@@ -48,7 +48,7 @@ ROWS = [("MSP", "score_msp_r56"), ("max logit", "score_maxlogit_r56"), ("energy"
         ("GEN", "score_gen_r56"), ("ReAct", "score_react_r56"), ("ASH-S@90", "score_ash_r56"), ("SCALE@85", "score_scale_r56"),
         ("fDBD", "score_fdbd_r56"), ("ViM", "score_vim_r56"), ("NNGuide", "score_nnguide_r56"),
         ("Mahalanobis++", "score_mahalanobis_pp_r56"), ("RMD++", "score_rmd_pp_r56"),
-        ("fusion (kNN + SCALE + GEN, mean of CDFs)", "score_fusion"),
+        ("fusion (kNN + Mahalanobis++ + ViM, mean of CDFs)", "score_fusion"),
         ("ensemble entropy (4 ResNets)", "score_ensemble_entropy"), ("mutual information (4 ResNets)", "score_mutual_information")]
 CHECK = {("score_msp_r56", "dtd"): 0.756, ("score_energy_r56", "dtd"): 0.750, ("score_knn_r56", "dtd"): 0.874,
          ("score_msp_r56", "mnist"): 0.807, ("score_energy_r56", "mnist"): 0.916, ("score_knn_r56", "mnist"): 0.996}
