@@ -1,0 +1,1 @@
+"""Fine-tuning a classifier with auxiliary outliers (Outlier Exposure, MixOE)."""
