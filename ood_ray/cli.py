@@ -155,6 +155,39 @@ def format_summary(run: dict) -> str:
     return "\n".join(lines)
 
 
+def finetune_from_args(args: argparse.Namespace) -> int:
+    """Validate and run ``ood-ray finetune``; returns the exit code."""
+    overrides = list(args.overrides) + ([f"finetune.method={args.method}"] if args.method else [])
+    try:
+        config = load_config(args.config, overrides, args.models, source=args.source, out=args.out, address=args.address)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.verbose)
+    from ood_ray.finetune.run import run_finetune
+
+    try:
+        record = run_finetune(config, args.outliers, args.split,
+                              args.holdout_classes.split(",") if args.holdout_classes else None, args.holdout_count,
+                              args.holdout_seed, resume=args.resume)
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
+    last = record["epochs"][-1] if record["epochs"] else {}
+    print(f"{record['method']} fine-tune of {record['base']['name']}: {record['data']['train']} training images, "
+          f"{sum(v for k, v in record['data']['outlier_counts'].items() if k == 'ok')} outliers, "
+          f"{len(record['epochs'])} epochs; validation accuracy {last.get('validation_accuracy')}; "
+          f"{record['seconds']['per_epoch']:.1f} s per epoch\n"
+          f"audit with it: ood-ray audit DATA --out OUT --config {storage_join(args.out, 'model.yaml')}")
+    return 0
+
+
+def storage_join(base: str, name: str) -> str:
+    from ood_ray.io import storage
+
+    return storage.join(storage.normalize_uri(base), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ood-ray", description="Audit image datasets on Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +223,23 @@ def main(argv: list[str] | None = None) -> int:
     chosen.add_argument("--holdout-count", type=int, help="hold out this many labels, drawn under --seed")
     holdout.add_argument("--seed", type=int, default=0)
     holdout.add_argument("--id-split", default="test", help="the in-distribution split of the evaluation")
+
+    finetune = sub.add_parser("finetune", help="fine-tune a classifier with auxiliary outliers (OE / MixOE) on Ray Train")
+    finetune.add_argument("source", help="labelled images: folder, s3://bucket/prefix, or manifest")
+    finetune.add_argument("--outliers", required=True, help="auxiliary outlier images (any audit source)")
+    finetune.add_argument("--out", required=True, help="output folder (local or s3://): model.safetensors, model.yaml, finetune.json")
+    finetune.add_argument("--method", choices=("oe", "mixoe"), help="default: finetune.method (mixoe)")
+    finetune.add_argument("--model", dest="models", action="append", default=[], metavar="NAME", help="the base model")
+    finetune.add_argument("--config", help="YAML with one models: entry and a finetune: section")
+    finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    finetune.add_argument("--split", help="train on the rows of this split only (e.g. train)")
+    held = finetune.add_mutually_exclusive_group()
+    held.add_argument("--holdout-classes", help="comma-separated labels left out of the training, as 'ood-ray holdout' does")
+    held.add_argument("--holdout-count", type=int, help="leave out this many labels, drawn under --holdout-seed")
+    finetune.add_argument("--holdout-seed", type=int, default=0)
+    finetune.add_argument("--resume", action="store_true", help="continue an interrupted fine-tune in --out")
+    finetune.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    finetune.add_argument("-v", "--verbose", action="store_true")
 
     report = sub.add_parser("report", help="a static HTML report of a run (thumbnails, plots, map), opened from disk")
     report.add_argument("out", help="run directory (local or s3://)")
@@ -228,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         return exit_at_once(holdout_from_args(args))
     if args.command == "report":
         return exit_at_once(report_from_args(args))
+    if args.command == "finetune":
+        return exit_at_once(finetune_from_args(args))
     if args.command == "query":
         from ood_ray.query import format_table, run_query
 

@@ -164,6 +164,50 @@ class LabelIssuesConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """``ood-ray finetune`` (:mod:`ood_ray.finetune`): Outlier Exposure or MixOE fine-tuning of one
+    classifier on Ray Train. Defaults from the MixOE paper's code (see
+    :mod:`ood_ray.finetune.losses`): 10 epochs, batch 32, SGD (Nesterov momentum 0.9, weight decay
+    1e-5) from ``learning_rate`` down a per-step cosine to ``min_learning_rate``; OE weight 0.5; MixOE
+    with mixup, ``Beta(alpha, alpha)``, weight 5. ``validation_fraction``: ID rows held out (seeded)
+    for the per-epoch accuracy; ``max_images``: at most this many decoded images per source (a
+    seeded sample beyond; they are held in the object store); ``num_workers``/``use_gpu``: Ray Train's
+    scaling."""
+
+    method: str = "mixoe"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.001
+    min_learning_rate: float = 1e-6
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    oe_weight: float = 0.5
+    mixoe_weight: float = 5.0
+    mix_op: str = "mixup"
+    alpha: float = 1.0
+    augment: bool = True
+    validation_fraction: float = 0.1
+    max_images: int = 200_000
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+
+    def validate(self, prefix: str) -> None:
+        from ood_ray.finetune.losses import MIX_OPS
+
+        if self.method not in ("oe", "mixoe"):
+            _fail(f"{prefix}.method", self.method, "must be oe or mixoe")
+        if self.mix_op not in MIX_OPS:
+            _fail(f"{prefix}.mix_op", self.mix_op, f"must be one of {', '.join(MIX_OPS)}")
+        for key in ("epochs", "batch_size", "learning_rate", "alpha", "max_images", "num_workers"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key))
+        for key in ("min_learning_rate", "momentum", "weight_decay", "oe_weight", "mixoe_weight"):
+            _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)
+        if not 0 <= self.validation_fraction < 1:
+            _fail(f"{prefix}.validation_fraction", self.validation_fraction, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class LintRule:
     """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier)."""
 
@@ -683,6 +727,7 @@ class AuditConfig:
     project: ProjectConfig = field(default_factory=ProjectConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     reference: str | None = None
 
     def validate(self) -> None:

@@ -94,6 +94,11 @@ class CifarResNet(nn.Module):
         """The last linear layer, as timm's models give it (the head-based OOD scores read it)."""
         return self.linear
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new last layer for ``num_classes`` outputs (timm's interface; fine-tuning uses it)."""
+        self.num_classes = num_classes
+        self.linear = nn.Linear(self.linear.in_features, num_classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

@@ -162,6 +162,12 @@ def build_model(spec: ModelConfig, import_root: str | None = None) -> Any:
         for attribute in ("forward_features", "forward_head"):
             if not callable(getattr(model, attribute, None)):
                 raise ConfigError(f"model {spec.name!r}: has no {attribute}() (timm's interface is required)")
+        if spec.num_classes is not None and spec.num_classes != getattr(model, "num_classes", None):
+            # a fine-tuned custom model with another class count (timm's reset_classifier)
+            if not callable(getattr(model, "reset_classifier", None)):
+                raise ConfigError(f"model {spec.name!r}: num_classes={spec.num_classes} needs reset_classifier() "
+                                  "(timm's interface) on the custom model")
+            model.reset_classifier(spec.num_classes)
     else:
         if not timm.is_model(spec.name):
             close = timm.list_models(f"*{spec.name[:6]}*")[:5]

@@ -15,7 +15,9 @@ one-hot label interpolated toward uniform by the same coefficient,
     t~ = l onehot(y) + (1 - l) / C,
     L_MixOE = CE(f(x), y) + beta * mean( -sum_c t~_c log softmax(f(x~))_c ),
 
-defaults of the paper's code: ``alpha = 1`` (``l`` uniform on [0, 1]), ``beta = 1``, 10 epochs of SGD
+defaults of the paper's code (``zjysteven/MixOE``, ``scripts/train.sh``): mixup with ``alpha = 1``
+(``l`` uniform on [0, 1]; CutMix there with ``alpha = 2``), ``beta = 5`` (its argument default is 1),
+10 epochs of SGD
 (learning rate 1e-3, momentum 0.9, Nesterov, weight decay 1e-5) with a per-step cosine schedule to
 1e-6, batch 32, one outlier per ID image; its fine-tuning augmentation is a random crop, a
 horizontal flip and a colour jitter (brightness 32/255, saturation 0.5).
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 OE_WEIGHT = 0.5
-MIXOE_WEIGHT = 1.0
+MIXOE_WEIGHT = 5.0
 MIXOE_ALPHA = 1.0
 MIX_OPS = ("mixup", "cutmix")
 

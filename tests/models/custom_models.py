@@ -36,6 +36,11 @@ class TinyClassifier(nn.Module):
         """The last linear layer (timm's interface; the head-based OOD scores read it)."""
         return self.fc
 
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new last layer for ``num_classes`` outputs (timm's interface; fine-tuning uses it)."""
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.fc.in_features, num_classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

@@ -53,6 +53,8 @@ def test_mixoe_loss_by_hand():
     soft = -sum(t * v for t, v in zip(targets, log_softmax(mixed[0])))
     ce = -log_softmax(id_logits[0])[1]
     got = mixoe_loss(torch.tensor(id_logits), torch.tensor(labels), torch.tensor(mixed), lam)
+    assert got.item() == pytest.approx(ce + 5.0 * soft, rel=1e-6)  # the paper scripts' weight 5
+    got = mixoe_loss(torch.tensor(id_logits), torch.tensor(labels), torch.tensor(mixed), lam, weight=1.0)
     assert got.item() == pytest.approx(ce + soft, rel=1e-6)
     # l = 1: the mixed term is the plain cross-entropy; l = 0: the OE term
     z = torch.tensor(mixed)
