@@ -19,6 +19,9 @@ from ood_ray.config import ConfigError, load_config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
 from faults import kill_driver, start, wait_for  # noqa: E402
 
+#: each test's fixtures run several fine-tunes (Ray Train starts) and one kills a process
+pytestmark = pytest.mark.timeout(900)
+
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 MODEL = "models=[{name: 'custom_models:tiny_classifier'}]"
 QUICK = ["finetune.epochs=2", "finetune.batch_size=16", "finetune.learning_rate=0.1", "finetune.validation_fraction=0.2"]
