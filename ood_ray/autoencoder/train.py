@@ -71,7 +71,7 @@ def train_autoencoder(pixels: np.ndarray, config: Any, storage_path: str) -> tup
     trainer = TorchTrainer(
         _train_loop, train_loop_config=loop_config, datasets={"train": dataset},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu),
-        run_config=_run_config(storage_path),
+        run_config=run_config("ood-ray-autoencoder", storage_path),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -86,16 +86,17 @@ def train_autoencoder(pixels: np.ndarray, config: Any, storage_path: str) -> tup
     return state_to_bytes(state), report
 
 
-def _run_config(storage_path: str) -> Any:
-    """Ray Train's run config: checkpoints under ``storage_path`` (local, or ``s3://`` with our endpoint)."""
+def run_config(name: str, storage_path: str) -> Any:
+    """Ray Train's run config ``name``: its files under ``storage_path`` (local, or ``s3://`` with our
+    endpoint). Shared by every Ray Train job (autoencoder, fine-tuning)."""
     from ray.train import RunConfig
 
     from ood_ray.io import storage
 
     if storage.is_s3(storage_path):
         fs, path = storage.resolve(storage_path)
-        return RunConfig(name="ood-ray-autoencoder", storage_path=path, storage_filesystem=fs)
-    return RunConfig(name="ood-ray-autoencoder", storage_path=storage_path)
+        return RunConfig(name=name, storage_path=path, storage_filesystem=fs)
+    return RunConfig(name=name, storage_path=storage_path)
 
 
 def default_storage_path() -> str:

@@ -181,19 +181,17 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 def run_trainer(cfg: dict[str, Any], num_workers: int, use_gpu: bool, storage_path: str) -> Any:
     """``TorchTrainer.fit`` of :func:`train_loop`; the result (errors raised)."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from ood_ray.autoencoder.train import run_config
     from ood_ray.io import storage
 
-    if storage.is_s3(storage_path):
-        fs, path = storage.resolve(storage_path)
-        run_config = RunConfig(name="ood-ray-finetune", storage_path=path, storage_filesystem=fs)
-    else:
+    if not storage.is_s3(storage_path):
         os.makedirs(storage_path, exist_ok=True)
-        run_config = RunConfig(name="ood-ray-finetune", storage_path=storage_path)
     trainer = TorchTrainer(train_loop, train_loop_config=cfg,
-                           scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu), run_config=run_config)
+                           scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+                           run_config=run_config("ood-ray-finetune", storage_path))
     result = trainer.fit()
     if result.error is not None:
         raise result.error
