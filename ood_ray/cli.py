@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from ood_ray.config import ConfigError, load_config
+from ood_ray.config import FINETUNE_METHODS, ConfigError, load_config
 from ood_ray.report.options import ReportOptions
 
 log = logging.getLogger("ood_ray")
@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
 
     finetune = sub.add_parser("finetune", help="fine-tune a classifier with auxiliary outliers (OE / MixOE) on Ray Train")
     finetune.add_argument("source", help="labelled images: folder, s3://bucket/prefix, or manifest")
-    finetune.add_argument("--outliers", required=True, help="auxiliary outlier images (any audit source)")
+    finetune.add_argument("--outliers", help="auxiliary outlier images (any audit source); required by oe and mixoe")
     finetune.add_argument("--out", required=True, help="output folder (local or s3://): model.safetensors, model.yaml, finetune.json")
-    finetune.add_argument("--method", choices=("oe", "mixoe"), help="default: finetune.method (mixoe)")
+    finetune.add_argument("--method", choices=FINETUNE_METHODS,
+                          help="oe, mixoe, or ce (cross-entropy only, no outliers: a baseline); default: finetune.method (mixoe)")
     finetune.add_argument("--model", dest="models", action="append", default=[], metavar="NAME", help="the base model")
     finetune.add_argument("--config", help="YAML with one models: entry and a finetune: section")
     finetune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -163,10 +163,16 @@ class LabelIssuesConfig:
             _fail(f"{prefix}.min_accuracy", self.min_accuracy, "must be in [0, 1]")
 
 
+FINETUNE_METHODS = ("oe", "mixoe", "ce")
+FINETUNE_LAYERS = ("all", "head")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """``ood-ray finetune`` (:mod:`ood_ray.finetune`): Outlier Exposure or MixOE fine-tuning of one
-    classifier on Ray Train. Defaults from the MixOE paper's code (see
+    classifier on Ray Train (``method``: ``oe``, ``mixoe``, or ``ce`` -- plain cross-entropy without
+    outliers, the baseline; ``layers``: ``all`` or ``head`` -- only the last linear layer trained, the
+    rest frozen in eval mode). Defaults from the MixOE paper's code (see
     :mod:`ood_ray.finetune.losses`): 10 epochs, batch 32, SGD (Nesterov momentum 0.9, weight decay
     1e-5) from ``learning_rate`` down a per-step cosine to ``min_learning_rate``; OE weight 0.5; MixOE
     with mixup, ``Beta(alpha, alpha)``, weight 5. ``validation_fraction``: ID rows held out (seeded)
@@ -175,6 +181,7 @@ class FinetuneConfig:
     scaling."""
 
     method: str = "mixoe"
+    layers: str = "all"
     epochs: int = 10
     batch_size: int = 32
     learning_rate: float = 0.001
@@ -195,8 +202,10 @@ class FinetuneConfig:
     def validate(self, prefix: str) -> None:
         from ood_ray.finetune.losses import MIX_OPS
 
-        if self.method not in ("oe", "mixoe"):
-            _fail(f"{prefix}.method", self.method, "must be oe or mixoe")
+        if self.method not in FINETUNE_METHODS:
+            _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(FINETUNE_METHODS)}")
+        if self.layers not in FINETUNE_LAYERS:
+            _fail(f"{prefix}.layers", self.layers, f"must be one of {', '.join(FINETUNE_LAYERS)}")
         if self.mix_op not in MIX_OPS:
             _fail(f"{prefix}.mix_op", self.mix_op, f"must be one of {', '.join(MIX_OPS)}")
         for key in ("epochs", "batch_size", "learning_rate", "alpha", "max_images", "num_workers"):

@@ -59,7 +59,7 @@ def model_entry(spec: Any, alias: str, checkpoint: str, class_names: list[str]) 
     return entry
 
 
-def run_finetune(config: AuditConfig, outliers: str, split: str | None = None, holdout_classes: list[str] | None = None,
+def run_finetune(config: AuditConfig, outliers: str | None, split: str | None = None, holdout_classes: list[str] | None = None,
                  holdout_count: int | None = None, holdout_seed: int = 0, resume: bool = False) -> dict[str, Any]:
     """Fine-tune ``config.models[0]`` on ``config.source`` with outliers from ``outliers`` into
     ``config.out`` (module docstring); returns ``finetune.json``'s content."""
@@ -76,6 +76,10 @@ def run_finetune(config: AuditConfig, outliers: str, split: str | None = None, h
     if len(config.models) != 1:
         raise ConfigError(f"models: finetune takes exactly one model, got {len(config.models)}")
     cfg = config.finetune
+    if cfg.method == "ce" and outliers:
+        raise ConfigError(f"--outliers={outliers!r}: finetune.method='ce' trains without outliers")
+    if cfg.method != "ce" and not outliers:
+        raise ConfigError(f"--outliers: finetune.method={cfg.method!r} needs auxiliary outlier images")
     out = storage.normalize_uri(config.out)
     checkpoints = storage.join(out, "checkpoints")
     started = time.perf_counter()
@@ -90,19 +94,19 @@ def run_finetune(config: AuditConfig, outliers: str, split: str | None = None, h
         exclude = choose_classes(manifest.column("label").to_pylist(), holdout_classes, holdout_count, holdout_seed)
         log.info("finetune: classes %s held out (seed %d)", exclude, holdout_seed)
     id_set = load_images(config.source, config, info.data_config, split=split, exclude_labels=exclude, need_labels=True)
-    outlier_set = load_images(outliers, config, info.data_config)
+    outlier_set = load_images(outliers, config, info.data_config) if outliers else None
     if len(id_set) == 0:
         raise ConfigError(f"source={config.source!r}: no labelled image decoded to fine-tune on")
-    if len(outlier_set) == 0:
+    if outlier_set is not None and len(outlier_set) == 0:
         raise ConfigError(f"--outliers={outliers!r}: no image decoded")
     class_names = sorted(set(id_set.labels))
     labels = np.asarray([class_names.index(label) for label in id_set.labels], dtype=np.int64)
     train_rows, validation_rows = _validation_rows(len(labels), cfg.validation_fraction, cfg.seed)
     settings = {"source": config.source, "outliers": outliers, "split": split, "held_out": exclude,
                 "model": dataclasses.asdict(config.models[0]), "finetune": dataclasses.asdict(cfg),
-                "class_names": class_names, "images": len(id_set), "outlier_images": len(outlier_set)}
+                "class_names": class_names, "images": len(id_set), "outlier_images": len(outlier_set) if outlier_set else 0}
     settings_uri = storage.join(out, SETTINGS_FILE)
-    resume_from, resumed_epochs = None, 0
+    resume_from = None
     if resume:
         if not storage.exists(settings_uri):
             raise ConfigError(f"--resume: {out} holds no interrupted fine-tune ({SETTINGS_FILE} missing)")
@@ -111,15 +115,14 @@ def run_finetune(config: AuditConfig, outliers: str, split: str | None = None, h
             differs = sorted(k for k in set(before) | set(settings) if before.get(k) != json.loads(json.dumps(settings)).get(k))
             raise ConfigError(f"--resume: the fine-tune in {out} was started with other settings ({', '.join(differs)})")
         resume_from = _latest_checkpoint(checkpoints)
-        resumed_epochs = int(resume_from.rsplit("-", 1)[-1].split(".")[0]) if resume_from else 0
         log.info("finetune: resuming from %s", resume_from or "the start (no checkpoint yet)")
     else:
         storage.write_bytes_atomic(settings_uri, json.dumps(settings, indent=2).encode())
     loop = {"spec": config.models[0], "import_root": info.import_root, "num_classes": len(class_names), "seed": cfg.seed,
             "mean": info.data_config["mean"], "std": info.data_config["std"],
-            "id_pixels": ray.put(id_set.pixels), "id_labels": labels.tolist(), "outlier_pixels": ray.put(outlier_set.pixels),
+            "id_pixels": ray.put(id_set.pixels), "id_labels": labels.tolist(), "outlier_pixels": ray.put(outlier_set.pixels) if outlier_set else None,
             "train_rows": train_rows.tolist(), "validation_rows": validation_rows.tolist(),
-            "method": cfg.method, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+            "method": cfg.method, "layers": cfg.layers, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
             "min_learning_rate": cfg.min_learning_rate, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
             "oe_weight": cfg.oe_weight, "mixoe_weight": cfg.mixoe_weight, "mix_op": cfg.mix_op, "alpha": cfg.alpha,
             "augment": cfg.augment, "checkpoints": checkpoints, "resume_from": resume_from}
@@ -139,10 +142,10 @@ def run_finetune(config: AuditConfig, outliers: str, split: str | None = None, h
                                  "sha256": _sha256(config.models[0].checkpoint), "num_classes": info.num_classes},
         "method": cfg.method, "settings": dataclasses.asdict(cfg), "class_names": class_names, "held_out": exclude,
         "data": {"source": config.source, "split": split, "counts": id_set.counts, "train": len(train_rows),
-                 "validation": len(validation_rows), "outliers": outliers, "outlier_counts": outlier_set.counts},
+                 "validation": len(validation_rows), "outliers": outliers, "outlier_counts": outlier_set.counts if outlier_set else {}},
         "epochs": final["history"], "resumed_from": resume_from,
         "seconds": {"total": time.perf_counter() - started, "train": train_seconds,
-                    "per_epoch": train_seconds / max(cfg.epochs - resumed_epochs, 1)},
+                    "per_epoch": float(np.mean([e["seconds"] for e in final["history"]]))},
     }
     storage.write_bytes_atomic(storage.join(out, "finetune.json"), json.dumps(record, indent=2, default=str).encode())
     log.info("finetune: %s of %s done in %.0f s; weights %s", cfg.method, info.alias, record["seconds"]["total"], weights_uri)

@@ -13,6 +13,10 @@ Augmentation (the MixOE fine-tuning's, at the model's input size): a random crop
 padded by 1/8 of its side (reflected), a horizontal flip (p = 0.5), a brightness shift of up to
 +-32/255 and a saturation factor in [0.5, 1.5]. The ID and the (mixed or outlier) images go through
 the model in one batch, as OE's reference code does, which keeps DDP to one forward per step.
+
+``method: ce`` trains with the cross-entropy alone (no outliers): the baseline the other two are
+compared with. ``layers: head`` trains only the last linear layer (``get_classifier()``); the body
+is frozen and stays in eval mode, so its batch-norm statistics do not move either.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import io
 import logging
 import math
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -100,6 +105,27 @@ def _accuracy(model: Any, pixels: np.ndarray, labels: np.ndarray, cfg: dict[str,
     return correct / len(labels)
 
 
+def _batch_loss(model: Any, x: Any, y: Any, outliers: np.ndarray, cfg: dict[str, Any], rng: np.random.Generator,
+                device: Any) -> Any:
+    """The method's loss on one ID batch (one outlier drawn per ID image for OE and MixOE)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ood_ray.finetune.losses import mix, mixoe_loss, oe_loss
+
+    if cfg["method"] == "ce":
+        return F.cross_entropy(model(x), y)
+    n = len(y)
+    drawn = rng.integers(0, len(outliers), n)
+    xo = _as_input(outliers[drawn], cfg["mean"], cfg["std"], rng if cfg["augment"] else None, device)
+    if cfg["method"] == "oe":
+        logits = model(torch.cat([x, xo]))
+        return oe_loss(logits[:n], y, logits[n:], cfg["oe_weight"])
+    mixed, lam = mix(x, xo, cfg["mix_op"], cfg["alpha"], rng)
+    logits = model(torch.cat([x, mixed]))
+    return mixoe_loss(logits[:n], y, logits[n:], lam, cfg["mixoe_weight"])
+
+
 def train_loop(cfg: dict[str, Any]) -> None:
     """One Ray Train worker (see module docstring)."""
     import ray
@@ -107,7 +133,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
-    from ood_ray.finetune.losses import mix, mixoe_loss, oe_loss
     from ood_ray.io import storage
     from ood_ray.run.context import pause_point
 
@@ -115,6 +140,11 @@ def train_loop(cfg: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(cfg["seed"])
     model = build_classifier(cfg)
+    head_only = cfg["layers"] == "head"
+    if head_only:
+        model.requires_grad_(False)
+        model.get_classifier().requires_grad_(True)
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
     state = None
     if cfg.get("resume_from"):
         state = torch.load(io.BytesIO(storage.read_bytes(cfg["resume_from"])), map_location="cpu", weights_only=False)
@@ -122,12 +152,12 @@ def train_loop(cfg: dict[str, Any]) -> None:
     device = get_device()
     model = prepare_model(model)
     pixels, labels = ray.get(cfg["id_pixels"]), np.asarray(cfg["id_labels"], dtype=np.int64)
-    outliers = ray.get(cfg["outlier_pixels"])
+    outliers = ray.get(cfg["outlier_pixels"]) if cfg["outlier_pixels"] is not None else None
     train_rows, validation_rows = np.asarray(cfg["train_rows"]), np.asarray(cfg["validation_rows"])
     shard = train_rows[rank::world]
     batch = cfg["batch_size"]
     steps = max(len(shard) // batch, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg["learning_rate"], momentum=cfg["momentum"],
+    optimizer = torch.optim.SGD(trained, lr=cfg["learning_rate"], momentum=cfg["momentum"],
                                 weight_decay=cfg["weight_decay"], nesterov=cfg["momentum"] > 0)
     total = steps * cfg["epochs"]
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -140,7 +170,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg["epochs"]):
         rng = np.random.default_rng([cfg["seed"], epoch, rank])
         order = rng.permutation(shard)
-        model.train()
+        epoch_started = time.perf_counter()
+        model.eval() if head_only else model.train()  # a frozen body keeps its batch-norm statistics
         total_loss, seen = 0.0, 0
         for step in range(steps):
             rows = order[step * batch:(step + 1) * batch]
@@ -148,25 +179,18 @@ def train_loop(cfg: dict[str, Any]) -> None:
                 break
             x = _as_input(pixels[rows], cfg["mean"], cfg["std"], rng if cfg["augment"] else None, device)
             y = torch.from_numpy(labels[rows]).to(device)
-            drawn = rng.integers(0, len(outliers), len(rows))
-            xo = _as_input(outliers[drawn], cfg["mean"], cfg["std"], rng if cfg["augment"] else None, device)
-            if cfg["method"] == "oe":
-                logits = model(torch.cat([x, xo]))
-                loss = oe_loss(logits[:len(rows)], y, logits[len(rows):], cfg["oe_weight"])
-            else:
-                mixed, lam = mix(x, xo, cfg["mix_op"], cfg["alpha"], rng)
-                logits = model(torch.cat([x, mixed]))
-                loss = mixoe_loss(logits[:len(rows)], y, logits[len(rows):], lam, cfg["mixoe_weight"])
+            loss = _batch_loss(model, x, y, outliers, cfg, rng, device)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total_loss += float(loss) * len(rows)
+            total_loss += float(loss.detach()) * len(rows)
             seen += len(rows)
         metrics = {"epoch": epoch + 1, "loss": total_loss / max(seen, 1), "learning_rate": scheduler.get_last_lr()[0]}
         if rank == 0:
             module = model.module if hasattr(model, "module") else model
             metrics["validation_accuracy"] = _accuracy(module, pixels[validation_rows], labels[validation_rows], cfg, device)
+            metrics["seconds"] = time.perf_counter() - epoch_started
             history.append(metrics)
             buffer = io.BytesIO()
             torch.save({"model": {k: v.cpu() for k, v in module.state_dict().items()}, "optimizer": optimizer.state_dict(),

@@ -86,18 +86,19 @@ def msp(weights: Path, entry: dict, folder: Path) -> np.ndarray:
         return torch.softmax(model(x), dim=1).max(dim=1).values.numpy()
 
 
-def finetune(data: Path, out: Path, *sets: str):
+def finetune(data: Path, out: Path, *sets: str, outliers: bool = True, model: str = MODEL):
     from ood_ray.finetune.run import run_finetune
 
-    config = load_config(None, [MODEL, *QUICK, *sets], source=str(data / "id"), out=str(out))
-    return run_finetune(config, str(data / "outliers"), holdout_classes=["held"])
+    config = load_config(None, [model, *QUICK, *sets], source=str(data / "id"), out=str(out))
+    return run_finetune(config, str(data / "outliers") if outliers else None, holdout_classes=["held"])
 
 
 @pytest.fixture(scope="module")
 def without_outliers(ray_session, finetune_data, tmp_path_factory):
-    """The same fine-tune with the outlier term weighted 0 (plain cross-entropy): the baseline."""
+    """The same fine-tune without outliers (``method: ce``, plain cross-entropy): the baseline."""
     out = tmp_path_factory.mktemp("baseline")
-    record = finetune(finetune_data, out, "finetune.method=oe", "finetune.oe_weight=0", "finetune.epochs=10")
+    record = finetune(finetune_data, out, "finetune.method=ce", "finetune.epochs=10", outliers=False)
+    assert record["method"] == "ce" and record["data"]["outlier_counts"] == {}
     return msp(out / "model.safetensors", record["model"], finetune_data / "test_ood")
 
 
@@ -174,8 +175,36 @@ def test_a_killed_fine_tune_resumes_to_the_same_weights(ray_session, finetune_da
     assert "started with other settings (finetune)" in (tmp_path / "third.log").read_text()
 
 
+def test_a_head_only_fine_tune_trains_the_last_layer_alone(ray_session, finetune_data, tmp_path):
+    """``layers: head``: every tensor of the body -- batch-norm statistics and counters included -- is
+    the base model's, the new 3-class head is trained."""
+    from safetensors.torch import load_file
+
+    from ood_ray.finetune.train import build_classifier
+
+    model = "models=[{name: test_resnet}]"
+    record = finetune(finetune_data, tmp_path, "finetune.method=ce", "finetune.layers=head", "finetune.epochs=1",
+                      outliers=False, model=model)
+    tuned = load_file(str(tmp_path / "model.safetensors"))
+    spec = load_config(None, [model], source="x", out="y").models[0]
+    base = build_classifier({"spec": spec, "import_root": None, "num_classes": 3, "seed": 0}).state_dict()
+    assert tuned.keys() == base.keys() and {"fc.weight", "fc.bias"} <= set(base)
+    changed = {key for key in base if not torch.equal(base[key], tuned[key])}
+    assert changed == {"fc.weight", "fc.bias"}, changed
+    assert record["settings"]["layers"] == "head" and record["model"]["num_classes"] == 3
+
+
 def test_bad_settings_fail_at_once_with_the_key():
     with pytest.raises(ConfigError, match="finetune.method='sgd'"):
         load_config(None, ["finetune.method=sgd"], source="x", out="y")
     with pytest.raises(ConfigError, match="finetune.validation_fraction"):
         load_config(None, ["finetune.validation_fraction=1.5"], source="x", out="y")
+    with pytest.raises(ConfigError, match="finetune.layers='body'"):
+        load_config(None, ["finetune.layers=body"], source="x", out="y")
+    from ood_ray.finetune.run import run_finetune
+
+    # outliers where the method takes none, none where it needs them: refused before anything starts
+    with pytest.raises(ConfigError, match="--outliers='o'.*trains without outliers"):
+        run_finetune(load_config(None, [MODEL, "finetune.method=ce"], source="x", out="y"), "o")
+    with pytest.raises(ConfigError, match="--outliers: finetune.method='oe' needs"):
+        run_finetune(load_config(None, [MODEL, "finetune.method=oe"], source="x", out="y"), None)
