@@ -138,3 +138,25 @@ def comparable(out: Path, table: str) -> list[dict]:
         for name in RUN_SPECIFIC:
             row.pop(name, None)
     return sorted(rows, key=lambda r: repr(sorted((k, repr(v)) for k, v in r.items())))
+
+
+def differences(a: list[dict], b: list[dict], limit: int = 5) -> str:
+    """Where two :func:`comparable` results differ, for an assertion's message: the row counts, or
+    the first ``limit`` differing rows (paired by ``image_id`` when that identifies them) with the
+    columns that differ and both values."""
+    if len(a) != len(b):
+        return f"{len(a)} rows against {len(b)}"
+    ids = [row.get("image_id") for row in a]
+    if None not in ids and len(set(ids)) == len(ids) and sorted(ids) == sorted(row.get("image_id") for row in b):
+        by_id = {row["image_id"]: row for row in b}
+        pairs = [(row, by_id[row["image_id"]]) for row in a]
+    else:
+        pairs = list(zip(a, b))
+    found = []
+    for x, y in pairs:
+        if x != y:
+            columns = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+            found.append(f"{x.get('image_id', '?')}: " + ", ".join(f"{k} {x.get(k)!r} vs {y.get(k)!r}" for k in columns))
+            if len(found) == limit:
+                break
+    return "; ".join(found) or "equal"

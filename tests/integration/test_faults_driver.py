@@ -19,6 +19,7 @@ from faults import (  # noqa: E402
     EMBEDDER,
     audit_command,
     comparable,
+    differences,
     kill_driver,
     ledger_parts,
     make_dataset,
@@ -91,7 +92,8 @@ def test_the_resumed_run_equals_an_uninterrupted_one(killed_and_resumed):
     assert run["run_id"] != killed_and_resumed["committed"]["run_id"]
     assert run["objects_in"] == run["rows_out"] == killed_and_resumed["committed"]["rows_out"]
     for table in TABLES:
-        assert comparable(out, table) == killed_and_resumed["expected"][table], table
+        got = comparable(out, table)
+        assert got == killed_and_resumed["expected"][table], (table, differences(got, killed_and_resumed["expected"][table]))
     resume = run["resume"]
     assert resume["resumes"] == 5
     assert 0 < resume["rows_kept"] < run["objects_in"]

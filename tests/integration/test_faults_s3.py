@@ -89,7 +89,7 @@ def test_a_run_on_s3_killed_between_stages_resumes_to_the_same_tables(ray_sessio
     from ood_ray.pipeline import run_audit
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
-    from faults import comparable, kill_driver, start, wait_for
+    from faults import comparable, differences, kill_driver, start, wait_for
 
     sets = ["io.rows_per_block=16"]
     baseline = f"s3://{BUCKET}/runs/resume-baseline"
@@ -106,5 +106,6 @@ def test_a_run_on_s3_killed_between_stages_resumes_to_the_same_tables(ray_sessio
     resumed = run_audit(load_config(None, sets, source=str(s3_objects["manifest"]), out=out), resume=True)
     assert resumed["resume"]["resumes"] == 1 and resumed["stage_seconds"]["scan"] == 0.0
     for table in ("images", "channels", "lint", "duplicates"):
-        assert comparable(out, table) == comparable(baseline, table), table
+        got, want = comparable(out, table), comparable(baseline, table)
+        assert got == want, (table, differences(got, want))
     assert [uri for uri, _ in storage.list_files(f"{out}/_runs")] == []
