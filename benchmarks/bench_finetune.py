@@ -16,7 +16,7 @@ Four models, each made by ``ood-ray finetune`` (``run_finetune``) on the test su
 
 Auxiliary outliers: ``--outliers`` random square crops (side 64-384 px, resized to 32 px) of the
 ImageNet photos of ``foolbox_samples/imagenet_20`` whose classes are not CIFAR-10 classes (the dogs,
-birds and the jeep are left out: 14 photos) -- a source different from every test OOD set.
+birds and the two jeeps are left out: 13 photos) -- a source different from every test OOD set.
 
 Each model is then judged the documented way: ``ood-ray holdout`` of the same manifest with its
 ``model.yaml`` (ID = the 6 classes of CIFAR-10 test, the held-out 4 classes of CIFAR-10 test as

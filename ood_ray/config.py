@@ -178,7 +178,8 @@ class FinetuneConfig:
     with mixup, ``Beta(alpha, alpha)``, weight 5. ``validation_fraction``: ID rows held out (seeded)
     for the per-epoch accuracy; ``max_images``: at most this many decoded images per source (a
     seeded sample beyond; they are held in the object store); ``num_workers``/``use_gpu``: Ray Train's
-    scaling."""
+    scaling; ``cpus_per_worker``: CPUs (and torch threads) of each worker (default: the cluster's
+    CPUs split evenly between the workers -- a 1-CPU worker trains on one core)."""
 
     method: str = "mixoe"
     layers: str = "all"
@@ -196,6 +197,7 @@ class FinetuneConfig:
     validation_fraction: float = 0.1
     max_images: int = 200_000
     num_workers: int = 1
+    cpus_per_worker: int | None = None
     use_gpu: bool = False
     seed: int = 0
 
@@ -208,7 +210,7 @@ class FinetuneConfig:
             _fail(f"{prefix}.layers", self.layers, f"must be one of {', '.join(FINETUNE_LAYERS)}")
         if self.mix_op not in MIX_OPS:
             _fail(f"{prefix}.mix_op", self.mix_op, f"must be one of {', '.join(MIX_OPS)}")
-        for key in ("epochs", "batch_size", "learning_rate", "alpha", "max_images", "num_workers"):
+        for key in ("epochs", "batch_size", "learning_rate", "alpha", "max_images", "num_workers", "cpus_per_worker"):
             _check_positive(f"{prefix}.{key}", getattr(self, key))
         for key in ("min_learning_rate", "momentum", "weight_decay", "oe_weight", "mixoe_weight"):
             _check_positive(f"{prefix}.{key}", getattr(self, key), allow_zero=True)

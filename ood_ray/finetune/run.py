@@ -125,7 +125,8 @@ def run_finetune(config: AuditConfig, outliers: str | None, split: str | None = 
             "method": cfg.method, "layers": cfg.layers, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
             "min_learning_rate": cfg.min_learning_rate, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
             "oe_weight": cfg.oe_weight, "mixoe_weight": cfg.mixoe_weight, "mix_op": cfg.mix_op, "alpha": cfg.alpha,
-            "augment": cfg.augment, "checkpoints": checkpoints, "resume_from": resume_from}
+            "augment": cfg.augment, "checkpoints": checkpoints, "resume_from": resume_from,
+            "threads": cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)}
     train_started = time.perf_counter()
     run_trainer(loop, cfg.num_workers, cfg.use_gpu, storage.join(out, "_train"))
     train_seconds = time.perf_counter() - train_started

@@ -138,6 +138,7 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])
     model = build_classifier(cfg)
     head_only = cfg["layers"] == "head"
@@ -204,7 +205,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
 
 
 def run_trainer(cfg: dict[str, Any], num_workers: int, use_gpu: bool, storage_path: str) -> Any:
-    """``TorchTrainer.fit`` of :func:`train_loop`; the result (errors raised)."""
+    """``TorchTrainer.fit`` of :func:`train_loop` on ``num_workers`` workers of ``cfg["threads"]``
+    CPUs each; the result (errors raised)."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -214,7 +216,8 @@ def run_trainer(cfg: dict[str, Any], num_workers: int, use_gpu: bool, storage_pa
     if not storage.is_s3(storage_path):
         os.makedirs(storage_path, exist_ok=True)
     trainer = TorchTrainer(train_loop, train_loop_config=cfg,
-                           scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+                           scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                                        resources_per_worker={"CPU": cfg["threads"]}),
                            run_config=run_config("ood-ray-finetune", storage_path))
     result = trainer.fit()
     if result.error is not None:
