@@ -288,7 +288,9 @@ class DedupConfig:
     The join is a hash-partitioned shuffle in Ray tasks; ``partitions`` reduce tasks (``0``: one per
     4 million ``(band combination, hash)`` keys, at least 4). ``verify``: link two images only when
     their pixel means differ by at most ``verify_mean_difference`` and their standard deviations
-    (+0.01) by at most a factor ``verify_contrast_ratio`` (see ood_ray.dedup.hash_groups.PhotometricCheck).
+    (+0.01) by at most a factor ``verify_contrast_ratio``, and, when both are colour pictures, the red
+    and blue shares of their channel means by at most ``verify_colour_difference`` (``null``: no
+    colour term; see ood_ray.dedup.hash_groups.PhotometricCheck).
     """
 
     enabled: bool = True
@@ -300,6 +302,7 @@ class DedupConfig:
     verify: bool = True
     verify_mean_difference: float = 0.25
     verify_contrast_ratio: float = 2.0
+    verify_colour_difference: float | None = 0.06
 
     def validate(self, prefix: str) -> None:
         if not 0 <= self.near_distance <= 16:
@@ -316,12 +319,15 @@ class DedupConfig:
             _fail(f"{prefix}.verify_mean_difference", self.verify_mean_difference, "must be in (0, 1]")
         if not self.verify_contrast_ratio >= 1:
             _fail(f"{prefix}.verify_contrast_ratio", self.verify_contrast_ratio, "must be >= 1")
+        if self.verify_colour_difference is not None and not 0 < self.verify_colour_difference <= 1:
+            _fail(f"{prefix}.verify_colour_difference", self.verify_colour_difference, "must be in (0, 1] or null")
 
     def photometric_check(self) -> Any:
         """The check near pairs must pass (``None`` when ``verify`` is off)."""
         from ood_ray.dedup.hash_groups import PhotometricCheck
 
-        return PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio) if self.verify else None
+        return (PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio, self.verify_colour_difference)
+                if self.verify else None)
 
     @property
     def effective_bands(self) -> int:

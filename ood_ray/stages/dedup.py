@@ -37,7 +37,9 @@ class DedupStage(Stage):
             files["duplicate_pairs"] = [(ctx.layout.write_part("duplicate_pairs", "00000", pairs, ctx.retry), pairs.num_rows)]
             groups = embedding_groups(pairs, 1.0 - cfg.knn.duplicate_similarity)
         parts = ctx.parts()
-        duplicates, hash_pairs, summary = run_dedup(parts, cfg.dedup, ctx.inputs.num_rows, groups)
+        channel_uris = [uri for uri, _ in ctx.files.get("channels", [])]
+        duplicates, hash_pairs, summary = run_dedup(parts, cfg.dedup, ctx.inputs.num_rows, groups,
+                                                    ctx.parts(channel_uris) if channel_uris else None)
         files["duplicates"] = [(ctx.layout.write_part("duplicates", "00000", duplicates, ctx.retry), duplicates.num_rows)]
         if hash_pairs.num_rows:
             files.setdefault("duplicate_pairs", []).append(

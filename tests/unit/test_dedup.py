@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -235,3 +236,47 @@ def test_the_photometric_check_splits_hash_alike_images_that_are_not_copies():
 
     assert groups() == [{"light", "light_brighter"}]
     assert groups("dedup.verify=false") == [set(names)]
+
+
+def _stripes(colour: tuple[int, int, int], size: int = 64, period: int = 8) -> np.ndarray:
+    x = np.arange(size)
+    band = (x // (period // 2)) % 2 == 0
+    picture = np.where(band[None, :, None], np.asarray(colour, np.float64)[None, None, :], 245.0)
+    return np.broadcast_to(picture, (size, size, 3)).astype(np.uint8)
+
+
+def test_the_colour_term_splits_stripes_of_other_colours_and_keeps_gray_and_brighter_copies():
+    """Red and teal stripes of one luma on white hash alike and have the same mean and contrast:
+    only their colour balance tells them apart. A +30% brighter copy of the red stripes keeps its
+    balance, and a grayscale copy has none to compare: both stay in the red stripes' group. The
+    shares come from the ``channels`` parts, for the members only."""
+    from ood_ray.lint.issues import absolute_scores
+    from ood_ray.stats.image import compute_images_stats
+
+    red = _stripes((200, 100, 100))
+    images = {"red": red, "teal": _stripes((40, 150, 140)),
+              "red_brighter": np.clip(red.astype(np.float64) * 1.3, 0, 255).astype(np.uint8),
+              "red_gray": np.repeat(np.asarray(Image.fromarray(red).convert("L"))[..., None], 3, axis=2)}
+    stats = compute_images_stats(list(images.values()), [8] * len(images))
+    names, n = list(images), len(images)
+    assert len(set(stats.phash)) <= 2 and max(bin(a ^ stats.phash[0]).count("1") for a in stats.phash) <= 4
+    ids = [f"id{i:05d}" for i in range(n)]
+    table = pa.table({"image_id": ids, "status": ["ok"] * n, "phash": pa.array(stats.phash, pa.uint64()),
+                      "hash_pixels": stats.hash_pixels, "mean": stats.image["mean"], "std": stats.image["std"],
+                      "score_grayscale": absolute_scores({**stats.quality, "width": stats.image["width"],
+                                                          "height": stats.image["height"]})["grayscale"]})
+    channels = pa.table({"image_id": [i for i in ids for _ in range(3)], "band": ["R", "G", "B"] * n,
+                         "mean": [float(v) for x in images.values() for v in x.reshape(-1, 3).mean(axis=0) / 255]})
+
+    def groups(*overrides, with_channels=True):
+        duplicates, pairs, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides),
+                                         channel_parts=LocalParts([channels]) if with_channels else None)
+        found: dict[str, set[str]] = {}
+        for row in duplicates.to_pylist():
+            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
+        return sorted(found.values(), key=len)
+
+    assert groups() == [{"red", "red_brighter", "red_gray"}]
+    # without the colour term (or without the channels to read it from) the teal stripes join
+    assert groups("dedup.verify_colour_difference=null") == [set(names)]
+    assert groups(with_channels=False) == [set(names)]
