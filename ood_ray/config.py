@@ -179,7 +179,7 @@ class FinetuneConfig:
     for the per-epoch accuracy; ``max_images``: at most this many decoded images per source (a
     seeded sample beyond; they are held in the object store); ``num_workers``/``use_gpu``: Ray Train's
     scaling; ``cpus_per_worker``: CPUs (and torch threads) of each worker (default: the cluster's
-    CPUs split evenly between the workers -- a 1-CPU worker trains on one core)."""
+    CPUs split evenly between the workers, at most one node's -- a 1-CPU worker trains on one core)."""
 
     method: str = "mixoe"
     layers: str = "all"

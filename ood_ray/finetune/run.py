@@ -52,6 +52,16 @@ def _validation_rows(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np
     return np.sort(order[held:]), np.sort(order[:held])
 
 
+def default_worker_cpus(num_workers: int) -> int:
+    """CPUs per Ray Train worker when ``finetune.cpus_per_worker`` is not set: the cluster's CPUs
+    split between the workers, at most one node's worth (a worker lives on one node), at least 1."""
+    import ray
+
+    per_node = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node.get("Alive")), default=1)
+    total = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(min(per_node, total // num_workers)))
+
+
 def model_entry(spec: Any, alias: str, checkpoint: str, class_names: list[str]) -> dict[str, Any]:
     """The ``models:`` entry of the fine-tuned model: the base entry with the new weights and head."""
     entry = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None and k not in ("pretrained", "alias")}
@@ -104,7 +114,8 @@ def run_finetune(config: AuditConfig, outliers: str | None, split: str | None = 
     train_rows, validation_rows = _validation_rows(len(labels), cfg.validation_fraction, cfg.seed)
     settings = {"source": config.source, "outliers": outliers, "split": split, "held_out": exclude,
                 "model": dataclasses.asdict(config.models[0]), "finetune": dataclasses.asdict(cfg),
-                "class_names": class_names, "images": len(id_set), "outlier_images": len(outlier_set) if outlier_set else 0}
+                "class_names": class_names, "images": len(id_set),
+                "outlier_images": len(outlier_set) if outlier_set is not None else 0}
     settings_uri = storage.join(out, SETTINGS_FILE)
     resume_from = None
     if resume:
@@ -120,13 +131,15 @@ def run_finetune(config: AuditConfig, outliers: str | None, split: str | None = 
         storage.write_bytes_atomic(settings_uri, json.dumps(settings, indent=2).encode())
     loop = {"spec": config.models[0], "import_root": info.import_root, "num_classes": len(class_names), "seed": cfg.seed,
             "mean": info.data_config["mean"], "std": info.data_config["std"],
-            "id_pixels": ray.put(id_set.pixels), "id_labels": labels.tolist(), "outlier_pixels": ray.put(outlier_set.pixels) if outlier_set else None,
+            "id_pixels": ray.put(id_set.pixels), "id_labels": labels.tolist(),
+            "outlier_pixels": ray.put(outlier_set.pixels) if outlier_set is not None else None,
             "train_rows": train_rows.tolist(), "validation_rows": validation_rows.tolist(),
-            "method": cfg.method, "layers": cfg.layers, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+            "method": cfg.method, "layers": cfg.layers, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "learning_rate": cfg.learning_rate,
             "min_learning_rate": cfg.min_learning_rate, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay,
             "oe_weight": cfg.oe_weight, "mixoe_weight": cfg.mixoe_weight, "mix_op": cfg.mix_op, "alpha": cfg.alpha,
             "augment": cfg.augment, "checkpoints": checkpoints, "resume_from": resume_from,
-            "threads": cfg.cpus_per_worker or max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.num_workers)}
+            "threads": cfg.cpus_per_worker or default_worker_cpus(cfg.num_workers)}
     train_started = time.perf_counter()
     run_trainer(loop, cfg.num_workers, cfg.use_gpu, storage.join(out, "_train"))
     train_seconds = time.perf_counter() - train_started
@@ -143,7 +156,8 @@ def run_finetune(config: AuditConfig, outliers: str | None, split: str | None = 
                                  "sha256": _sha256(config.models[0].checkpoint), "num_classes": info.num_classes},
         "method": cfg.method, "settings": dataclasses.asdict(cfg), "class_names": class_names, "held_out": exclude,
         "data": {"source": config.source, "split": split, "counts": id_set.counts, "train": len(train_rows),
-                 "validation": len(validation_rows), "outliers": outliers, "outlier_counts": outlier_set.counts if outlier_set else {}},
+                 "validation": len(validation_rows), "outliers": outliers,
+                 "outlier_counts": outlier_set.counts if outlier_set is not None else {}},
         "epochs": final["history"], "resumed_from": resume_from,
         "seconds": {"total": time.perf_counter() - started, "train": train_seconds,
                     "per_epoch": float(np.mean([e["seconds"] for e in final["history"]]))},
