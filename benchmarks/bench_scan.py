@@ -8,9 +8,9 @@ CIFAR-10 test JPEGs (32 x 32) and on real photos of at least 640 x 480 (DTD orig
 - ``ours_stats``: ``compute_images_stats`` on the decoded arrays, in blocks of 64 as a worker
   does, with per-channel sharpness on (every statistic, per image and per channel,
   ``hash_pixels``, phash, dhash and the default D4 hash, phash_d4) -- the same work as the DataEval calls below;
-- ``ours_full``: ``scan_blobs`` on blocks of 64 objects' bytes with the shipped defaults:
-  ``hash_file`` + decode + statistics and hashes (per-channel sharpness off) -- what a worker
-  does with a block;
+- ``ours_full``: ``scan_blobs`` on blocks of 64 objects' bytes with the shipped defaults (the scan stage's settings, built alike):
+  ``hash_file`` + decode + statistics, hashes and the named quality measures (per-channel
+  sharpness off) -- what a worker does with a block;
 - ``dataeval_stats``: DataEval's ``compute_stats`` on the same decoded arrays (channels first) with
   the same families -- pixel, visual, dimension statistics, xxhash, phash, dhash and the
   flip/rotation-invariant phash_d4 -- and ``per_channel=True`` run separately as we also
@@ -44,13 +44,15 @@ SHARED = REPO.parent / "shared" / "data"
 
 from bench_setup import prepare  # noqa: E402
 
+from ood_ray.config import load_config  # noqa: E402
 from ood_ray.io.decode import decode_image  # noqa: E402
 from ood_ray.scan import DEFAULT_D4_HASHES, ScanSettings, scan_blobs  # noqa: E402
 from ood_ray.stats.image import compute_images_stats  # noqa: E402
 
 BLOCK = 64  # io.rows_per_block default
-#: The shipped defaults (per-channel sharpness off).
-SETTINGS = ScanSettings(max_pixels=178_956_970, max_file_bytes=1 << 30, fetch_threads=1, per_channel_sharpness=False)
+#: The scan settings of an audit with the shipped defaults (the statistics, hashes, the D4 hash and the
+#: named quality measures), built by the same constructor as the scan stage's.
+SETTINGS = ScanSettings.from_config(load_config(None, [], source=".", out="."))
 
 
 def load_cifar(n: int) -> list[bytes]:

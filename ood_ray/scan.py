@@ -80,6 +80,23 @@ class ScanSettings:
     #: ``(issue, threshold)`` of the absolute named quality issues (empty: not computed).
     quality_thresholds: tuple[tuple[str, float], ...] = ()
 
+    @classmethod
+    def from_config(cls, cfg: Any, model_inputs: tuple[tuple[str, dict[str, Any]], ...] = (), run_id: str = "",
+                    retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> "ScanSettings":
+        """The settings of an audit with config ``cfg`` (the scan stage's and ``bench_scan.py``'s)."""
+        from ood_ray.lint.issues import ABSOLUTE_ISSUES
+        from ood_ray.stats.d4 import d4_methods
+
+        return cls(
+            max_pixels=cfg.io.max_pixels, max_file_bytes=cfg.io.max_file_bytes, fetch_threads=cfg.io.fetch_threads,
+            per_channel_sharpness=cfg.stats.per_channel_sharpness, model_inputs=model_inputs,
+            autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
+            max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
+            task_num_cpus=cfg.ray.task_num_cpus, run_id=run_id, retry=retry,
+            d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else (),
+            quality_thresholds=tuple((name, cfg.quality.threshold(name)) for name in ABSOLUTE_ISSUES)
+            if cfg.quality.enabled else ())
+
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
         budget = self.max_decode_bytes

@@ -43,7 +43,6 @@ from ood_ray.columns import (
 from ood_ray.io import storage
 from ood_ray.io.inputs import SEQUENCE
 from ood_ray.io.memory import default_decode_budget
-from ood_ray.lint.issues import ABSOLUTE_ISSUES
 from ood_ray.run.sink import PartSink
 from ood_ray.stages.base import Stage, StageResult
 from ood_ray.stats.image import CHANNEL_STAT_NAMES
@@ -141,7 +140,6 @@ class ScanStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.embed.preprocess import preprocessing_key
         from ood_ray.scan import ScanSettings
-        from ood_ray.stats.d4 import d4_methods
 
         cfg = ctx.section(self)
         staged = bool(ctx.infos) or cfg.autoencoder.enabled
@@ -152,15 +150,7 @@ class ScanStage(Stage):
         started = time.perf_counter()
         if plan.rows:
             model_inputs = {preprocessing_key(info.data_config): info.data_config for info in ctx.infos}
-            settings = ScanSettings(
-                max_pixels=cfg.io.max_pixels, max_file_bytes=cfg.io.max_file_bytes, fetch_threads=cfg.io.fetch_threads,
-                per_channel_sharpness=cfg.stats.per_channel_sharpness, model_inputs=tuple(model_inputs.items()),
-                autoencoder_size=cfg.autoencoder.image_size if cfg.autoencoder.enabled else 0,
-                max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
-                task_num_cpus=cfg.ray.task_num_cpus, run_id=ctx.layout.run_id, retry=ctx.retry,
-                d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else (),
-                quality_thresholds=tuple((name, cfg.quality.threshold(name)) for name in ABSOLUTE_ISSUES)
-                if cfg.quality.enabled else ())
+            settings = ScanSettings.from_config(cfg, tuple(model_inputs.items()), ctx.layout.run_id, ctx.retry)
         if plan.rows and ctx.local:
             from ood_ray.io.memory import node_cpus
             from ood_ray.run.local import scan_locally
