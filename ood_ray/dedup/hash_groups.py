@@ -297,14 +297,15 @@ def select_colour_shares(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
     return pa.table({"image_id": joined.column("image_id"), COLOUR_SHARES[0]: red_share, COLOUR_SHARES[1]: blue_share})
 
 
+def _concat_tables(total: list[pa.Table], part: pa.Table | list[pa.Table]) -> list[pa.Table]:
+    """Merge step of a pass whose parts give a table (or, merged, a list of them): all of them."""
+    return [*total, *(part if isinstance(part, list) else [part])]
+
+
 def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> dict[str, list[pa.Table]]:
     for method, rows in part.items():
-        total.setdefault(method, []).extend(rows if isinstance(rows, list) else [rows])
+        total[method] = _concat_tables(total.get(method, []), rows)
     return total
-
-
-def _concat_tables(total: list[pa.Table], part: pa.Table | list[pa.Table]) -> list[pa.Table]:
-    return [*total, *(part if isinstance(part, list) else [part])]
 
 
 def columns_for(methods: list[str]) -> list[str]:
