@@ -5,6 +5,7 @@ and the comparison of two runs' tables. Nothing here imitates a fault: processes
 from __future__ import annotations
 
 import glob
+import math
 import os
 import signal
 import subprocess
@@ -137,7 +138,42 @@ def comparable(out: Path, table: str) -> list[dict]:
     for row in rows:
         for name in RUN_SPECIFIC:
             row.pop(name, None)
-    return sorted(rows, key=lambda r: repr(sorted((k, repr(v)) for k, v in r.items())))
+    return sorted(rows, key=lambda r: (repr(sorted((k, _rounded(v)) for k, v in r.items())),
+                                       repr(sorted((k, repr(v)) for k, v in r.items()))))
+
+
+def _rounded(value: object) -> str:
+    """A value's ``repr`` with floats to 4 significant digits: the sort key that pairs two runs' rows
+    even where a float differs in its last bits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_rounded(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_rounded(v)}" for k, v in sorted(value.items())) + "}"
+    return repr(value)
+
+
+#: How far two runs' floats may differ and still be the same value: float32 rounding of a float64
+#: computation, whose last bits depend on how rows were batched (BLAS kernels differ with the
+#: block's shape; a Mahalanobis distance through a near-singular pseudo-inverse shows it).
+REL_TOL, ABS_TOL = 1e-5, 1e-7
+
+
+def same_value(x: object, y: object) -> bool:
+    """Equal, floats (also inside lists and dicts) to :data:`REL_TOL` / :data:`ABS_TOL`, NaN == NaN."""
+    if isinstance(x, float) and isinstance(y, float):
+        return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+        return len(x) == len(y) and all(same_value(a, b) for a, b in zip(x, y))
+    if isinstance(x, dict) and isinstance(y, dict):
+        return x.keys() == y.keys() and all(same_value(x[k], y[k]) for k in x)
+    return x == y
+
+
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Two :func:`comparable` results hold the same rows (see :func:`same_value`)."""
+    return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
 
 
 def differences(a: list[dict], b: list[dict], limit: int = 5) -> str:
@@ -154,8 +190,8 @@ def differences(a: list[dict], b: list[dict], limit: int = 5) -> str:
         pairs = list(zip(a, b))
     found = []
     for x, y in pairs:
-        if x != y:
-            columns = sorted(k for k in set(x) | set(y) if x.get(k) != y.get(k))
+        if not same_value(x, y):
+            columns = sorted(k for k in set(x) | set(y) if not same_value(x.get(k), y.get(k)))
             found.append(f"{x.get('image_id', '?')}: " + ", ".join(f"{k} {x.get(k)!r} vs {y.get(k)!r}" for k in columns))
             if len(found) == limit:
                 break
