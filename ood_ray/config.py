@@ -27,10 +27,12 @@ class ConfigError(ValueError):
 
 LINT_METHODS: dict[str, float] = {"adaptive": 3.5, "zscore": 3.0, "modzscore": 3.5, "iqr": 1.5}
 LAYOUTS = ("auto", "split/label", "label", "flat")
-NEAR_METHODS = ("phash", "dhash", "phash_d4", "dhash_d4")
+NEAR_METHODS = ("phash", "dhash", "phash_d4", "dhash_d4", "phash_crop")
 #: The default near methods: dhash_d4 links many distinct periodic textures (measured by
 #: benchmarks/bench_duplicates.py) for no recall that phash_d4 does not already give.
-DEFAULT_NEAR_METHODS = ("phash", "dhash", "phash_d4")
+DEFAULT_NEAR_METHODS = ("phash", "dhash", "phash_d4", "phash_crop")
+#: The centre scales of ``phash_crop`` (ood_ray.stats.centre).
+DEFAULT_CROP_SCALES = (0.94, 0.88, 0.82)
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -290,7 +292,9 @@ class DedupConfig:
     their pixel means differ by at most ``verify_mean_difference`` and their standard deviations
     (+0.01) by at most a factor ``verify_contrast_ratio``, and, when both are colour pictures, the red
     and blue shares of their channel means by at most ``verify_colour_difference`` (``null``: no
-    colour term; see ood_ray.dedup.hash_groups.PhotometricCheck).
+    colour term; see ood_ray.dedup.hash_groups.PhotometricCheck). ``crop_scales``: the centre
+    scales whose ``phash`` the ``phash_crop`` method compares with other images' full ``phash``
+    (see ood_ray.stats.centre).
     """
 
     enabled: bool = True
@@ -303,6 +307,7 @@ class DedupConfig:
     verify_mean_difference: float = 0.25
     verify_contrast_ratio: float = 2.0
     verify_colour_difference: float | None = 0.06
+    crop_scales: list[float] = field(default_factory=lambda: list(DEFAULT_CROP_SCALES))
 
     def validate(self, prefix: str) -> None:
         if not 0 <= self.near_distance <= 16:
@@ -321,6 +326,9 @@ class DedupConfig:
             _fail(f"{prefix}.verify_contrast_ratio", self.verify_contrast_ratio, "must be >= 1")
         if self.verify_colour_difference is not None and not 0 < self.verify_colour_difference <= 1:
             _fail(f"{prefix}.verify_colour_difference", self.verify_colour_difference, "must be in (0, 1] or null")
+        if not isinstance(self.crop_scales, (list, tuple)) or not self.crop_scales or not all(
+                isinstance(s, (int, float)) and 0.5 <= s < 1 for s in self.crop_scales):
+            _fail(f"{prefix}.crop_scales", self.crop_scales, "must be a non-empty list of scales in [0.5, 1)")
 
     def photometric_check(self) -> Any:
         """The check near pairs must pass (``None`` when ``verify`` is off)."""

@@ -36,7 +36,9 @@ from ood_ray.io.decode import (
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
 from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES, absolute_scores
-from ood_ray.stats.d4 import D4_COLUMNS, d4_methods
+from ood_ray.stats.centre import CROP_METHOD, DEFAULT_CROP_SCALES
+from ood_ray.stats.d4 import d4_methods
+from ood_ray.stats.image import EXTRA_HASH_COLUMNS
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
@@ -77,6 +79,8 @@ class ScanSettings:
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: The flip/rotation-invariant hashes to compute (those ``dedup.near_methods`` searches).
     d4_hashes: tuple[str, ...] = DEFAULT_D4_HASHES
+    #: The centre scales of ``phash_crop`` (``dedup.crop_scales`` when ``dedup.near_methods`` searches it; empty: none).
+    crop_scales: tuple[float, ...] = DEFAULT_CROP_SCALES if CROP_METHOD in DEFAULT_NEAR_METHODS else ()
     #: ``(issue, threshold)`` of the absolute named quality issues (empty: not computed).
     quality_thresholds: tuple[tuple[str, float], ...] = ()
 
@@ -94,6 +98,7 @@ class ScanSettings:
             max_decode_bytes=cfg.io.max_decode_bytes, all_frames=cfg.io.check_all_frames,
             task_num_cpus=cfg.ray.task_num_cpus, run_id=run_id, retry=retry,
             d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else (),
+            crop_scales=tuple(cfg.dedup.crop_scales) if cfg.dedup.enabled and CROP_METHOD in cfg.dedup.near_methods else (),
             quality_thresholds=tuple((name, cfg.quality.threshold(name)) for name in ABSOLUTE_ISSUES)
             if cfg.quality.enabled else ())
 
@@ -158,7 +163,7 @@ class ScanColumns:
         self.valid = np.zeros(n, dtype=bool)
         self.stats: dict[str, np.ndarray] = {name: np.zeros(n) for name in _STATS}
         self.lists: dict[str, list[Any]] = {f"{CHANNEL_LIST_PREFIX}{name}": [None] * n for name in (*CHANNEL_STAT_NAMES, "band")}
-        self.hashes: dict[str, list[Any]] = {name: [None] * n for name in ("hash_pixels", "phash", "dhash", *D4_COLUMNS)}
+        self.hashes: dict[str, list[Any]] = {name: [None] * n for name in ("hash_pixels", "phash", "dhash", *EXTRA_HASH_COLUMNS)}
         self.inputs: dict[str, list[Any]] = {}
         #: ``{score_<issue>: float64[n]}`` (NaN where not computed) and ``{is_<issue>: threshold}``
         self.quality: dict[str, np.ndarray] = {ISSUES[name].score_column: np.full(n, np.nan) for name in ABSOLUTE_ISSUES}
@@ -191,7 +196,7 @@ class ScanColumns:
             self.hashes["hash_pixels"][row] = columns.hash_pixels[k]
             self.hashes["phash"][row] = columns.phash[k]
             self.hashes["dhash"][row] = columns.dhash[k]
-            for name in D4_COLUMNS:
+            for name in EXTRA_HASH_COLUMNS:
                 self.hashes[name][row] = columns.d4[name][k]
 
     def array(self, field: pa.Field) -> pa.Array:
@@ -247,13 +252,13 @@ def _compute_pending(columns: ScanColumns, pending: list[tuple[int, Decoded]], s
     decoded = [d for _, d in pending]
     try:
         stats = compute_images_stats([d.pixels for d in decoded], [d.depth for d in decoded], settings.per_channel_sharpness,
-                                     settings.d4_hashes, bool(settings.quality_thresholds))
+                                     settings.d4_hashes, bool(settings.quality_thresholds), settings.crop_scales)
         columns.set_stats(rows, stats, decoded, settings.quality_thresholds)
     except Exception:  # noqa: BLE001 - find the image that failed, keep the others
         for row, image in pending:
             try:
                 one = compute_images_stats([image.pixels], [image.depth], settings.per_channel_sharpness, settings.d4_hashes,
-                                           bool(settings.quality_thresholds))
+                                           bool(settings.quality_thresholds), settings.crop_scales)
                 columns.set_stats([row], one, [image], settings.quality_thresholds)
             except Exception as exc:  # noqa: BLE001 - a statistic failing on one image is that row's error
                 columns.fail(row, f"statistics failed: {short_error(exc)}")

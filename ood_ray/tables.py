@@ -6,7 +6,7 @@
 - object: ``file_size`` (bytes), ``hash_file``, ``status``, ``error``
 - decode: ``format``, ``mode`` (as stored), ``frames``
 - geometry and statistics: :data:`ood_ray.stats.image.IMAGE_STAT_NAMES`
-- hashes: ``hash_pixels``, ``phash``, ``dhash``, ``phash_d4``, ``dhash_d4`` (with the D4 transform each came from)
+- hashes: ``hash_pixels``, ``phash``, ``dhash``, ``phash_d4``, ``dhash_d4`` (with the D4 transform each came from), ``phash_crop`` (centre hashes)
 - named quality issues: ``score_<issue>`` and ``is_<issue>`` (:mod:`ood_ray.lint.issues`); the scan
   writes the absolute ones, the ``quality`` stage adds ``score_odd_size`` / ``is_odd_size``
 
@@ -46,6 +46,7 @@ HASH_FIELDS: list[pa.Field] = [
     pa.field("phash_d4_orient", pa.int8()),
     pa.field("dhash_d4", pa.uint64()),
     pa.field("dhash_d4_orient", pa.int8()),
+    pa.field("phash_crop", pa.list_(pa.uint64())),
 ]
 #: The absolute named quality issues: ``score_<issue>`` (float64) and ``is_<issue>`` (bool) each.
 QUALITY_FIELDS: list[pa.Field] = [field for name in ABSOLUTE_ISSUES for field in (

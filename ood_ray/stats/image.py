@@ -20,7 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ood_ray.stats.centre import CROP_COLUMN, compute_batch_centre_hashes
 from ood_ray.stats.d4 import D4_COLUMNS, D4_METHODS, compute_batch_all_hashes
+
+#: The hash columns besides ``phash``/``dhash`` (``StatsColumns.d4``): the D4 hashes and the centre hashes.
+EXTRA_HASH_COLUMNS = (*D4_COLUMNS, CROP_COLUMN)
 from ood_ray.stats.hashes import compute_hash_pixels, compute_luma
 from ood_ray.stats.quality import QUALITY_MEASURES, compute_batch_quality
 from ood_ray.stats.pixels import (
@@ -74,7 +78,8 @@ class StatsColumns:
     hash_pixels: list[str]
     phash: list[int | None]
     dhash: list[int | None]
-    #: ``phash_d4``, ``phash_d4_orient``, ``dhash_d4``, ``dhash_d4_orient`` (see ood_ray.stats.d4)
+    #: ``phash_d4``, ``phash_d4_orient``, ``dhash_d4``, ``dhash_d4_orient`` (see ood_ray.stats.d4) and
+    #: ``phash_crop`` (a list per image, see ood_ray.stats.centre)
     d4: dict[str, list[int | None]] = None  # type: ignore[assignment]
     #: the quality measurements (see ood_ray.stats.quality), ``float64[N]`` each; empty when not computed
     quality: dict[str, np.ndarray] = None  # type: ignore[assignment]
@@ -110,7 +115,8 @@ def _group_by_shape(pixels: list[np.ndarray]) -> dict[tuple, list[int]]:
 
 
 def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness: bool,
-                    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True) -> StatsColumns:
+                    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True,
+                    crop_scales: tuple[float, ...] = ()) -> StatsColumns:
     n, height, width, channels = stack.shape
     if n == 1 or stack.dtype != np.uint8:
         counts = np.stack([compute_channel_histograms(image) for image in stack])
@@ -124,6 +130,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
     sharpness, channel_sharpness = compute_batch_sharpness(stack, per_channel_sharpness)
     luma = compute_luma(stack)
     phashes, dhashes, d4 = compute_batch_all_hashes(luma, d4_hashes)
+    d4[CROP_COLUMN] = compute_batch_centre_hashes(luma, crop_scales) if crop_scales else [None] * n
     measures = compute_batch_quality(stack, counts, luma) if quality else {}
 
     whole = slice(n * channels, None) if channels > 1 else slice(None)
@@ -147,7 +154,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
 
 def compute_images_stats(
     pixels: list[np.ndarray], depths: list[int], per_channel_sharpness: bool = False,
-    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True,
+    d4_hashes: tuple[str, ...] = D4_METHODS, quality: bool = True, crop_scales: tuple[float, ...] = (),
 ) -> StatsColumns:
     """Every statistic and hash of several ``(H, W, C)`` uint8/uint16 images, in input order.
 
@@ -160,12 +167,13 @@ def compute_images_stats(
     out = StatsColumns(
         image={name: np.zeros(n, np.int64 if name in _INTEGER_STATS else np.float64) for name in IMAGE_STAT_NAMES},
         channels={name: [None] * n for name in CHANNEL_STAT_NAMES},
-        hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n, d4={name: [None] * n for name in D4_COLUMNS},
+        hash_pixels=[""] * n, phash=[None] * n, dhash=[None] * n, d4={name: [None] * n for name in EXTRA_HASH_COLUMNS},
         quality={name: np.full(n, np.nan) for name in QUALITY_MEASURES} if quality else {},
     )
     for indices in _group_by_shape(pixels).values():
         stack = np.stack([pixels[i] for i in indices])
-        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness, d4_hashes, quality)
+        group = _stats_of_group(stack, [depths[i] for i in indices], per_channel_sharpness, d4_hashes, quality,
+                                crop_scales)
         for name, values in group.image.items():
             out.image[name][indices] = values
         for name, values in group.quality.items():
@@ -175,7 +183,7 @@ def compute_images_stats(
                 out.channels[name][i] = value
         for i, k in zip(indices, range(len(indices))):
             out.hash_pixels[i], out.phash[i], out.dhash[i] = group.hash_pixels[k], group.phash[k], group.dhash[k]
-            for name in D4_COLUMNS:
+            for name in EXTRA_HASH_COLUMNS:
                 out.d4[name][i] = group.d4[name][k]
     return out
 

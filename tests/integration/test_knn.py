@@ -114,7 +114,7 @@ def test_embedding_near_duplicates_find_the_planted_copies(knn_run, demo_dataset
     assert all(r["distance"] == pytest.approx(1 - r["cosine_similarity"], abs=1e-6) for r in pairs)
     # the hash groups' pairs sit beside them, each within the near distance of its method
     hashed = q(knn_run, "SELECT method, distance, cosine_similarity FROM duplicate_pairs WHERE method <> 'embedding'").to_pylist()
-    assert hashed and all(r["method"] in ("phash", "dhash", "phash_d4") and r["distance"] <= 4 for r in hashed)
+    assert hashed and all(r["method"] in ("phash", "dhash", "phash_d4", "phash_crop") and r["distance"] <= 4 for r in hashed)
     assert all(r["cosine_similarity"] is None for r in hashed)
     groups = q(knn_run, "SELECT group_id, count(*) AS n FROM duplicates WHERE method = 'embedding' GROUP BY 1").to_pylist()
     assert groups and all(g["n"] >= 2 for g in groups)
