@@ -529,6 +529,28 @@ def crop_links(members: pa.Table, h1: np.ndarray, h2: np.ndarray, dist: np.ndarr
             np.asarray([best[k] for k in keys], np.int64))
 
 
+#: The distance the cut sees between two disagreeing images: beyond any threshold, but finite
+#: (SciPy's linkage takes finite distances only).
+DISAGREE = 1e6
+
+
+def agreeing_distances(distances, photo: np.ndarray, check: PhotometricCheck):
+    """``distances`` over node indices, made infinite between two nodes whose first images disagree
+    photometrically: the complete-linkage cut then keeps only members that are all pairwise
+    close *and* agreeing. Without it a group can hold two pictures that disagree (a purple and a
+    blue texture) when each agrees with a third member that links them (a gray one)."""
+
+    def agreeing(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        a = np.asarray(a, np.int64)
+        b = a if b is None else np.asarray(b, np.int64)
+        matrix = distances(a, None if b is a else b)
+        rows, cols = np.repeat(a, len(b)), np.tile(b, len(a))
+        agree = check.agree(photo[rows], photo[cols]).reshape(len(a), len(b))
+        return np.where(agree, matrix, DISAGREE)
+
+    return agreeing
+
+
 def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndarray, dist: np.ndarray,
                      max_distance: int | None = None, exhaustive_max: int = 2000,
                      check: PhotometricCheck | None = None) -> tuple[pa.Table, pa.Table]:
@@ -574,11 +596,12 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
     crop = "centre" in members.column_names
     if max_distance is not None:
         if crop:
-            distances = crop_distance_matrix(hashes[leaders], *(m[leaders] for m in _centre_matrix(members)))
-            labels = cut_components(labels, lambda group: split_component(distances, group, max_distance, exhaustive_max))
+            base = crop_distance_matrix(hashes[leaders], *(m[leaders] for m in _centre_matrix(members)))
         else:
-            labels = cut_components(labels, lambda group: split_component(hamming_matrix, node_values[group], max_distance,
-                                                                           exhaustive_max))
+            def base(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+                return hamming_matrix(node_values[a], None if b is None else node_values[b])
+        distances = base if check is None else agreeing_distances(base, photo[leaders], check)
+        labels = cut_components(labels, lambda group: split_component(distances, group, max_distance, exhaustive_max))
     inside = labels[e1] == labels[e2]
     e1, e2, ed = e1[inside], e2[inside], ed[inside]
 

@@ -29,6 +29,8 @@ import xxhash
 from PIL import Image
 from scipy.fft import dct
 
+from ood_ray.stats.resample import MATRIX_MAX_PIXELS, resize_stack
+
 HASH_SIZE = 8
 _MAX_FACTOR = 4
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -110,17 +112,23 @@ def dhash_values(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def resized_for_hashes(lumas: np.ndarray, kinds: tuple[str, ...] = ("phash", "dhash")
                        ) -> tuple[np.ndarray | None, np.ndarray | None] | None:
     """The Lanczos resizes both hashes start from: ``(N, s, s)`` for phash and ``(N, 9, 9)`` for
-    dhash (float64; ``None`` for a kind not in ``kinds``), or ``None`` below 9 px on a side. Each
-    luma image is wrapped once as a Pillow image and resized once per kind."""
+    dhash (float64; ``None`` for a kind not in ``kinds``), or ``None`` below 9 px on a side. Small
+    images (up to ``MATRIX_MAX_PIXELS``) are resized as a stack by :func:`ood_ray.stats.resample.resize_stack`
+    (Pillow's bytes, without a Pillow call per image); larger ones are wrapped once as a Pillow
+    image and resized once per kind."""
     n, height, width = lumas.shape
     min_dim = min(height, width)
     if min_dim < HASH_SIZE + 1:
         return None
     size = HASH_SIZE * min((min_dim - 1) // HASH_SIZE, _MAX_FACTOR)
+    want_p, want_d = "phash" in kinds, "dhash" in kinds
+    if height * width <= MATRIX_MAX_PIXELS:  # Pillow's bytes, by two matrix products over the stack
+        lumas = np.ascontiguousarray(lumas)
+        return (resize_stack(lumas, size, size).astype(np.float64) if want_p else None,
+                resize_stack(lumas, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64) if want_d else None)
     lanczos = Image.Resampling.LANCZOS
     for_phash = np.empty((n, size * size), np.uint8)
     for_dhash = np.empty((n, (HASH_SIZE + 1) ** 2), np.uint8)
-    want_p, want_d = "phash" in kinds, "dhash" in kinds
     for i, luma in enumerate(lumas):
         image = Image.frombuffer("L", (width, height), np.ascontiguousarray(luma).tobytes(), "raw", "L", 0, 1)
         if want_p:
