@@ -280,3 +280,32 @@ def test_the_colour_term_splits_stripes_of_other_colours_and_keeps_gray_and_brig
     # without the colour term (or without the channels to read it from) the teal stripes join
     assert groups("dedup.verify_colour_difference=null") == [set(names)]
     assert groups(with_channels=False) == [set(names)]
+
+
+def test_a_group_holds_no_two_members_that_disagree_even_when_a_third_links_them():
+    """A purple and a blue texture whose hashes are 2 bits apart, both linked to a gray one between
+    them (a gray image is not judged by colour): each link passes the check, but the purple and the
+    blue picture disagree, so the cut must not leave them in one group."""
+    from ood_ray.dedup.hash_groups import PhotometricCheck, find_near_groups
+
+    base = 0x0F0F_F0F0_3C3C_C3C3
+    members = pa.table({"image_id": ["purple", "gray", "blue"], "h": pa.array([base, base ^ 1, base ^ 3], pa.uint64()),
+                        "hash_pixels": ["p", "g", "b"], "orient": pa.nulls(3, pa.int8()),
+                        "mean": [0.4, 0.4, 0.4], "std": [0.1, 0.1, 0.1], "score_grayscale": [0.0, 1.0, 0.0],
+                        "red_share": [0.39, 1 / 3, 0.18], "blue_share": [0.36, 1 / 3, 0.49]})
+    h1 = np.array([base, base, base ^ 1], np.uint64)
+    h2 = np.array([base ^ 1, base ^ 3, base ^ 3], np.uint64)
+    dist = np.array([1, 2, 1], np.int64)
+    check = PhotometricCheck()
+    groups, pairs = find_near_groups(members, "phash", h1, h2, dist, 4, 2000, check)
+    by_group: dict[str, set[str]] = {}
+    for row in groups.to_pylist():
+        by_group.setdefault(row["group_id"], set()).add(row["image_id"])
+    assert not any({"purple", "blue"} <= group for group in by_group.values())
+    assert len(by_group) == 1 and next(iter(by_group.values())) in ({"purple", "gray"}, {"gray", "blue"})
+    # every pair left in a group agrees
+    assert all({r["image_id"], r["other_id"]} != {"purple", "blue"} for r in pairs.to_pylist())
+    # without the check all three are one group (each within 4 bits of the others)
+    unchecked, _ = find_near_groups(members, "phash", h1, h2, dist, 4, 2000, None)
+    assert set(unchecked.column("image_id").to_pylist()) == {"purple", "gray", "blue"}
+    assert len(set(unchecked.column("group_id").to_pylist())) == 1
