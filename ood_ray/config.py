@@ -167,6 +167,9 @@ class LabelIssuesConfig:
 
 FINETUNE_METHODS = ("oe", "mixoe", "ce")
 FINETUNE_LAYERS = ("all", "head")
+#: How MixOE mixes an ID image with an outlier (ood_ray.finetune.losses; kept here so that checking a
+#: configuration does not import torch).
+MIX_OPS = ("mixup", "cutmix")
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,6 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self, prefix: str) -> None:
-        from ood_ray.finetune.losses import MIX_OPS
-
         if self.method not in FINETUNE_METHODS:
             _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(FINETUNE_METHODS)}")
         if self.layers not in FINETUNE_LAYERS:

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ood_ray.config import MIX_OPS  # the mixing operations, named in the config
+
 OE_WEIGHT = 0.5
 MIXOE_WEIGHT = 5.0
 MIXOE_ALPHA = 1.0
-MIX_OPS = ("mixup", "cutmix")
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
