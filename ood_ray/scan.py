@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from ood_ray.columns import AUTOENCODER_PIXELS, CHANNEL_LIST_PREFIX, FETCH_SECONDS, INPUT_ERROR, PIXELS_PREFIX, SCAN_SECONDS
-from ood_ray.config import DEFAULT_NEAR_METHODS
+from ood_ray.config import DEFAULT_CROP_SCALES, DEFAULT_NEAR_METHODS
 from ood_ray.embed.preprocess import prepare_model_input
 from ood_ray.io import storage
 from ood_ray.io.decode import (
@@ -36,12 +36,12 @@ from ood_ray.io.decode import (
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
 from ood_ray.io.memory import default_decode_budget
 from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES, absolute_scores
-from ood_ray.stats.centre import CROP_METHOD, DEFAULT_CROP_SCALES
+from ood_ray.stats.centre import CROP_METHOD
 from ood_ray.stats.d4 import d4_methods
-from ood_ray.stats.image import EXTRA_HASH_COLUMNS
 from ood_ray.stats.hashes import compute_hash_file
 from ood_ray.stats.image import (
     CHANNEL_STAT_NAMES,
+    EXTRA_HASH_COLUMNS,
     IMAGE_STAT_NAMES,
     SMALL_IMAGE_PIXELS,
     StatsColumns,
@@ -88,9 +88,6 @@ class ScanSettings:
     def from_config(cls, cfg: Any, model_inputs: tuple[tuple[str, dict[str, Any]], ...] = (), run_id: str = "",
                     retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> "ScanSettings":
         """The settings of an audit with config ``cfg`` (the scan stage's and ``bench_scan.py``'s)."""
-        from ood_ray.lint.issues import ABSOLUTE_ISSUES
-        from ood_ray.stats.d4 import d4_methods
-
         return cls(
             max_pixels=cfg.io.max_pixels, max_file_bytes=cfg.io.max_file_bytes, fetch_threads=cfg.io.fetch_threads,
             per_channel_sharpness=cfg.stats.per_channel_sharpness, model_inputs=model_inputs,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ood_ray.config import DEFAULT_CROP_SCALES  # noqa: F401 - the default scales, re-exported
 from ood_ray.stats.hashes import as_optional, phash_values, resized_for_hashes
 
 #: The near method searching these hashes, and the ``images`` column holding them.

@@ -22,9 +22,6 @@ import numpy as np
 
 from ood_ray.stats.centre import CROP_COLUMN, compute_batch_centre_hashes
 from ood_ray.stats.d4 import D4_COLUMNS, D4_METHODS, compute_batch_all_hashes
-
-#: The hash columns besides ``phash``/``dhash`` (``StatsColumns.d4``): the D4 hashes and the centre hashes.
-EXTRA_HASH_COLUMNS = (*D4_COLUMNS, CROP_COLUMN)
 from ood_ray.stats.hashes import compute_hash_pixels, compute_luma
 from ood_ray.stats.quality import QUALITY_MEASURES, compute_batch_quality
 from ood_ray.stats.pixels import (
@@ -34,6 +31,9 @@ from ood_ray.stats.pixels import (
     compute_histogram_stats,
 )
 from ood_ray.stats.visual import compute_batch_sharpness
+
+#: The hash columns besides ``phash``/``dhash`` (``StatsColumns.d4``): the D4 hashes and the centre hashes.
+EXTRA_HASH_COLUMNS = (*D4_COLUMNS, CROP_COLUMN)
 
 #: Per-image scalar statistics (the ``images`` table columns that lint looks at).
 IMAGE_STAT_NAMES: tuple[str, ...] = (
