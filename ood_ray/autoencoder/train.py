@@ -22,6 +22,17 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "autoencoder.pt"
 
 
+def _shard_images(shard: Any, size: int) -> Any:
+    """This worker's shard as one ``(n, 3, size, size)`` uint8 tensor. The training sample is bounded
+    (``autoencoder.max_train_images``), so it is read once and kept: streaming it again every epoch cost ~1.8 s
+    of Ray Data start-up per epoch (40 epochs on 90 images: 91 s, against 4 s of training)."""
+    import torch
+
+    batches = [batch["pixels"] for batch in shard.iter_torch_batches(batch_size=4096, dtypes=torch.uint8)]
+    flat = torch.cat(batches) if batches else torch.empty((0, size * size * 3), dtype=torch.uint8)
+    return flat.view(-1, size, size, 3).permute(0, 3, 1, 2).contiguous()
+
+
 def _train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     import torch
@@ -30,30 +41,31 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(loop_config["seed"])
     model = prepare_model(build_autoencoder(loop_config["latent_channels"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=loop_config["learning_rate"])
-    shard = ray.train.get_dataset_shard("train")
     size = loop_config["image_size"]
-    loss_value = float("nan")
-    for epoch in range(loop_config["epochs"]):
+    images = _shard_images(ray.train.get_dataset_shard("train"), size)
+    generator = torch.Generator().manual_seed(loop_config["seed"] + ray.train.get_context().get_world_rank())
+    losses: list[float] = []
+    for _ in range(loop_config["epochs"]):
         total, count = 0.0, 0
-        for batch in shard.iter_torch_batches(batch_size=loop_config["batch_size"], dtypes=torch.uint8,
-                                              local_shuffle_buffer_size=4 * loop_config["batch_size"],
-                                              local_shuffle_seed=loop_config["seed"] + epoch):
-            x = batch["pixels"].view(-1, size, size, 3).permute(0, 3, 1, 2).float().div_(255.0)
+        for rows in torch.randperm(len(images), generator=generator).split(loop_config["batch_size"]):
+            x = images[rows].float().div_(255.0)
             loss = torch.nn.functional.mse_loss(model(x), x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss) * len(x)
             count += len(x)
-        loss_value = total / max(count, 1)
-        last = epoch == loop_config["epochs"] - 1
-        if last and ray.train.get_context().get_world_rank() == 0:
-            with tempfile.TemporaryDirectory() as folder:
-                module = model.module if hasattr(model, "module") else model
-                torch.save(module.state_dict(), os.path.join(folder, WEIGHTS_FILE))
-                ray.train.report({"epoch": epoch, "loss": loss_value}, checkpoint=ray.train.Checkpoint.from_directory(folder))
-        else:
-            ray.train.report({"epoch": epoch, "loss": loss_value})
+        losses.append(total / max(count, 1))
+    # One report, at the end: each ray.train.report is a barrier with the controller (~1.9 s here),
+    # which per epoch cost 40 x 1.9 s against ~4 s of training on the test suite's 90 images.
+    metrics = {"epoch": loop_config["epochs"] - 1, "loss": losses[-1] if losses else float("nan"), "losses": losses}
+    if ray.train.get_context().get_world_rank() == 0:
+        with tempfile.TemporaryDirectory() as folder:
+            module = model.module if hasattr(model, "module") else model
+            torch.save(module.state_dict(), os.path.join(folder, WEIGHTS_FILE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+    else:
+        ray.train.report(metrics)
 
 
 def train_autoencoder(pixels: np.ndarray, config: Any, storage_path: str) -> tuple[bytes, dict[str, Any]]:
@@ -81,6 +93,7 @@ def train_autoencoder(pixels: np.ndarray, config: Any, storage_path: str) -> tup
 
         state = torch.load(os.path.join(folder, WEIGHTS_FILE), weights_only=True, map_location="cpu")
     report = {"train_images": len(pixels), "final_loss": float(result.metrics.get("loss", float("nan"))),
+              "loss_per_epoch": [float(v) for v in result.metrics.get("losses", [])],
               "epochs": config.epochs, "num_workers": config.num_workers, "use_gpu": config.use_gpu}
     log.info("autoencoder trained on %d images: final loss %.5f", len(pixels), report["final_loss"])
     return state_to_bytes(state), report

@@ -30,6 +30,9 @@ from faults import (  # noqa: E402
 
 TABLES = ("images", "channels", "embeddings", "neighbors", "duplicates", "lint", "clusters", "drift")
 SETS = (EMBEDDER, "io.rows_per_block=8", "embed.batch_size=8")
+# The module fixture runs seven audits (a baseline, five killed, the resume): ~4 minutes here, more on a
+# slower CI machine, and its time counts against the first test that uses it.
+pytestmark = pytest.mark.timeout(900)
 
 
 def plain_glob_rows(out: Path) -> int:

@@ -182,6 +182,8 @@ def test_autoencoder_score_recomputed_and_separates_the_new_class(structure_run)
     run = read_run(structure_run["out"])
     saved = run["ood"]["autoencoder"]
     assert saved["train_images"] > 0 and saved["epochs"] == 40
+    losses = saved["loss_per_epoch"]  # one loss per epoch, reported once at the end; training lowers it
+    assert len(losses) == 40 and losses[-1] == pytest.approx(saved["final_loss"], rel=1e-4) and losses[-1] < losses[0] / 2
     weights = (Path(structure_run["out"]) / saved["file"]).read_bytes()
     model = load_autoencoder(weights, 16)
     rows = q(structure_run, "SELECT uri, label, score_recon, is_ood_recon FROM images ORDER BY uri")
