@@ -243,6 +243,9 @@ def main() -> int:
     results["ood-ray"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
     groups, seconds = ood_ray_groups(images, work / "out-no-crop", ["dedup.near_methods=[phash, dhash, phash_d4]"])
     results["ood-ray, no crop hashes"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
+    groups, seconds = ood_ray_groups(images, work / "out-no-second", ["dedup.verify_hash_distance=null",
+                                                                      "dedup.verify_crop_hash_distance=null"])
+    results["ood-ray, no second-hash check"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
     groups, seconds = ood_ray_groups(images, work / "out-no-colour", ["dedup.verify_colour_difference=null"])
     results["ood-ray, no colour term"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
     groups, seconds = ood_ray_groups(images, work / "out-unverified", ["dedup.verify=false"])

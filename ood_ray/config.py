@@ -293,7 +293,10 @@ class DedupConfig:
     their pixel means differ by at most ``verify_mean_difference`` and their standard deviations
     (+0.01) by at most a factor ``verify_contrast_ratio``, and, when both are colour pictures, the red
     and blue shares of their channel means by at most ``verify_colour_difference`` (``null``: no
-    colour term; see ood_ray.dedup.hash_groups.PhotometricCheck). ``crop_scales``: the centre
+    colour term; see ood_ray.dedup.hash_groups.PhotometricCheck), and their second hashes (``dhash``
+    for a ``phash`` or ``phash_crop`` link, ``phash`` for a ``dhash`` link) by at most
+    ``verify_hash_distance`` bits (``verify_crop_hash_distance`` for ``phash_crop``; ``null``: not
+    checked). ``crop_scales``: the centre
     scales whose ``phash`` the ``phash_crop`` method compares with other images' full ``phash``
     (see ood_ray.stats.centre).
     """
@@ -308,6 +311,8 @@ class DedupConfig:
     verify_mean_difference: float = 0.25
     verify_contrast_ratio: float = 2.0
     verify_colour_difference: float | None = 0.06
+    verify_hash_distance: int | None = 20
+    verify_crop_hash_distance: int | None = 20
     crop_scales: list[float] = field(default_factory=lambda: list(DEFAULT_CROP_SCALES))
 
     def validate(self, prefix: str) -> None:
@@ -327,15 +332,20 @@ class DedupConfig:
             _fail(f"{prefix}.verify_contrast_ratio", self.verify_contrast_ratio, "must be >= 1")
         if self.verify_colour_difference is not None and not 0 < self.verify_colour_difference <= 1:
             _fail(f"{prefix}.verify_colour_difference", self.verify_colour_difference, "must be in (0, 1] or null")
+        for key in ("verify_hash_distance", "verify_crop_hash_distance"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64):
+                _fail(f"{prefix}.{key}", value, "must be an integer between 0 and 64 or null")
         if not isinstance(self.crop_scales, (list, tuple)) or not self.crop_scales or not all(
                 isinstance(s, (int, float)) and 0.5 <= s < 1 for s in self.crop_scales):
             _fail(f"{prefix}.crop_scales", self.crop_scales, "must be a non-empty list of scales in [0.5, 1)")
 
-    def photometric_check(self) -> Any:
-        """The check near pairs must pass (``None`` when ``verify`` is off)."""
-        from ood_ray.dedup.hash_groups import PhotometricCheck
+    def photometric_check(self, method: str = "phash") -> Any:
+        """The check ``method``'s near pairs must pass (``None`` when ``verify`` is off)."""
+        from ood_ray.dedup.hash_groups import CROP_METHOD, PhotometricCheck
 
-        return (PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio, self.verify_colour_difference)
+        second = self.verify_crop_hash_distance if method == CROP_METHOD else self.verify_hash_distance
+        return (PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio, self.verify_colour_difference, second)
                 if self.verify else None)
 
     @property

@@ -300,6 +300,8 @@ def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]
                                 "orient": rows.column(orient).cast(pa.int8()) if orient in rows.column_names
                                 else pa.nulls(rows.num_rows, pa.int8()),
                                 **({"centre": rows.column(CROP_COLUMN)} if method == CROP_METHOD else {}),
+                                **({"second": rows.column(SECOND_HASH[method]).cast(pa.uint64())}
+                                   if SECOND_HASH.get(method) in rows.column_names else {}),
                                 **{name: rows.column(name).cast(pa.float64()) if name in rows.column_names
                                    else pa.nulls(rows.num_rows, pa.float64()) for name in PHOTOMETRIC}})
     return out
@@ -335,8 +337,9 @@ def _concat_members(total: dict[str, list[pa.Table]], part: dict[str, Any]) -> d
 def columns_for(methods: list[str]) -> list[str]:
     """The ``images`` columns the dedup reads: ids, status, ``hash_pixels``, each method's hash and,
     for a D4 hash, the transform it came from, and the photometric statistics."""
-    full = ["phash"] if CROP_METHOD in methods and "phash" not in methods else []
-    return ["image_id", "status", "hash_pixels", *methods, *full, *(f"{m}_orient" for m in d4_methods(methods)), *PHOTOMETRIC]
+    extra = {SECOND_HASH[m] for m in methods if m in SECOND_HASH} | ({"phash"} if CROP_METHOD in methods else set())
+    return ["image_id", "status", "hash_pixels", *methods, *sorted(extra - set(methods)),
+            *(f"{m}_orient" for m in d4_methods(methods)), *PHOTOMETRIC]
 
 
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
@@ -384,8 +387,17 @@ PHOTOMETRIC = ("mean", "std", "score_grayscale")
 #: The colour balance it reads from the ``channels`` table: each band's mean over the sum of the R, G
 #: and B means (brightness scaling leaves these shares alone).
 COLOUR_SHARES = ("red_share", "blue_share")
-#: Every member's photometry, in this column order.
-PHOTOMETRY = (*PHOTOMETRIC, *COLOUR_SHARES)
+#: The second hash each method's links are checked with (a hash of another kind over the same
+#: picture: two different periodic textures that one hash sees within a few bits are ~30 bits apart
+#: in the other, while copies stay close in both; measured on benchmarks/bench_duplicates.py).
+#: ``phash_crop`` links a full ``phash`` to a centre one and is checked on the full ``dhash``, with
+#: its own bound (``dedup.verify_crop_hash_distance``: a 5% crop moves the full ``dhash`` further).
+#: The D4 methods link copies in different orientations, where a plain hash says nothing: not checked.
+SECOND_HASH = {"phash": "dhash", "dhash": "phash", "phash_crop": "dhash"}
+#: The two 32-bit halves of the member's second hash, exact in float64 (NaN: none), after the photometry.
+SECOND_HASH_HALVES = ("second_high", "second_low")
+#: Every member's evidence, in this column order: photometry, then its second hash.
+PHOTOMETRY = (*PHOTOMETRIC, *COLOUR_SHARES, *SECOND_HASH_HALVES)
 #: Added to both standard deviations before their ratio (flat images have a std near 0).
 CONTRAST_FLOOR = 0.01
 #: ``score_grayscale`` from which an image counts as gray (chroma <= 0.02): its colour says nothing,
@@ -403,17 +415,22 @@ class PhotometricCheck:
     with its mean and scale normalised away, so a light and a dark checkerboard, or stripes of any
     two colour pairs, hash alike; this tells them apart. Brightness scaling, re-encoding, resizing,
     flips and watermarks keep all three (measured on the duplicate benchmark: colour shares move by
-    at most 0.051, under +30% brightness where pixels clip). ``None``: no check."""
+    at most 0.051, under +30% brightness where pixels clip). ``None``: no check.
+
+    ``max_second_hash_distance``: the Hamming distance two images' second hashes
+    (:data:`SECOND_HASH`: the other kind of perceptual hash) may differ by (``None``: not checked);
+    a missing second hash agrees with anything."""
 
     max_mean_difference: float = 0.25
     max_contrast_ratio: float = 2.0
     max_colour_difference: float | None = 0.06
+    max_second_hash_distance: int | None = None
 
     def agree(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Row-wise over ``(k, 5)`` photometries (columns :data:`PHOTOMETRY`); a missing value
+        """Row-wise over ``(k, 7)`` evidence rows (columns :data:`PHOTOMETRY`); a missing value
         agrees with anything."""
-        mean_a, std_a, gray_a, red_a, blue_a = a.T
-        mean_b, std_b, gray_b, red_b, blue_b = b.T
+        mean_a, std_a, gray_a, red_a, blue_a, high_a, low_a = a.T
+        mean_b, std_b, gray_b, red_b, blue_b, high_b, low_b = b.T
         with np.errstate(invalid="ignore"):
             close = np.abs(mean_a - mean_b) <= self.max_mean_difference
             high, low = np.maximum(std_a, std_b) + CONTRAST_FLOOR, np.minimum(std_a, std_b) + CONTRAST_FLOOR
@@ -424,13 +441,27 @@ class PhotometricCheck:
                 colourful = (gray_a < GRAY_SCORE) & (gray_b < GRAY_SCORE)  # NaN compares False: unknown
                 shifted = np.maximum(np.abs(red_a - red_b), np.abs(blue_a - blue_b)) > self.max_colour_difference
                 agree &= ~(colourful & shifted)  # NaN shares compare False: unknown agrees
+            if self.max_second_hash_distance is not None:
+                both = ~(np.isnan(high_a) | np.isnan(high_b))
+                halves = [np.nan_to_num(h).astype(np.uint64) for h in (high_a, low_a, high_b, low_b)]
+                bits = np.bitwise_count(halves[0] ^ halves[2]) + np.bitwise_count(halves[1] ^ halves[3])
+                agree &= ~both | (bits <= self.max_second_hash_distance)
         return agree
 
 
 def photometry(members: pa.Table) -> np.ndarray:
-    """``(rows, 5)`` photometry of the member rows (NaN where a column is missing)."""
-    return np.column_stack([members.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-                            if name in members.column_names else np.full(members.num_rows, np.nan) for name in PHOTOMETRY])
+    """``(rows, 7)`` evidence of the member rows, :data:`PHOTOMETRY` (NaN where a value is missing)."""
+    columns = [members.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+               if name in members.column_names else np.full(members.num_rows, np.nan) for name in PHOTOMETRY[:-2]]
+    if "second" in members.column_names:
+        second = members.column("second")
+        values = second.fill_null(0).to_numpy().astype(np.uint64)
+        missing = ~np.asarray(pc.is_valid(second))
+        for half in (values >> np.uint64(32), values & np.uint64(0xFFFFFFFF)):
+            columns.append(np.where(missing, np.nan, half.astype(np.float64)))
+    else:
+        columns += [np.full(members.num_rows, np.nan)] * 2
+    return np.column_stack(columns)
 
 
 def _image_nodes(values_of_row: np.ndarray, photo: np.ndarray, check: PhotometricCheck | None
@@ -728,7 +759,8 @@ def run_dedup(parts: Parts, config: DedupConfig, rows: int = 0, embedding_groups
         method_pairs_of_values = (crop_links(members, *pairs[method], config.near_distance) if method == CROP_METHOD and members.num_rows
                                   else pairs[method])
         diameter = config.near_distance * (CROP_DIAMETER_FACTOR if method == CROP_METHOD else 1)
-        groups, method_pairs = find_near_groups(members, method, *method_pairs_of_values, diameter, config.max_bucket, check)
+        groups, method_pairs = find_near_groups(members, method, *method_pairs_of_values, diameter, config.max_bucket,
+                                                config.photometric_check(method))
         tables.append(groups)
         pair_tables.append(method_pairs)
     if embedding_groups is not None:

@@ -309,3 +309,67 @@ def test_a_group_holds_no_two_members_that_disagree_even_when_a_third_links_them
     unchecked, _ = find_near_groups(members, "phash", h1, h2, dist, 4, 2000, None)
     assert set(unchecked.column("image_id").to_pylist()) == {"purple", "gray", "blue"}
     assert len(set(unchecked.column("group_id").to_pylist())) == 1
+
+
+def _vertical_stripes(period: float, phase: float, size: int = 32) -> np.ndarray:
+    x = np.arange(size, dtype=np.float64)
+    row = 128 + 100 * np.sign(np.sin(2 * np.pi * x / period + phase))
+    return np.broadcast_to(row[None, :, None], (size, size, 3)).astype(np.uint8)
+
+
+def test_the_second_hash_splits_stripes_one_hash_sees_alike_and_keeps_a_reencoded_copy():
+    """Vertical stripes of period 3 and of period 3.5 have the same ``phash`` (its 8 x 8 DCT block sees
+    neither frequency) and the same mean and contrast, so neither the hash nor the photometric check
+    tells them apart; their ``dhash`` (signs of horizontal gradients) differ in ~48 of 64 bits. A
+    JPEG copy of the period-3 stripes stays within a few bits in both hashes and keeps its group."""
+    import io
+
+    from ood_ray.stats.image import compute_images_stats
+
+    fine = _vertical_stripes(3, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(fine).save(buffer, format="JPEG", quality=90)
+    images = {"fine": fine, "fine_jpeg": np.asarray(Image.open(buffer).convert("RGB")), "wider": _vertical_stripes(3.5, 1.5)}
+    stats = compute_images_stats(list(images.values()), [8] * len(images))
+    names, n = list(images), len(images)
+
+    def bits(a, b):
+        return bin(a ^ b).count("1")
+
+    assert bits(stats.phash[0], stats.phash[2]) <= 4 and bits(stats.dhash[0], stats.dhash[2]) > 32
+    assert bits(stats.phash[0], stats.phash[1]) <= 4 and bits(stats.dhash[0], stats.dhash[1]) <= 20
+    table = pa.table({"image_id": [f"id{i:05d}" for i in range(n)], "status": ["ok"] * n,
+                      "phash": pa.array(stats.phash, pa.uint64()), "dhash": pa.array(stats.dhash, pa.uint64()),
+                      "hash_pixels": stats.hash_pixels, "mean": stats.image["mean"], "std": stats.image["std"]})
+
+    def groups(*overrides):
+        duplicates, pairs, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides))
+        found: dict[str, set[str]] = {}
+        for row in duplicates.to_pylist():
+            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
+        return sorted(found.values(), key=len)
+
+    assert groups() == [{"fine", "fine_jpeg"}]
+    assert groups("dedup.verify_hash_distance=null") == [set(names)]
+    # the bound is the second hash's Hamming distance: at 48 bits the wider stripes pass again
+    assert groups("dedup.verify_hash_distance=48") == [set(names)]
+
+
+def test_the_second_hash_check_agrees_within_the_bound_and_when_a_hash_is_missing():
+    from ood_ray.dedup.hash_groups import PhotometricCheck, photometry
+
+    base = 0xF0F0_0F0F_AAAA_5555
+    members = pa.table({"mean": [0.5] * 4, "std": [0.2] * 4,
+                        "second": pa.array([base, base ^ 0b111, base ^ ((1 << 64) - 1), None], pa.uint64())})
+    evidence = photometry(members)
+    check = PhotometricCheck(max_second_hash_distance=3)
+    first = np.repeat(evidence[:1], 4, axis=0)
+    assert check.agree(first, evidence).tolist() == [True, True, False, True]  # 0, 3, 64 bits, missing
+    assert PhotometricCheck(max_second_hash_distance=2).agree(first, evidence).tolist() == [True, False, False, True]
+    assert PhotometricCheck().agree(first, evidence).tolist() == [True] * 4
+
+
+@pytest.mark.parametrize("value", [-1, 65, 2.5, True, "x"])
+def test_a_bad_second_hash_bound_fails_with_its_key(value):
+    with pytest.raises(ValueError, match="verify_hash_distance"):
+        dedup_config(f"dedup.verify_hash_distance={value}")
