@@ -271,6 +271,7 @@ def main() -> int:
             continue
         print(f"| {name} | " + " | ".join(f"{r['recall'][t]:.2f}" for t in TRANSFORMS)
               + f" | {r['false_pairs']:,} | {r['pairs']:,} | {r['seconds']} |")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"files": truth["files"], "distinct": truth["distinct"], "copied": args.copied,
                                            "results": results}, indent=2))
     return 0

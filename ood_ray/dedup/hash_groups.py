@@ -46,7 +46,7 @@ from ood_ray.dedup.components import compute_components
 from ood_ray.parts import Parts
 from ood_ray.dedup.linkage import cut_components, hamming_matrix, split_component
 from ood_ray.stats.centre import CROP_COLUMN, CROP_METHOD
-from ood_ray.stats.d4 import D4_METHODS, d4_methods, relation
+from ood_ray.stats.d4 import D4_METHODS, PHASH_D4_CHECK, d4_methods, relation
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -392,8 +392,10 @@ COLOUR_SHARES = ("red_share", "blue_share")
 #: in the other, while copies stay close in both; measured on benchmarks/bench_duplicates.py).
 #: ``phash_crop`` links a full ``phash`` to a centre one and is checked on the full ``dhash``, with
 #: its own bound (``dedup.verify_crop_hash_distance``: a 5% crop moves the full ``dhash`` further).
-#: The D4 methods link copies in different orientations, where a plain hash says nothing: not checked.
-SECOND_HASH = {"phash": "dhash", "dhash": "phash", "phash_crop": "dhash"}
+#: ``phash_d4`` links copies in different orientations, where a plain hash says nothing: it is checked
+#: on the ``dhash`` of each image turned as ``phash_d4`` turned it (:data:`ood_ray.stats.d4.PHASH_D4_CHECK`).
+#: ``dhash_d4`` (not a default method) is not checked.
+SECOND_HASH = {"phash": "dhash", "dhash": "phash", "phash_crop": "dhash", "phash_d4": PHASH_D4_CHECK}
 #: The two 32-bit halves of the member's second hash, exact in float64 (NaN: none), after the photometry.
 SECOND_HASH_HALVES = ("second_high", "second_low")
 #: Every member's evidence, in this column order: photometry, then its second hash.

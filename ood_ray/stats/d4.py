@@ -26,8 +26,13 @@ import numpy as np
 
 from ood_ray.stats.hashes import as_optional, dhash_values, phash_values, resized_for_hashes
 
+#: The ``dhash`` of the image turned as ``phash_d4`` turned it (``T_orient x``): the second hash that
+#: checks ``phash_d4`` links (two D4 copies turned to one canonical orientation have close dhashes;
+#: two different textures that phash_d4 sees alike mostly do not).
+PHASH_D4_CHECK = "phash_d4_dhash"
+
 #: The columns :func:`compute_batch_all_hashes` fills (its third value), in this order.
-D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient")
+D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient", PHASH_D4_CHECK)
 
 #: The 8 transforms in DataEval's order, on ``(..., H, W)`` arrays.
 TRANSFORMS = 8
@@ -102,21 +107,28 @@ def compute_batch_all_hashes(lumas: np.ndarray, d4: tuple[str, ...] = D4_METHODS
     upright = resized_for_hashes(lumas)
     if upright is None:
         return [None] * n, [None] * n, out
-    wanted = tuple(kind for kind in ("phash", "dhash") if f"{kind}_d4" in d4)
+    # phash_d4's check hash is the dhash of the image turned as phash_d4 turned it: all 8 dhashes
+    eight_of = {kind for kind in ("phash", "dhash") if f"{kind}_d4" in d4} | ({"dhash"} if "phash_d4" in d4 else set())
+    wanted = tuple(kind for kind in ("phash", "dhash") if kind in eight_of)
     turned = resized_for_hashes(np.ascontiguousarray(np.rot90(lumas, 1, axes=(1, 2))), wanted) if wanted else (None, None)
     plain: list[list[int | None]] = []
+    orient_of: dict[str, np.ndarray] = {}
     for kind, values_of, straight, turn in (("phash", phash_values, upright[0], turned[0]),
                                             ("dhash", dhash_values, upright[1], turned[1])):
-        if kind not in wanted:
+        if kind not in eight_of:
             plain.append(as_optional(*values_of(straight)))
             continue
         values, constant = values_of(_eight(straight, turn))
         constant = constant[:n]  # a constant image is constant in every transform
         values = values.reshape(TRANSFORMS, n)
-        orient = values.argmin(axis=0)
         plain.append(as_optional(values[0], constant))
-        out[f"{kind}_d4"] = as_optional(values[orient, np.arange(n)], constant)
-        out[f"{kind}_d4_orient"] = as_optional(orient.astype(np.uint64), constant)
+        orient_of[kind] = values.argmin(axis=0)
+        if f"{kind}_d4" in d4:
+            orient = orient_of[kind]
+            out[f"{kind}_d4"] = as_optional(values[orient, np.arange(n)], constant)
+            out[f"{kind}_d4_orient"] = as_optional(orient.astype(np.uint64), constant)
+        if kind == "dhash" and "phash" in orient_of:
+            out[PHASH_D4_CHECK] = as_optional(values[orient_of["phash"], np.arange(n)], constant)
     return plain[0], plain[1], out
 
 
@@ -124,4 +136,4 @@ def compute_batch_d4_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[i
     """``(phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient)`` of ``N`` same-shape uint8 luma
     images ``(N, H, W)``: the smallest hash of the 8 transforms and the first transform giving it."""
     d4 = compute_batch_all_hashes(lumas)[2]
-    return tuple(d4[name] for name in D4_COLUMNS)  # type: ignore[return-value]
+    return tuple(d4[name] for name in D4_COLUMNS[:4])  # type: ignore[return-value]

@@ -45,6 +45,24 @@ def test_every_flip_and_rotation_has_the_same_hash_and_the_right_relation(path):
             assert relation(po0[0], po[0]) == name  # no symmetry in the hashes: the relation is unique
 
 
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+def test_the_check_hash_is_the_dhash_of_the_image_turned_as_phash_d4_turned_it(path):
+    """``phash_d4_dhash`` = ``dhash(T_o x)`` with ``o = phash_d4_orient`` (known answer from the plain
+    dhash of the turned image), and every flip and rotation of a square image gives the same value:
+    the second hash that checks a ``phash_d4`` link of two turned copies compares like with like."""
+    from ood_ray.stats.d4 import PHASH_D4_CHECK, compute_batch_all_hashes
+
+    luma = _luma(path)
+    side = min(luma.shape)
+    square = np.ascontiguousarray(luma[:side, :side])
+    _, _, d4 = compute_batch_all_hashes(square[None], ("phash_d4",))
+    assert d4["dhash_d4"] == [None]  # not asked for
+    orient, check = d4["phash_d4_orient"][0], d4[PHASH_D4_CHECK][0]
+    assert check == compute_batch_hashes(np.ascontiguousarray(transform(square, orient))[None])[1][0]
+    for name, copy in _named(square).items():
+        assert compute_batch_all_hashes(np.ascontiguousarray(copy)[None], ("phash_d4",))[2][PHASH_D4_CHECK][0] == check, name
+
+
 def test_relation_is_a_group_action():
     probe = np.arange(6).reshape(2, 3)
     named = _named(probe)
