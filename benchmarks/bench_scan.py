@@ -51,7 +51,7 @@ from ood_ray.io.decode import decode_image  # noqa: E402
 from ood_ray.scan import DEFAULT_D4_HASHES, ScanSettings, scan_blobs  # noqa: E402
 from ood_ray.stats.image import compute_images_stats  # noqa: E402
 
-BLOCK = 64  # io.rows_per_block default
+BLOCK = 64  # objects per scan_blobs call; the statistics run in batches of at most scan.STATS_BUDGET_VALUES values either way
 #: The scan settings of an audit with the shipped defaults (the statistics, hashes, the D4 hash and the
 #: named quality measures), built by the same constructor as the scan stage's.
 SETTINGS = ScanSettings.from_config(load_config(None, [], source=".", out="."))

@@ -378,6 +378,9 @@ class RayConfig:
     see ood_ray.parts. ``local_max_rows``: a run of at most this many objects without models or
     autoencoder, and without a Ray address or a Ray already running in the process, runs without
     Ray -- the driver and a pool of local processes (0: always Ray), see ood_ray.run.local.
+    ``warm_workers``: right after Ray starts, one short task per CPU imports the scan's modules and
+    scans a tiny image, while the driver plans the run, so the scan's first tasks find warm worker
+    processes (see ood_ray.run.ray_runtime.warm_workers).
     """
 
     num_cpus: int | None = None
@@ -390,6 +393,7 @@ class RayConfig:
     op_resource_reservation: bool = False
     helper_resources: dict[str, float] = field(default_factory=dict)
     ledger: bool = True
+    warm_workers: bool = True
 
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.num_cpus", self.num_cpus)

@@ -141,8 +141,11 @@ def _fetch(uri: str, max_file_bytes: int, input_error: str | None = None,
         return None, storage.read_error_text(exc)
 
 
-#: Decoded pixel values held at once before their statistics are computed (bounds worker memory).
-STATS_BUDGET_VALUES = 1 << 26
+#: Decoded pixel values held at once before their statistics are computed together: small enough
+#: that a batch's arrays (and their float64 intermediates) stay in the CPU caches, large enough to
+#: vectorise. Measured on CIFAR-10 JPEGs, one core, 1,024-row blocks: 2,380 images/s at 2**26 values
+#: (the whole block in one batch), 2,790 at 2**21, 3,000 at 2**19 and 2**18, 2,800 at 2**16.
+STATS_BUDGET_VALUES = 1 << 19
 
 #: Columns known from the bytes and the header, for every row (``width``/``height`` also for
 #: rows that fail after the header was read).

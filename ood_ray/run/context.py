@@ -254,7 +254,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     when the output is taken, the reference is unusable, or a resume does not match."""
     from ood_ray.io.inputs import build_inputs, plan_fragments
     from ood_ray.run.local import local_run
-    from ood_ray.run.ray_runtime import init_ray
+    from ood_ray.run.ray_runtime import init_ray, warm_workers
     from ood_ray.tables import RESERVED_COLUMNS
 
     timer = StageTimer()
@@ -279,8 +279,11 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     lease.acquire()
     try:
         local = local_run(config, bool(infos))
+        warming: list[Any] = []
         if not local:
             init_ray(config)
+            if config.ray.warm_workers:
+                warming = warm_workers(config.ray.task_num_cpus)
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
@@ -310,7 +313,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
              layout.out, len(inputs.parts))
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
                       reference=reference, resumed=resume, timer=timer, listing=inputs.listing, local=local,
-                      resume_report=ledger.read_resume() if resume else {})
+                      resume_report=ledger.read_resume() if resume else {}, values={"warming": warming})
 
 
 def model_input_bytes(config: AuditConfig, infos: list) -> int:

@@ -18,6 +18,40 @@ def init_ray(config: AuditConfig) -> None:
     start_ray(config.address, config.ray.num_cpus, config.ray.object_store_memory_mb)
 
 
+def _warm_worker() -> dict[str, Any]:
+    """In a worker process: import what a scan task imports and scan one small image (Pillow's
+    plugins, the hashes' resize matrices, SciPy's DCT), so the scan's first task in this process
+    starts at full speed. Returns its process id, seconds and the image's status."""
+    import io
+    import time
+
+    started = time.perf_counter()
+    import numpy as np
+    from PIL import Image
+
+    import ood_ray.stages.scan  # noqa: F401 - Ray Data, pyarrow and the scan's modules
+    from ood_ray.config import load_config
+    from ood_ray.scan import ScanSettings, scan_blobs
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, format="PNG")
+    scanned = scan_blobs([(buffer.getvalue(), None)], ScanSettings.from_config(load_config(None, [], source=".", out=".")))
+    return {"pid": os.getpid(), "seconds": time.perf_counter() - started, "status": scanned.meta["status"][0]}
+
+
+def warm_workers(task_num_cpus: float) -> list[Any]:
+    """Start one :func:`_warm_worker` task per ``task_num_cpus`` of the cluster's CPUs (at most 256)
+    and return their references without waiting: they run while the driver reads the manifest, and
+    Ray hands the scan's tasks the same, now warm, worker processes. A cold worker spent ~1.1 s
+    importing Ray Data and the scan's modules and ran its first block ~30% slower (measured on 2
+    CPUs, CIFAR-10)."""
+    import ray
+
+    slots = int(ray.cluster_resources().get("CPU", 0) // task_num_cpus)
+    task = ray.remote(num_cpus=task_num_cpus, max_retries=0)(_warm_worker)
+    return [task.remote() for _ in range(min(slots, 256))]
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory_mb: int | None = None) -> None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray watched by the reaper (nothing
     when Ray is already up in this process)."""

@@ -39,3 +39,16 @@ def test_decode_is_one_task_per_block_and_never_inside_the_actors(ray_session, c
     if with_model:
         actors = [names for kind, names in operators if kind == "ActorPoolMapOperator"]
         assert actors == ["MapBatches(EmbedActor)"], text  # scan_blocks is not in the actor's operator
+
+
+@pytest.mark.parametrize("task_cpus, expected", [(1.0, 2), (0.5, 4)])
+def test_warm_workers_start_one_task_per_cpu_slot_that_scans_an_image(ray_session, task_cpus, expected):
+    """``ray.warm_workers``: one task per ``task_num_cpus`` slot of the session's 2 CPUs, each in a
+    worker process that then holds the scan's modules and has scanned a real (PNG) image."""
+    import ray
+
+    from ood_ray.run.ray_runtime import warm_workers
+
+    results = ray.get(warm_workers(task_cpus), timeout=120)
+    assert len(results) == expected
+    assert all(r["status"] == "ok" and r["seconds"] > 0 and r["pid"] > 0 for r in results)
