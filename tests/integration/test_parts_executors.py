@@ -19,11 +19,13 @@ def _write_parts(folder, n=3000, parts=5):
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
     hashes[1::7] = hashes[::7][: len(hashes[1::7])] ^ np.uint64(3)  # near copies, 2 bits apart
+    dhashes = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64)
+    dhashes[1::7] = dhashes[::7][: len(dhashes[1::7])] ^ np.uint64(1)  # and close in the second hash
     table = pa.table({
         "image_id": [f"{i:032x}" for i in range(n)], "status": ["ok"] * n,
         "split": rng.choice(["train", "test"], n).tolist(), "label": rng.choice(["a", "b", "c"], n).tolist(),
         "hash_pixels": [f"{(i % 2900) * 0x9E3779B97F4A7C15 % 2**64:016x}{i % 2900:016x}" for i in range(n)],  # 100 copies
-        "phash": pa.array(hashes, pa.uint64()), "dhash": pa.array(hashes[::-1].copy(), pa.uint64()),
+        "phash": pa.array(hashes, pa.uint64()), "dhash": pa.array(dhashes, pa.uint64()),
         **{name: rng.standard_t(4, n) for name in IMAGE_STAT_NAMES},
     })
     folder.mkdir()
