@@ -10,7 +10,10 @@ taking the block's other rows with it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -312,6 +315,22 @@ def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSet
     return columns
 
 
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one block's scan (reference counting still frees
+    every image as soon as it is done; cycles made meanwhile wait for the next collection). A Ray
+    worker holds many long-lived objects, so each collection the scan's allocations trigger walks
+    them all: with it paused the workers' own clock of the 50,000-file CIFAR scan went from
+    20.9-21.0 s to 20.3 s (two alternated runs each)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) -> pa.Table:
     """Scan every row of a manifest block; returns the block with the scan columns appended (and
     the block's worker seconds on its first row: ``_fetch_seconds``, ``_scan_seconds``)."""
@@ -327,7 +346,8 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
     fetch_seconds = time.perf_counter() - started
 
     journal = DecodeJournal.open(settings.run_id, batch.column("image_id").to_pylist()) if settings.run_id else None
-    scanned = scan_blobs(fetched, settings, journal)
+    with cyclic_gc_paused():
+        scanned = scan_blobs(fetched, settings, journal)
     if journal is not None:
         journal.finish()
     scan_seconds = time.perf_counter() - started - fetch_seconds

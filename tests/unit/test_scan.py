@@ -49,3 +49,25 @@ def test_scan_batch_rows_statuses_and_channel_rows(tmp_path):
     assert channels.column("band").to_pylist() == ["R", "G", "B", "L"]
     assert channels.column("channel").to_pylist() == [0, 1, 2, 0]
     assert channels.column("image_id").to_pylist() == ["id0"] * 3 + ["id1"]
+
+
+def test_the_cyclic_gc_is_paused_for_a_block_and_restored_as_it_was():
+    import gc
+
+    from ood_ray.scan import cyclic_gc_paused
+
+    assert gc.isenabled()
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+            raise RuntimeError("a block that fails")
+    except RuntimeError:
+        pass
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
