@@ -20,6 +20,17 @@ def dedup_config(*overrides: str):
     return load_config(None, list(overrides), source="s", out="o").dedup
 
 
+def named_groups(table: pa.Table, names: list[str], *overrides: str, channels: pa.Table | None = None) -> list[set[str]]:
+    """The near groups ``run_dedup`` finds with ``phash`` over ``table`` (ids ``id00000``, ...), as sets
+    of the images' names, smallest first."""
+    duplicates, _, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides),
+                                 channel_parts=LocalParts([channels]) if channels is not None else None)
+    found: dict[str, set[str]] = {}
+    for row in duplicates.to_pylist():
+        found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
+    return sorted(found.values(), key=len)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     h=st.integers(0, 2**64 - 1),
@@ -226,16 +237,8 @@ def test_the_photometric_check_splits_hash_alike_images_that_are_not_copies():
                       "phash": pa.array(stats.phash, pa.uint64()), "hash_pixels": stats.hash_pixels,
                       "mean": stats.image["mean"], "std": stats.image["std"]})
     names = list(images)
-
-    def groups(*overrides):
-        duplicates, _, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides))
-        found: dict[str, set[str]] = {}
-        for row in duplicates.to_pylist():
-            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
-        return sorted(found.values(), key=len)
-
-    assert groups() == [{"light", "light_brighter"}]
-    assert groups("dedup.verify=false") == [set(names)]
+    assert named_groups(table, names) == [{"light", "light_brighter"}]
+    assert named_groups(table, names, "dedup.verify=false") == [set(names)]
 
 
 def _stripes(colour: tuple[int, int, int], size: int = 64, period: int = 8) -> np.ndarray:
@@ -268,18 +271,10 @@ def test_the_colour_term_splits_stripes_of_other_colours_and_keeps_gray_and_brig
     channels = pa.table({"image_id": [i for i in ids for _ in range(3)], "band": ["R", "G", "B"] * n,
                          "mean": [float(v) for x in images.values() for v in x.reshape(-1, 3).mean(axis=0) / 255]})
 
-    def groups(*overrides, with_channels=True):
-        duplicates, pairs, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides),
-                                         channel_parts=LocalParts([channels]) if with_channels else None)
-        found: dict[str, set[str]] = {}
-        for row in duplicates.to_pylist():
-            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
-        return sorted(found.values(), key=len)
-
-    assert groups() == [{"red", "red_brighter", "red_gray"}]
+    assert named_groups(table, names, channels=channels) == [{"red", "red_brighter", "red_gray"}]
     # without the colour term (or without the channels to read it from) the teal stripes join
-    assert groups("dedup.verify_colour_difference=null") == [set(names)]
-    assert groups(with_channels=False) == [set(names)]
+    assert named_groups(table, names, "dedup.verify_colour_difference=null", channels=channels) == [set(names)]
+    assert named_groups(table, names) == [set(names)]
 
 
 def test_a_group_holds_no_two_members_that_disagree_even_when_a_third_links_them():
@@ -341,18 +336,10 @@ def test_the_second_hash_splits_stripes_one_hash_sees_alike_and_keeps_a_reencode
     table = pa.table({"image_id": [f"id{i:05d}" for i in range(n)], "status": ["ok"] * n,
                       "phash": pa.array(stats.phash, pa.uint64()), "dhash": pa.array(stats.dhash, pa.uint64()),
                       "hash_pixels": stats.hash_pixels, "mean": stats.image["mean"], "std": stats.image["std"]})
-
-    def groups(*overrides):
-        duplicates, pairs, _ = run_dedup(LocalParts([table]), dedup_config("dedup.near_methods=phash", *overrides))
-        found: dict[str, set[str]] = {}
-        for row in duplicates.to_pylist():
-            found.setdefault(row["group_id"], set()).add(names[int(row["image_id"][2:])])
-        return sorted(found.values(), key=len)
-
-    assert groups() == [{"fine", "fine_jpeg"}]
-    assert groups("dedup.verify_hash_distance=null") == [set(names)]
+    assert named_groups(table, names) == [{"fine", "fine_jpeg"}]
+    assert named_groups(table, names, "dedup.verify_hash_distance=null") == [set(names)]
     # the bound is the second hash's Hamming distance: at 48 bits the wider stripes pass again
-    assert groups("dedup.verify_hash_distance=48") == [set(names)]
+    assert named_groups(table, names, "dedup.verify_hash_distance=48") == [set(names)]
 
 
 def test_the_second_hash_check_agrees_within_the_bound_and_when_a_hash_is_missing():
