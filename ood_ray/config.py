@@ -294,7 +294,8 @@ class DedupConfig:
     (+0.01) by at most a factor ``verify_contrast_ratio``, and, when both are colour pictures, the red
     and blue shares of their channel means by at most ``verify_colour_difference`` (``null``: no
     colour term; see ood_ray.dedup.hash_groups.PhotometricCheck), and their second hashes (``dhash``
-    for a ``phash`` or ``phash_crop`` link, ``phash`` for a ``dhash`` link) by at most
+    for a ``phash`` or ``phash_crop`` link, ``phash`` for a ``dhash`` link, ``phash_d4_dhash`` for a
+    ``phash_d4`` link) by at most
     ``verify_hash_distance`` bits (``verify_crop_hash_distance`` for ``phash_crop``; ``null``: not
     checked). ``crop_scales``: the centre
     scales whose ``phash`` the ``phash_crop`` method compares with other images' full ``phash``
@@ -334,7 +335,7 @@ class DedupConfig:
             _fail(f"{prefix}.verify_colour_difference", self.verify_colour_difference, "must be in (0, 1] or null")
         for key in ("verify_hash_distance", "verify_crop_hash_distance"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 64):
+            if value is not None and not 0 <= value <= 64:  # an integer or null: checked when the config is read
                 _fail(f"{prefix}.{key}", value, "must be an integer between 0 and 64 or null")
         if not isinstance(self.crop_scales, (list, tuple)) or not self.crop_scales or not all(
                 isinstance(s, (int, float)) and 0.5 <= s < 1 for s in self.crop_scales):

@@ -454,7 +454,7 @@ class PhotometricCheck:
 def photometry(members: pa.Table) -> np.ndarray:
     """``(rows, 7)`` evidence of the member rows, :data:`PHOTOMETRY` (NaN where a value is missing)."""
     columns = [members.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-               if name in members.column_names else np.full(members.num_rows, np.nan) for name in PHOTOMETRY[:-2]]
+               if name in members.column_names else np.full(members.num_rows, np.nan) for name in (*PHOTOMETRIC, *COLOUR_SHARES)]
     if "second" in members.column_names:
         second = members.column("second")
         values = second.fill_null(0).to_numpy().astype(np.uint64)

@@ -279,11 +279,10 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     lease.acquire()
     try:
         local = local_run(config, bool(infos))
-        warming: list[Any] = []
         if not local:
             init_ray(config)
             if config.ray.warm_workers:
-                warming = warm_workers(config.ray.task_num_cpus)
+                warm_workers(config.ray.task_num_cpus)  # not awaited: a task runs whether its reference is kept or not
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
@@ -313,7 +312,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
              layout.out, len(inputs.parts))
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
                       reference=reference, resumed=resume, timer=timer, listing=inputs.listing, local=local,
-                      resume_report=ledger.read_resume() if resume else {}, values={"warming": warming})
+                      resume_report=ledger.read_resume() if resume else {})
 
 
 def model_input_bytes(config: AuditConfig, infos: list) -> int:

@@ -136,4 +136,4 @@ def compute_batch_d4_hashes(lumas: np.ndarray) -> tuple[list[int | None], list[i
     """``(phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient)`` of ``N`` same-shape uint8 luma
     images ``(N, H, W)``: the smallest hash of the 8 transforms and the first transform giving it."""
     d4 = compute_batch_all_hashes(lumas)[2]
-    return tuple(d4[name] for name in D4_COLUMNS[:4])  # type: ignore[return-value]
+    return tuple(d4[name] for name in ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient"))  # type: ignore[return-value]
