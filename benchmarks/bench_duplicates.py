@@ -246,6 +246,8 @@ def main() -> int:
     groups, seconds = ood_ray_groups(images, work / "out-no-second", ["dedup.verify_hash_distance=null",
                                                                       "dedup.verify_crop_hash_distance=null"])
     results["ood-ray, no second-hash check"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
+    groups, seconds = ood_ray_groups(images, work / "out-no-pixels", ["dedup.verify_pixel_correlation=null"])
+    results["ood-ray, no pixel check"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
     groups, seconds = ood_ray_groups(images, work / "out-no-colour", ["dedup.verify_colour_difference=null"])
     results["ood-ray, no colour term"] = {**score(pairs_of_groups(groups), truth), "seconds": round(seconds, 1)}
     groups, seconds = ood_ray_groups(images, work / "out-unverified", ["dedup.verify=false"])

@@ -297,7 +297,9 @@ class DedupConfig:
     for a ``phash`` or ``phash_crop`` link, ``phash`` for a ``dhash`` link, ``phash_d4_dhash`` for a
     ``phash_d4`` link) by at most
     ``verify_hash_distance`` bits (``verify_crop_hash_distance`` for ``phash_crop``; ``null``: not
-    checked). ``crop_scales``: the centre
+    checked), and the correlation of their 16 x 16 grayscale thumbnails (``images.gray16``) is at
+    least ``verify_pixel_correlation`` (``verify_crop_pixel_correlation`` for ``phash_crop``; ``null``:
+    not checked). ``crop_scales``: the centre
     scales whose ``phash`` the ``phash_crop`` method compares with other images' full ``phash``
     (see ood_ray.stats.centre).
     """
@@ -314,6 +316,8 @@ class DedupConfig:
     verify_colour_difference: float | None = 0.06
     verify_hash_distance: int | None = 20
     verify_crop_hash_distance: int | None = 20
+    verify_pixel_correlation: float | None = 0.5
+    verify_crop_pixel_correlation: float | None = None
     crop_scales: list[float] = field(default_factory=lambda: list(DEFAULT_CROP_SCALES))
 
     def validate(self, prefix: str) -> None:
@@ -337,6 +341,10 @@ class DedupConfig:
             value = getattr(self, key)
             if value is not None and not 0 <= value <= 64:  # an integer or null: checked when the config is read
                 _fail(f"{prefix}.{key}", value, "must be an integer between 0 and 64 or null")
+        for key in ("verify_pixel_correlation", "verify_crop_pixel_correlation"):
+            value = getattr(self, key)
+            if value is not None and not (isinstance(value, (int, float)) and -1 <= value <= 1):
+                _fail(f"{prefix}.{key}", value, "must be a correlation between -1 and 1 or null")
         if not isinstance(self.crop_scales, (list, tuple)) or not self.crop_scales or not all(
                 isinstance(s, (int, float)) and 0.5 <= s < 1 for s in self.crop_scales):
             _fail(f"{prefix}.crop_scales", self.crop_scales, "must be a non-empty list of scales in [0.5, 1)")
@@ -345,9 +353,11 @@ class DedupConfig:
         """The check ``method``'s near pairs must pass (``None`` when ``verify`` is off)."""
         from ood_ray.dedup.hash_groups import CROP_METHOD, PhotometricCheck
 
-        second = self.verify_crop_hash_distance if method == CROP_METHOD else self.verify_hash_distance
-        return (PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio, self.verify_colour_difference, second)
-                if self.verify else None)
+        crop = method == CROP_METHOD
+        second = self.verify_crop_hash_distance if crop else self.verify_hash_distance
+        pixels = self.verify_crop_pixel_correlation if crop else self.verify_pixel_correlation
+        return (PhotometricCheck(self.verify_mean_difference, self.verify_contrast_ratio, self.verify_colour_difference, second,
+                                 pixels) if self.verify else None)
 
     @property
     def effective_bands(self) -> int:

@@ -47,6 +47,7 @@ HASH_FIELDS: list[pa.Field] = [
     pa.field("dhash_d4", pa.uint64()),
     pa.field("dhash_d4_orient", pa.int8()),
     pa.field("phash_d4_dhash", pa.uint64()),
+    pa.field("gray16", pa.binary(256)),
     pa.field("phash_crop", pa.list_(pa.uint64())),
 ]
 #: The absolute named quality issues: ``score_<issue>`` (float64) and ``is_<issue>`` (bool) each.

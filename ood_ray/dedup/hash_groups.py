@@ -46,7 +46,7 @@ from ood_ray.dedup.components import compute_components
 from ood_ray.parts import Parts
 from ood_ray.dedup.linkage import cut_components, hamming_matrix, split_component
 from ood_ray.stats.centre import CROP_COLUMN, CROP_METHOD
-from ood_ray.stats.d4 import D4_METHODS, PHASH_D4_CHECK, d4_methods, relation
+from ood_ray.stats.d4 import D4_METHODS, PHASH_D4_CHECK, THUMBNAIL_COLUMN, d4_methods, relation, transform
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,8 @@ def select_members(table: pa.Table, spec: dict[str, Any]) -> dict[str, pa.Table]
                                 **({"centre": rows.column(CROP_COLUMN)} if method == CROP_METHOD else {}),
                                 **({"second": rows.column(SECOND_HASH[method]).cast(pa.uint64())}
                                    if SECOND_HASH.get(method) in rows.column_names else {}),
+                                **({THUMBNAIL_COLUMN: rows.column(THUMBNAIL_COLUMN)}
+                                   if THUMBNAIL_COLUMN in rows.column_names else {}),
                                 **{name: rows.column(name).cast(pa.float64()) if name in rows.column_names
                                    else pa.nulls(rows.num_rows, pa.float64()) for name in PHOTOMETRIC}})
     return out
@@ -339,7 +341,7 @@ def columns_for(methods: list[str]) -> list[str]:
     for a D4 hash, the transform it came from, and the photometric statistics."""
     extra = {SECOND_HASH[m] for m in methods if m in SECOND_HASH} | ({"phash"} if CROP_METHOD in methods else set())
     return ["image_id", "status", "hash_pixels", *methods, *sorted(extra - set(methods)),
-            *(f"{m}_orient" for m in d4_methods(methods)), *PHOTOMETRIC]
+            *(f"{m}_orient" for m in d4_methods(methods)), *PHOTOMETRIC, THUMBNAIL_COLUMN]
 
 
 def shuffle_hashes(parts: Parts, config: DedupConfig, rows: int) -> list[dict[str, Any]]:
@@ -400,6 +402,8 @@ SECOND_HASH = {"phash": "dhash", "dhash": "phash", "phash_crop": "dhash", "phash
 SECOND_HASH_HALVES = ("second_high", "second_low")
 #: Every member's evidence, in this column order: photometry, then its second hash.
 PHOTOMETRY = (*PHOTOMETRIC, *COLOUR_SHARES, *SECOND_HASH_HALVES)
+#: Values in the ``gray16`` thumbnail the pixel check compares (16 x 16).
+THUMBNAIL_VALUES = 256
 #: Added to both standard deviations before their ratio (flat images have a std near 0).
 CONTRAST_FLOOR = 0.01
 #: ``score_grayscale`` from which an image counts as gray (chroma <= 0.02): its colour says nothing,
@@ -421,12 +425,24 @@ class PhotometricCheck:
 
     ``max_second_hash_distance``: the Hamming distance two images' second hashes
     (:data:`SECOND_HASH`: the other kind of perceptual hash) may differ by (``None``: not checked);
-    a missing second hash agrees with anything."""
+    a missing second hash agrees with anything.
+
+    ``min_pixel_correlation``: the least Pearson correlation of the two images' 16 x 16 grayscale
+    thumbnails (``images.gray16``; for a D4 method each turned as its hash turned it), ``r =
+    sum((x - mean x)(y - mean y)) / (|x - mean x| |y - mean y|)`` over the 256 pixels (``None``: not
+    checked; a missing or flat thumbnail agrees with anything). A 64-bit hash keeps the signs of a
+    few coefficients only: for stripes, whose DCT has one non-zero row, most bits carry noise and
+    two different striped textures can hash within a few bits, in both hash kinds. Their pixels do
+    not correlate (measured on the duplicate benchmark: ``r`` of -0.55 to 0.38 on such links, while
+    copies linked by ``phash``/``phash_d4`` keep ``r >= 0.66``; ``dhash`` links of watermarked
+    32-px textures go down to 0.39; a 5% crop moves a fine texture's pixels, so ``phash_crop``
+    links have their own bound)."""
 
     max_mean_difference: float = 0.25
     max_contrast_ratio: float = 2.0
     max_colour_difference: float | None = 0.06
     max_second_hash_distance: int | None = None
+    min_pixel_correlation: float | None = None
 
     def agree(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Row-wise over ``(k, 7)`` evidence rows (columns :data:`PHOTOMETRY`); a missing value
@@ -450,6 +466,54 @@ class PhotometricCheck:
                 agree &= ~both | (bits <= self.max_second_hash_distance)
         return agree
 
+    def correlated(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Row-wise over ``(k, 256)`` normalised thumbnails (:func:`pixel_evidence`): their
+        correlation is at least ``min_pixel_correlation`` (a NaN row agrees)."""
+        if self.min_pixel_correlation is None:
+            return np.ones(len(a), bool)
+        return ~(np.einsum("ij,ij->i", a, b) < self.min_pixel_correlation)  # NaN compares False
+
+    def correlated_matrix(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """:meth:`correlated` of every row of ``a`` with every row of ``b``, ``(len(a), len(b))``."""
+        if self.min_pixel_correlation is None:
+            return np.ones((len(a), len(b)), bool)
+        with np.errstate(invalid="ignore"):
+            return ~(a @ b.T < self.min_pixel_correlation)
+
+    def agree_rows(self, photo: np.ndarray, pixels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Whether rows ``a[i]`` and ``b[i]`` agree: :meth:`agree` on their photometry and
+        :meth:`correlated` on their thumbnails."""
+        return self.agree(photo[a], photo[b]) & self.correlated(pixels[a], pixels[b])
+
+
+def pixel_evidence(members: pa.Table) -> np.ndarray:
+    """``(rows, 256)`` float32: each member's ``gray16`` thumbnail turned by its ``orient`` (the D4
+    transform its hash came from, when it has one), minus its mean, over its norm -- the dot product
+    of two rows is their correlation. NaN rows: no thumbnail, or a flat one."""
+    out = np.full((members.num_rows, THUMBNAIL_VALUES), np.nan, np.float32)
+    if THUMBNAIL_COLUMN not in members.column_names or members.num_rows == 0:
+        return out
+    column = members.column(THUMBNAIL_COLUMN).combine_chunks()
+    present = np.asarray(pc.is_valid(column))
+    if not present.any():
+        return out
+    kept = column.filter(pa.array(present))
+    data = np.frombuffer(kept.buffers()[1], np.uint8)[kept.offset * THUMBNAIL_VALUES:][:len(kept) * THUMBNAIL_VALUES]
+    side = int(round(THUMBNAIL_VALUES ** 0.5))
+    thumbs = data.reshape(-1, side, side).astype(np.float32)
+    if "orient" in members.column_names:
+        orients = members.column("orient").to_numpy(zero_copy_only=False)[present]
+        for index in range(8):
+            turned = orients == index
+            if turned.any():
+                thumbs[turned] = transform(thumbs[turned], index)
+    flat = thumbs.reshape(len(thumbs), -1)
+    flat -= flat.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(flat, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[present] = np.where(norm > 1e-6, flat / norm, np.nan)
+    return out
+
 
 def photometry(members: pa.Table) -> np.ndarray:
     """``(rows, 7)`` evidence of the member rows, :data:`PHOTOMETRY` (NaN where a value is missing)."""
@@ -466,7 +530,7 @@ def photometry(members: pa.Table) -> np.ndarray:
     return np.column_stack(columns)
 
 
-def _image_nodes(values_of_row: np.ndarray, photo: np.ndarray, check: PhotometricCheck | None
+def _image_nodes(values_of_row: np.ndarray, photo: np.ndarray, pixels: np.ndarray, check: PhotometricCheck | None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """``(node of each row, first row of each node)``: the rows holding one hash value, split into
     nodes whose members agree photometrically with the node's first row (rows in order)."""
@@ -477,7 +541,7 @@ def _image_nodes(values_of_row: np.ndarray, photo: np.ndarray, check: Photometri
         found = -1
         for candidate in leaders_of_value.get(value, ()):
             lead = leaders[candidate]
-            if check is None or check.agree(photo[row:row + 1], photo[lead:lead + 1])[0]:
+            if check is None or check.agree_rows(photo, pixels, np.array([row]), np.array([lead]))[0]:
                 found = candidate
                 break
         if found < 0:
@@ -567,7 +631,7 @@ def crop_links(members: pa.Table, h1: np.ndarray, h2: np.ndarray, dist: np.ndarr
 DISAGREE = 1e6
 
 
-def agreeing_distances(distances, photo: np.ndarray, check: PhotometricCheck):
+def agreeing_distances(distances, photo: np.ndarray, pixels: np.ndarray, check: PhotometricCheck):
     """``distances`` over node indices, made infinite between two nodes whose first images disagree
     photometrically: the complete-linkage cut then keeps only members that are all pairwise
     close *and* agreeing. Without it a group can hold two pictures that disagree (a purple and a
@@ -578,7 +642,7 @@ def agreeing_distances(distances, photo: np.ndarray, check: PhotometricCheck):
         b = a if b is None else np.asarray(b, np.int64)
         matrix = distances(a, None if b is a else b)
         rows, cols = np.repeat(a, len(b)), np.tile(b, len(a))
-        agree = check.agree(photo[rows], photo[cols]).reshape(len(a), len(b))
+        agree = check.agree(photo[rows], photo[cols]).reshape(len(a), len(b)) & check.correlated_matrix(pixels[a], pixels[b])
         return np.where(agree, matrix, DISAGREE)
 
     return agreeing
@@ -605,8 +669,8 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
     members = members.sort_by("image_id")
     hashes = members.column("h").to_numpy().astype(np.uint64)
     values, value_of_row = np.unique(hashes, return_inverse=True)
-    photo = photometry(members)
-    node, leaders = _image_nodes(value_of_row, photo, check)
+    photo, pixels = photometry(members), pixel_evidence(members)
+    node, leaders = _image_nodes(value_of_row, photo, pixels, check)
     # every node of one hash value with every node of the other, kept when their first images agree
     nodes_of_value: dict[int, list[int]] = {}
     for n, lead in enumerate(leaders.tolist()):
@@ -622,7 +686,7 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
     e1, e2, ed = np.asarray(e1, np.int64), np.asarray(e2, np.int64), np.asarray(ed, np.int64)
     if check is not None and len(e1):
         la, lb = leaders[e1], leaders[e2]
-        keep = check.agree(photo[la], photo[lb])
+        keep = check.agree_rows(photo, pixels, la, lb)
         e1, e2, ed = e1[keep], e2[keep], ed[keep]
     node_values = values[value_of_row[leaders]]
     labels = compute_components(len(leaders), e1, e2)
@@ -633,7 +697,7 @@ def find_near_groups(members: pa.Table, method: str, h1: np.ndarray, h2: np.ndar
         else:
             def base(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
                 return hamming_matrix(node_values[a], None if b is None else node_values[b])
-        distances = base if check is None else agreeing_distances(base, photo[leaders], check)
+        distances = base if check is None else agreeing_distances(base, photo[leaders], pixels[leaders], check)
         labels = cut_components(labels, lambda group: split_component(distances, group, max_distance, exhaustive_max))
     inside = labels[e1] == labels[e2]
     e1, e2, ed = e1[inside], e2[inside], ed[inside]

@@ -24,15 +24,19 @@ from functools import lru_cache
 
 import numpy as np
 
-from ood_ray.stats.hashes import as_optional, dhash_values, phash_values, resized_for_hashes
+from ood_ray.stats.hashes import as_optional, dhash_values, phash_values, resized_for_hashes, thumbnails_of_resized
 
 #: The ``dhash`` of the image turned as ``phash_d4`` turned it (``T_orient x``): the second hash that
 #: checks ``phash_d4`` links (two D4 copies turned to one canonical orientation have close dhashes;
 #: two different textures that phash_d4 sees alike mostly do not).
 PHASH_D4_CHECK = "phash_d4_dhash"
 
+#: The 16 x 16 grayscale picture of the image (:func:`ood_ray.stats.hashes.thumbnails_of_resized`),
+#: from the phash resize this module makes anyway.
+THUMBNAIL_COLUMN = "gray16"
+
 #: The columns :func:`compute_batch_all_hashes` fills (its third value), in this order.
-D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient", PHASH_D4_CHECK)
+D4_COLUMNS = ("phash_d4", "phash_d4_orient", "dhash_d4", "dhash_d4_orient", PHASH_D4_CHECK, THUMBNAIL_COLUMN)
 
 #: The 8 transforms in DataEval's order, on ``(..., H, W)`` arrays.
 TRANSFORMS = 8
@@ -98,7 +102,8 @@ def _eight(upright: np.ndarray, turned: np.ndarray) -> np.ndarray:
 
 def compute_batch_all_hashes(lumas: np.ndarray, d4: tuple[str, ...] = D4_METHODS
                              ) -> tuple[list[int | None], list[int | None], dict[str, list[int | None]]]:
-    """``(phash, dhash, {phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient})`` of ``N`` same-shape
+    """``(phash, dhash, {phash_d4, phash_d4_orient, dhash_d4, dhash_d4_orient, phash_d4_dhash,
+    gray16})`` of ``N`` same-shape
     uint8 luma images ``(N, H, W)``; only the D4 hashes named in ``d4`` are computed (the others
     are ``None``). The plain hash is the D4 family's transform 0 (the identity), so one pass gives
     both: per kind one more Lanczos resize per image (of the turned image) and one DCT batch of 8 N."""
@@ -116,12 +121,17 @@ def compute_batch_all_hashes(lumas: np.ndarray, d4: tuple[str, ...] = D4_METHODS
     for kind, values_of, straight, turn in (("phash", phash_values, upright[0], turned[0]),
                                             ("dhash", dhash_values, upright[1], turned[1])):
         if kind not in eight_of:
-            plain.append(as_optional(*values_of(straight)))
+            values, constant = values_of(straight)
+            plain.append(as_optional(values, constant))
+            if kind == "phash":
+                out[THUMBNAIL_COLUMN] = thumbnails_of_resized(straight, constant)
             continue
         values, constant = values_of(_eight(straight, turn))
         constant = constant[:n]  # a constant image is constant in every transform
         values = values.reshape(TRANSFORMS, n)
         plain.append(as_optional(values[0], constant))
+        if kind == "phash":
+            out[THUMBNAIL_COLUMN] = thumbnails_of_resized(straight, constant)
         orient_of[kind] = values.argmin(axis=0)
         if f"{kind}_d4" in d4:
             orient = orient_of[kind]

@@ -13,7 +13,13 @@
 - ``dhash`` (DataEval ``_dhash``): the same luma resized to 9 x 9, its first 8 rows kept, bit =
   pixel > its right neighbour; 64 bits.
 
-Both perceptual hashes are ``None`` for images smaller than 9 pixels on a side (DataEval returns an
+- ``gray16`` (the image's thumbnail): a 16 x 16 grayscale picture of the image (256 uint8 bytes, row by row): the
+  Lanczos resize of phash's ``s x s`` luma to 16 x 16 (the phash resize itself when ``s = 16``).
+  Not a hash: the near-duplicate search checks the pixels of two images a hash links (their
+  normalised correlation, :mod:`ood_ray.dedup.hash_groups`), which tells apart the periodic
+  textures whose hash bits agree by chance.
+
+Both perceptual hashes (and ``gray16``) are ``None`` for images smaller than 9 pixels on a side (DataEval returns an
 empty string and a warning) and for images whose resized luma is constant: such an image has no
 structure to hash, and every constant image -- black, white or grey -- would otherwise share one
 hash and be reported as near duplicates of each other (DataEval does report them). Identical
@@ -32,6 +38,8 @@ from scipy.fft import dct
 from ood_ray.stats.resample import MATRIX_MAX_PIXELS, resize_stack
 
 HASH_SIZE = 8
+#: Side of the ``gray16`` thumbnail (pixels).
+THUMBNAIL_SIZE = 16
 _MAX_FACTOR = 4
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -137,6 +145,16 @@ def resized_for_hashes(lumas: np.ndarray, kinds: tuple[str, ...] = ("phash", "dh
             for_dhash[i] = np.frombuffer(image.resize((HASH_SIZE + 1, HASH_SIZE + 1), lanczos).tobytes(), np.uint8)
     return (for_phash.reshape(n, size, size).astype(np.float64) if want_p else None,
             for_dhash.reshape(n, HASH_SIZE + 1, HASH_SIZE + 1).astype(np.float64) if want_d else None)
+
+
+def thumbnails_of_resized(for_phash: np.ndarray, constant: np.ndarray) -> list[bytes | None]:
+    """The ``gray16`` thumbnail of each image from phash's ``(N, s, s)`` resize (see module docstring):
+    256 bytes each, ``None`` where the image is constant."""
+    small = for_phash.astype(np.uint8)
+    if small.shape[1] != THUMBNAIL_SIZE:
+        small = resize_stack(small, THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+    flat = np.ascontiguousarray(small).reshape(len(small), -1)
+    return [None if c else row.tobytes() for row, c in zip(flat, constant.tolist())]
 
 
 def hashes_of_resized(for_phash: np.ndarray, for_dhash: np.ndarray) -> tuple[list[int | None], list[int | None]]:

@@ -11,6 +11,9 @@ import pytest
 
 from ood_ray.io.decode import decode_image
 from ood_ray.stats.d4 import NAMES, _named, compute_batch_d4_hashes, relation, transform
+from ood_ray.tables import SCAN_FIELDS
+
+SCAN_SCHEMA = pa.schema(SCAN_FIELDS)
 from ood_ray.stats.hashes import compute_batch_hashes, compute_luma
 
 REAL = sorted((Path(__file__).resolve().parents[1] / "data" / "real").glob("*.*g"))
@@ -107,8 +110,7 @@ def test_flipped_and_rotated_copies_of_real_images_are_grouped_with_the_transfor
     stats = compute_images_stats(pixels, [8] * len(pixels))
     table = pa.table({"image_id": ids, "status": ["ok"] * len(ids), "hash_pixels": stats.hash_pixels,
                       "phash": pa.array(stats.phash, pa.uint64()), "dhash": pa.array(stats.dhash, pa.uint64()),
-                      **{name: pa.array(stats.d4[name], pa.int8() if name.endswith("orient") else pa.uint64())
-                         for name in stats.d4}})
+                      **{name: pa.array(stats.d4[name], SCAN_SCHEMA.field(name).type) for name in stats.d4}})
     config = load_config(None, ["dedup.near_methods=[phash_d4]"], source="s", out="o").dedup
     duplicates, pairs, _ = run_dedup(LocalParts([table]), config)
     groups: dict[str, set[str]] = {}
@@ -143,4 +145,6 @@ def test_only_the_asked_d4_hashes_are_computed():
     none = compute_batch_all_hashes(lumas, ())
     assert only_p[:2] == none[:2] == full[:2]  # the plain hashes never change
     assert only_p[2]["phash_d4"] == full[2]["phash_d4"] and only_p[2]["dhash_d4"] == [None] * len(REAL)
-    assert all(values == [None] * len(REAL) for values in none[2].values())
+    assert all(values == [None] * len(REAL) for name, values in none[2].items() if name != "gray16")
+    # the thumbnail comes from the plain phash resize: the same whichever D4 hashes are asked for
+    assert none[2]["gray16"] == only_p[2]["gray16"] == full[2]["gray16"] and all(len(t) == 256 for t in full[2]["gray16"])
