@@ -244,15 +244,16 @@ class LintConfig:
     (see :mod:`ood_ray.lint.thresholds`).
     ``metrics``: which statistics (default: every scalar statistic but the five pixel
     percentiles); ``log_metrics``: statistics thresholded on the log scale, ``ln(max(x, 2^-16))``
-    (default ``sharpness``: blur divides it, and on the linear scale its lower bound falls below
-    0); ``per_class``: thresholds computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
+    (default ``edge_p99``: blur divides it, and on the linear scale its lower bound falls below
+    0; ``sharpness`` stays linear, as DataEval lints it: on the log scale it also flags sharp but
+    mostly flat pictures, see :mod:`ood_ray.stats.visual`); ``per_class``: thresholds computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
     """
 
     enabled: bool = True
     method: str = "adaptive"
     threshold: float | None = None
     metrics: list[str] | None = None
-    log_metrics: list[str] = field(default_factory=lambda: ["sharpness"])
+    log_metrics: list[str] = field(default_factory=lambda: ["edge_p99"])
     per_class: bool = False
     overrides: dict[str, LintRule] = field(default_factory=dict)
 

@@ -1,4 +1,5 @@
-"""Spatial statistic: sharpness (DataEval's edge-filter definition, reported on ``[0, 1]``).
+"""Spatial statistics: sharpness (DataEval's edge-filter definition) and the strength of the
+strongest edges (``edge_p99``), both on ``[0, 1]``.
 
 DataEval 1.1 (``VisualStatCalculator._sharpness`` with ``utils.preprocessing.edge_filter``):
 
@@ -20,6 +21,19 @@ with int16 slices. ``e`` then takes one value per integer ``conv(S, K)``, so its
 standard deviation follow from a ``bincount`` of those integers -- about 7x faster than the
 float64 filter and equal to it to rounding. 16-bit images take the float64 path
 (``9 g - 9 uniform_filter(g, 3)``).
+
+``edge_p99``: the 99th percentile of the absolute, unclipped response ``|conv(g, K)|``, over 255
+(the lower empirical quantile: the smallest value that at least 99% of the pixels do not exceed),
+from the same filter pass. ``sharpness`` (the standard deviation of the response) is low both
+for a blurred picture and for a sharp one that is mostly flat -- a bird against an empty sky --
+because it averages over every pixel. The strongest 1% of edges tell the two apart: blur softens
+every edge, a flat picture with one sharp object keeps that object's edges. It is a
+Laplacian-based focus measure in the family surveyed by Pertuz, Puig & Garcia, "Analysis of
+focus measure operators for shape-from-focus", Pattern Recognition 46 (2013), taken as a high
+percentile instead of the energy. Measured on the 10,000 CIFAR-10 test images and 5 of them
+blurred (Gaussian, radius 3): the blurred ones' ``edge_p99`` is 0.03-0.10, the lowest ordinary
+one 0.36 (a dark, blurry deer), the median 1.43; their ``sharpness`` 0.007-0.023 against
+ordinary flat-sky pictures at 0.047 (``benchmarks/bench_lint.py``).
 """
 
 from __future__ import annotations
@@ -50,12 +64,26 @@ def _box3_sum(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _edge_std_uint8(total: np.ndarray, count: int) -> np.ndarray:
-    """``std(clip(conv(total / count, K) + 0.5, 0, 255))`` exactly, per image of ``(N, H, W)``.
+#: The percentile of ``|conv(g, K)|`` that ``edge_p99`` reports.
+EDGE_PERCENTILE = 99.0
+
+
+def _lower_quantile_of_counts(hist: np.ndarray, values: np.ndarray, share: float) -> np.ndarray:
+    """Per row of ``hist`` (counts of ``values``, ascending): the smallest value whose cumulative
+    count reaches ``share`` of the row's total (NumPy's ``inverted_cdf`` quantile)."""
+    cumulative = np.cumsum(hist, axis=1)
+    wanted = share * cumulative[:, -1:]
+    return values[np.argmax(cumulative >= wanted - 1e-9 * cumulative[:, -1:], axis=1)]
+
+
+def _edge_std_uint8(total: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(std(clip(conv(total / count, K) + 0.5, 0, 255)), p99(|conv(total / count, K)|))``
+    exactly, per image of ``(N, H, W)``.
 
     ``total`` is the int16 sum of ``count`` uint8 planes. ``conv(total, K)`` is an integer in
     ``[-8 * 255 * count, 8 * 255 * count]``; one offset ``bincount`` gives each image's
-    histogram of it, and the clipped values' mean and variance follow exactly.
+    histogram of it, and the clipped values' mean and variance, and the percentile of the
+    absolute values, follow exactly.
     """
     n_images = total.shape[0]
     edges = (9 * total - _box3_sum(total)).reshape(n_images, -1)
@@ -64,7 +92,8 @@ def _edge_std_uint8(total: np.ndarray, count: int) -> np.ndarray:
     if edges.shape[1] < bins:
         # Fewer pixels than histogram bins: the values themselves are cheaper than their counts.
         values = np.clip(edges / count + 0.5, 0.0, _DISPLAY_MAX)
-        return values.std(axis=1)
+        strongest = np.percentile(np.abs(edges), EDGE_PERCENTILE, axis=1, method="inverted_cdf") / count
+        return values.std(axis=1), strongest
     hist = np.zeros(n_images * bins, dtype=np.float64)
     offsets = (np.arange(n_images, dtype=np.intp) * bins - lowest)[:, None]
     # In stripes, so a huge image never holds a full-size int64 index array.
@@ -76,17 +105,28 @@ def _edge_std_uint8(total: np.ndarray, count: int) -> np.ndarray:
     values = np.clip((np.arange(bins) + lowest) / count + 0.5, 0.0, _DISPLAY_MAX)
     n = hist.sum(axis=1)
     mean = hist @ values / n
-    return np.sqrt(np.einsum("nk,nk->n", hist, (values[None, :] - mean[:, None]) ** 2) / n)
+    std = np.sqrt(np.einsum("nk,nk->n", hist, (values[None, :] - mean[:, None]) ** 2) / n)
+    # |value| histogram: bin k of the folded half counts the responses -k and +k
+    zero = -lowest
+    folded = hist[:, zero:].copy()
+    folded[:, 1:] += hist[:, zero - 1::-1]
+    strongest = _lower_quantile_of_counts(folded, np.arange(zero + 1, dtype=np.float64), EDGE_PERCENTILE / 100) / count
+    return std, strongest
 
 
-def _edge_std(plane: np.ndarray) -> float:
-    """``std(clip(conv(plane, K) + 0.5, 0, 255))`` for one float64 plane on the 0-255 scale."""
+def _edge_std(plane: np.ndarray) -> tuple[float, float]:
+    """``(std(clip(conv(plane, K) + 0.5, 0, 255)), p99(|conv(plane, K)|))`` for one float64 plane
+    on the 0-255 scale."""
     box = uniform_filter(plane, size=3, mode="reflect")
     edges = plane - box
     edges *= 9.0
+    magnitude = np.abs(edges, out=box).reshape(-1)  # box's memory, no new array of the image's size
+    rank = max(0, int(np.ceil(EDGE_PERCENTILE / 100 * magnitude.size)) - 1)  # the inverted_cdf quantile
+    magnitude.partition(rank)
+    strongest = float(magnitude[rank])
     edges += 0.5
     np.clip(edges, 0.0, _DISPLAY_MAX, out=edges)
-    return float(edges.std())
+    return float(edges.std()), strongest
 
 
 def display_factor(dtype: np.dtype) -> float:
@@ -98,28 +138,40 @@ def display_factor(dtype: np.dtype) -> float:
     raise ValueError(f"pixel dtype must be uint8 or uint16, got {dtype}")
 
 
-def compute_batch_sharpness(stack: np.ndarray, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sharpness of ``N`` same-shape images ``(N, H, W, C)`` on ``[0, 1]``.
+def compute_batch_edges(stack: np.ndarray, per_channel: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Sharpness of ``N`` same-shape images ``(N, H, W, C)`` on ``[0, 1]`` and their ``edge_p99``.
 
-    Returns ``(whole[N], channels[N, C] or None)``; ``whole`` is for the channel-mean image.
+    Returns ``(whole[N], channels[N, C] or None, edge_p99[N])``; ``whole`` and ``edge_p99`` are
+    for the channel-mean image.
     """
     channels = stack.shape[3]
     if stack.dtype == np.uint8:
         total = stack[..., 0].astype(np.int16)
         for c in range(1, channels):
             total += stack[..., c]
-        whole = _edge_std_uint8(total, channels) / _DISPLAY_MAX
+        whole, strongest = _edge_std_uint8(total, channels)
+        whole = whole / _DISPLAY_MAX
         per = None
         if per_channel:
             per = whole[:, None] if channels == 1 else np.stack(
-                [_edge_std_uint8(stack[..., c].astype(np.int16), 1) for c in range(channels)], axis=1) / _DISPLAY_MAX
-        return whole, per
+                [_edge_std_uint8(stack[..., c].astype(np.int16), 1)[0] for c in range(channels)], axis=1) / _DISPLAY_MAX
+        return whole, per, strongest / _DISPLAY_MAX
     factor = display_factor(stack.dtype)
-    whole = np.array([_edge_std(image.sum(axis=2, dtype=np.float64) * (factor / channels)) for image in stack]) / _DISPLAY_MAX
+    pairs = np.array([_edge_std(image.sum(axis=2, dtype=np.float64) * (factor / channels)) for image in stack]).reshape(-1, 2)
     per = None
     if per_channel:
-        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor) for c in range(channels)] for image in stack])
+        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor)[0] for c in range(channels)] for image in stack])
         per /= _DISPLAY_MAX
+    return pairs[:, 0] / _DISPLAY_MAX, per, pairs[:, 1] / _DISPLAY_MAX
+
+
+def compute_batch_sharpness(stack: np.ndarray, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Sharpness of ``N`` same-shape images ``(N, H, W, C)`` on ``[0, 1]``.
+
+    Returns ``(whole[N], channels[N, C] or None)``; ``whole`` is for the channel-mean image.
+    """
+    whole, per, _ = compute_batch_edges(stack, per_channel)
     return whole, per
 
 

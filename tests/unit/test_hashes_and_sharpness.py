@@ -125,3 +125,43 @@ def test_the_truncated_dct_equals_the_full_one_to_the_bit():
         x = rng.integers(0, 256, (200, size, size)).astype(np.float64)
         full = dct(dct(x, axis=1), axis=2)[:, :8, :8]
         assert np.array_equal(full, dct(dct(x, axis=1)[:, :8, :], axis=2)[:, :, :8])
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 32, 32, 3), np.uint8), ((2, 150, 120, 3), np.uint8), ((2, 40, 30, 1), np.uint8),
+                                         ((2, 25, 30, 3), np.uint16), ((1, 1, 1, 1), np.uint8)])
+def test_edge_p99_is_the_lower_99th_percentile_of_the_absolute_edge_response(shape, dtype):
+    """Every path (the 8-bit values below the histogram size, the 8-bit histogram above it, the
+    16-bit float filter) against SciPy's convolution and NumPy's ``inverted_cdf`` percentile."""
+    from scipy.ndimage import convolve
+
+    from ood_ray.stats.visual import compute_batch_edges
+
+    kernel = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=np.float64)
+    top = 65535 if dtype == np.uint16 else 255
+    stack = np.random.default_rng(shape[1]).integers(0, top + 1, size=shape).astype(dtype)
+    _, _, strongest = compute_batch_edges(stack)
+    for image, value in zip(stack, strongest):
+        gray = image.astype(np.float64).mean(axis=2) * (255 / top)
+        response = np.abs(convolve(gray, kernel, mode="reflect"))
+        assert value == pytest.approx(np.percentile(response, 99, method="inverted_cdf") / 255, rel=1e-9, abs=1e-12)
+
+
+def test_edge_p99_tells_a_flat_picture_with_a_sharp_object_from_a_blurred_one():
+    """A small square 40 levels darker on a flat gray field: most pixels do not respond to the edge
+    filter, so its ``sharpness`` is well below a sharp texture's, while its strongest edges are as
+    strong as the texture's; blurring the texture divides its ``edge_p99`` several times."""
+    from PIL import ImageFilter
+
+    from ood_ray.stats.visual import compute_batch_edges
+
+    field = np.full((32, 32, 3), 150, np.uint8)
+    field[12:18, 14:20] = 110
+    texture = textured(3)[:32, :32]
+    blurred = np.asarray(Image.fromarray(texture).filter(ImageFilter.GaussianBlur(3)))
+    sharpness, _, strongest = compute_batch_edges(np.stack([field, texture, blurred]))
+    assert sharpness[0] < 0.6 * sharpness[1]
+    assert strongest[0] > 0.9 * strongest[1]
+    assert strongest[2] < strongest[1] / 4
+    # 40 levels: the response at the square's inner corners is 5 x 40 = 200 (over 255), at its
+    # edges 3 x 40 = 120; the ring of responding pixels is > 1% of the image
+    assert strongest[0] == pytest.approx(120 / 255)
