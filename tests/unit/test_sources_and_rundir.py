@@ -154,3 +154,27 @@ def test_decode_journal_gives_a_row_up_after_two_deaths(tmp_path):
     assert third.begin(2)
     third.finish()
     assert not (tmp_path / "block").exists()
+
+
+def test_a_local_read_returns_the_file_or_its_first_limit_bytes_and_reads_on_past_its_stat_size(tmp_path):
+    """The read asks for the size ``fstat`` gives plus one byte, not for ``limit`` bytes: exactly
+    the file up to ``limit`` bytes, whatever the two sizes; a file whose ``fstat`` size is 0 but
+    that has content (``/proc``) is read to its end; a FIFO is refused without blocking."""
+    import os
+
+    from ood_ray.io.storage import NotARegularFile, read_bytes
+
+    data = os.urandom(3_000_001)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    for limit in (None, 1, 10, 3_000_000, 3_000_001, 3_000_002, 1 << 30):
+        assert read_bytes(str(path), limit=limit) == (data if limit is None else data[:limit])
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert read_bytes(str(empty)) == b"" and read_bytes(str(empty), limit=5) == b""
+    status = read_bytes("/proc/self/status")
+    assert os.stat("/proc/self/status").st_size == 0 and status.startswith(b"Name:") and status.endswith(b"\n")
+    assert read_bytes("/proc/self/status", limit=6) == b"Name:\t"
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(NotARegularFile):
+        read_bytes(str(tmp_path / "pipe"), limit=10)
