@@ -33,7 +33,12 @@ from bench_setup import prepare  # noqa: E402
 
 KINDS = ("black", "white", "very_dark", "very_bright", "blurred", "noise", "flat_stripe", "strip_32x4", "upscaled_128",
          "flat_colour")
-SETTINGS = {"default (adaptive 3.5)": [], "zscore 3 (before)": ["lint.method=zscore", "lint.threshold=3"],
+#: The 18 statistics linted before ``edge_p99``, with ``sharpness`` on the log scale (the default before).
+_BEFORE_EDGE_P99 = "[width, height, size, aspect_ratio, channels, depth, mean, std, var, skew, kurtosis, entropy, " \
+                   "brightness, darkness, contrast, zeros, missing, sharpness]"
+SETTINGS = {"default (adaptive 3.5)": [],
+            "log sharpness, no edge_p99 (before)": ["lint.log_metrics=[sharpness]", f"lint.metrics={_BEFORE_EDGE_P99}"],
+            "zscore 3": ["lint.method=zscore", "lint.threshold=3"],
             "modzscore 3.5": ["lint.method=modzscore", "lint.threshold=3.5"],
             "iqr 3": ["lint.method=iqr", "lint.threshold=3"]}
 
