@@ -62,6 +62,8 @@ class IOConfig:
     ``block_seconds`` of work, from the objects' mean size (see ood_ray.io.block_size).
     ``part_target_mb``: the output tables' part files are coalesced into files of at least this
     many megabytes (the last one takes the rest; 0: keep the scan's parts), see ood_ray.run.compact.
+    ``malloc_retain_mb``: freed memory a scan worker's allocator keeps for the next batch instead of
+    returning it to the kernel (glibc, Linux; 0: glibc's defaults), see ood_ray.io.memory.tune_allocator.
     """
 
     max_pixels: int = 178_956_970
@@ -75,6 +77,7 @@ class IOConfig:
     block_seconds: float = 0.5
     manifest_rows_per_task: int = 500_000
     part_target_mb: float = 128.0
+    malloc_retain_mb: int = 128
     retry_attempts: int = 12
     retry_base_delay_s: float = 0.1
     retry_max_delay_s: float = 5.0
@@ -87,6 +90,7 @@ class IOConfig:
         _check_positive(f"{prefix}.retry_base_delay_s", self.retry_base_delay_s, allow_zero=True)
         _check_positive(f"{prefix}.retry_max_delay_s", self.retry_max_delay_s, allow_zero=True)
         _check_positive(f"{prefix}.fetch_threads", self.fetch_threads)
+        _check_positive(f"{prefix}.malloc_retain_mb", self.malloc_retain_mb, allow_zero=True)
         _check_positive(f"{prefix}.rows_per_block", self.rows_per_block)
         _check_positive(f"{prefix}.block_seconds", self.block_seconds)
         _check_positive(f"{prefix}.manifest_rows_per_task", self.manifest_rows_per_task)

@@ -37,7 +37,7 @@ from ood_ray.io.decode import (
     short_error,
 )
 from ood_ray.io.journal import WORKER_DIED, DecodeJournal
-from ood_ray.io.memory import default_decode_budget
+from ood_ray.io.memory import default_decode_budget, tune_allocator
 from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES, absolute_scores
 from ood_ray.stats.centre import CROP_METHOD
 from ood_ray.stats.d4 import d4_methods
@@ -86,6 +86,8 @@ class ScanSettings:
     crop_scales: tuple[float, ...] = DEFAULT_CROP_SCALES if CROP_METHOD in DEFAULT_NEAR_METHODS else ()
     #: ``(issue, threshold)`` of the absolute named quality issues (empty: not computed).
     quality_thresholds: tuple[tuple[str, float], ...] = ()
+    #: Freed memory the worker's allocator keeps (``io.malloc_retain_mb``; 0: glibc's defaults).
+    malloc_retain_mb: int = 128
 
     @classmethod
     def from_config(cls, cfg: Any, model_inputs: tuple[tuple[str, dict[str, Any]], ...] = (), run_id: str = "",
@@ -100,7 +102,7 @@ class ScanSettings:
             d4_hashes=d4_methods(cfg.dedup.near_methods) if cfg.dedup.enabled else (),
             crop_scales=tuple(cfg.dedup.crop_scales) if cfg.dedup.enabled and CROP_METHOD in cfg.dedup.near_methods else (),
             quality_thresholds=tuple((name, cfg.quality.threshold(name)) for name in ABSOLUTE_ISSUES)
-            if cfg.quality.enabled else ())
+            if cfg.quality.enabled else (), malloc_retain_mb=cfg.io.malloc_retain_mb)
 
     def limits(self) -> DecodeLimits:
         """The decode limits on this worker (the memory budget resolved for its node)."""
@@ -285,7 +287,9 @@ def scan_blobs(fetched: list[tuple[bytes | None, str | None]], settings: ScanSet
     pixel values are held, then their statistics are computed together and the pixels released;
     a larger image gets its statistics at once, so that at most one large image is held and its
     decode and statistics are one step of the ``journal`` (see :mod:`ood_ray.io.journal`).
+    The process's allocator is tuned first (``io.malloc_retain_mb``, once per process).
     """
+    tune_allocator(settings.malloc_retain_mb)
     limits = settings.limits()
     columns = ScanColumns(len(fetched))
     for name, _ in settings.input_columns():

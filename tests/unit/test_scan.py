@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from ood_ray.stages.scan import split_scan_block
@@ -71,3 +72,22 @@ def test_the_cyclic_gc_is_paused_for_a_block_and_restored_as_it_was():
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
+
+
+def test_the_allocator_is_tuned_once_per_process_and_zero_leaves_it_alone():
+    """``io.malloc_retain_mb`` reaches the scan's settings; ``tune_allocator`` sets glibc's
+    thresholds once per value (a second call with the same value does nothing) and 0 never."""
+    import subprocess
+    import sys
+
+    from ood_ray.config import load_config
+    from ood_ray.scan import ScanSettings
+
+    assert ScanSettings.from_config(load_config(None, ["io.malloc_retain_mb=64"], source="s", out="o")).malloc_retain_mb == 64
+    with pytest.raises(Exception, match="io.malloc_retain_mb"):
+        load_config(None, ["io.malloc_retain_mb=-1"], source="s", out="o")
+    # in a fresh process: the first call sets, the same value again does not, another value does
+    script = ("from ood_ray.io.memory import tune_allocator as t; "
+              "print(t(0), t(64), t(64), t(32))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "False", "True"]
