@@ -19,3 +19,21 @@ def test_query_csv_writes_list_and_struct_columns_as_json():
     assert json.loads(rows[0]["s"]) == {"a": 1, "b": "x"} and json.loads(rows[2]["s"]) == {"a": 2, "b": None}
     json_lines = [json.loads(line) for line in format_table(table, "json").splitlines()]
     assert [r["top"] for r in json_lines] == [[3, 1], None, []]
+
+
+def test_binary_columns_are_hex_text_in_every_format():
+    """``gray16`` is 256 bytes: CSV (pyarrow refuses non-UTF-8 text), JSON and the text table
+    write binary cells as hexadecimal, which ``bytes.fromhex`` turns back into the same bytes."""
+    import csv as csvmodule
+    import json
+
+    from ood_ray.query import format_table
+
+    thumb = bytes(range(256))
+    table = pa.table({"id": [1, 2], "gray16": pa.array([thumb, None], pa.binary(256)), "raw": pa.array([b"\xff\x00", b""], pa.binary())})
+    rows = list(csvmodule.DictReader(format_table(table, "csv").splitlines()))
+    assert bytes.fromhex(rows[0]["gray16"]) == thumb and rows[1]["gray16"] == "" and rows[0]["raw"] == "ff00"
+    lines = [json.loads(line) for line in format_table(table, "json").splitlines()]
+    assert bytes.fromhex(lines[0]["gray16"]) == thumb and lines[1]["gray16"] is None and lines[1]["raw"] == ""
+    text = format_table(table, "table")
+    assert "000102030405060708... (256 bytes)" not in text and "0001020304050607... (256 bytes)" in text and "ff00" in text
