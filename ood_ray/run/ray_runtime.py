@@ -7,7 +7,6 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 from typing import Any
 
 from ood_ray.config import AuditConfig
@@ -56,36 +55,14 @@ def _warm_worker() -> dict[str, Any]:
             "imported": imported}
 
 
-#: The driver thread that starts Ray Data's helper actors while the manifest is read (see
-#: :func:`warm_workers`); the first stage to run a Ray Data pipeline waits for it.
-_DATA_WARM_UP: list[threading.Thread] = []
-
-
-def _start_ray_data_actors() -> None:
-    """Run the smallest Ray Data pipeline there is: its execution starts the session's Ray Data
-    helper actors (statistics, autoscaling coordinator), each in a new worker process."""
-    try:
-        import ray.data
-
-        ray.data.range(1, override_num_blocks=1).materialize()
-    except Exception as exc:  # noqa: BLE001 - a warm-up only; the scan starts them itself if needed
-        log.debug("Ray Data warm-up failed: %s", exc)
-
-
 def warm_workers(task_num_cpus: float) -> list[Any]:
     """Start one :func:`_warm_worker` task per ``task_num_cpus`` of the cluster's CPUs (at most 256)
     and return their references without waiting: they run while the driver reads the manifest, and
     Ray hands the scan's tasks the same, now warm, worker processes. A cold worker spent ~1.1 s
     importing Ray Data and the scan's modules and ran its first block ~30% slower (measured on 2
-    CPUs, CIFAR-10). A driver thread meanwhile runs a one-row Ray Data pipeline, which starts Ray
-    Data's helper actors: started by the scan instead, their processes took the CPU from its first
-    blocks (1.5 s instead of 0.43 s each, measured on 2 CPUs); :func:`configure_ray_data` waits for
-    the thread, so no two Ray Data executions overlap."""
+    CPUs, CIFAR-10)."""
     import ray
 
-    thread = threading.Thread(target=_start_ray_data_actors, name="ray-data-warm-up", daemon=True)
-    thread.start()
-    _DATA_WARM_UP.append(thread)
     slots = int(ray.cluster_resources().get("CPU", 0) // task_num_cpus)
     task = ray.remote(num_cpus=task_num_cpus, max_retries=0)(_warm_worker)
     return [task.remote() for _ in range(min(slots, 256))]
@@ -217,8 +194,6 @@ def configure_ray_data(config: AuditConfig) -> None:
     bars (our own progress line instead), operator reservation as configured."""
     import ray
 
-    while _DATA_WARM_UP:
-        _DATA_WARM_UP.pop().join(timeout=120)
     context = ray.data.DataContext.get_current()
     context.execution_no_progress_timeout_s = config.ray.no_progress_timeout_s
     context.wait_for_min_actors_s = config.ray.no_progress_timeout_s
