@@ -96,6 +96,7 @@ def run_query(out: str, sql: str) -> pa.Table:
 def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> str:
     """Render a result as an aligned text table, CSV or JSON lines; binary columns (``gray16``) as
     hexadecimal text (``bytes.fromhex`` reads them back; the text table shows their first bytes)."""
+    binary = {f.name for f in table.schema if _binary(f.type)}
     table = hex_ready(table)
     if fmt == "json":
         return "\n".join(json.dumps(row, default=str) for row in table.to_pylist())
@@ -110,9 +111,7 @@ def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> st
     rows = table.slice(0, max_rows).to_pylist()
     names = table.column_names
     cells = [[_cell(row[n]) for n in names] for row in rows]
-    hexed = (table.schema.metadata or {}).get(HEX_COLUMNS_KEY, b"").decode().split(",")
-    binary = {i for i, n in enumerate(names) if n in hexed}
-    cells = [[_short_hex(c) if i in binary else c for i, c in enumerate(cell)] for cell in cells]
+    cells = [[_short_hex(c) if n in binary else c for n, c in zip(names, cell)] for cell in cells]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
     lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
@@ -124,8 +123,6 @@ def format_table(table: pa.Table, fmt: str = "table", max_rows: int = 200) -> st
 
 #: Characters of a binary cell the text table shows (the rest as "...").
 HEX_SHOWN = 16
-#: Schema metadata key naming the columns :func:`hex_ready` turned into hex text.
-HEX_COLUMNS_KEY = b"ood_ray.hex_columns"
 
 
 def _short_hex(text: str) -> str:
@@ -143,8 +140,7 @@ def hex_ready(table: pa.Table) -> pa.Table:
         return table
     columns = [pa.array([None if v is None else v.hex() for v in column.to_pylist()], pa.string())
                if name in names else column for name, column in zip(table.column_names, table.columns)]
-    out = pa.Table.from_arrays(columns, names=table.column_names)
-    return out.replace_schema_metadata({HEX_COLUMNS_KEY: ",".join(names).encode()})
+    return pa.Table.from_arrays(columns, names=table.column_names)
 
 
 def _nested(kind: pa.DataType) -> bool:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from ood_ray.columns import CHANNEL_LIST_PREFIX, INPUT_ERROR
 from ood_ray.lint.issues import ABSOLUTE_ISSUES, ISSUES
 from ood_ray.metrics import METRIC_NAMES
+from ood_ray.stats.hashes import THUMBNAIL_VALUES
 from ood_ray.stats.image import CHANNEL_STAT_NAMES, IMAGE_STAT_NAMES
 
 _INT_STATS = {"width", "height", "size", "channels", "depth"}
@@ -47,7 +48,7 @@ HASH_FIELDS: list[pa.Field] = [
     pa.field("dhash_d4", pa.uint64()),
     pa.field("dhash_d4_orient", pa.int8()),
     pa.field("phash_d4_dhash", pa.uint64()),
-    pa.field("gray16", pa.binary(256)),
+    pa.field("gray16", pa.binary(THUMBNAIL_VALUES)),
     pa.field("phash_crop", pa.list_(pa.uint64())),
 ]
 #: The absolute named quality issues: ``score_<issue>`` (float64) and ``is_<issue>`` (bool) each.

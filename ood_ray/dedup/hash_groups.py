@@ -47,6 +47,7 @@ from ood_ray.parts import Parts
 from ood_ray.dedup.linkage import cut_components, hamming_matrix, split_component
 from ood_ray.stats.centre import CROP_COLUMN, CROP_METHOD
 from ood_ray.stats.d4 import D4_METHODS, PHASH_D4_CHECK, THUMBNAIL_COLUMN, d4_methods, relation, transform
+from ood_ray.stats.hashes import THUMBNAIL_SIZE, THUMBNAIL_VALUES
 from ood_ray.tables import DUPLICATE_PAIRS_SCHEMA, DUPLICATES_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -402,8 +403,6 @@ SECOND_HASH = {"phash": "dhash", "dhash": "phash", "phash_crop": "dhash", "phash
 SECOND_HASH_HALVES = ("second_high", "second_low")
 #: Every member's evidence, in this column order: photometry, then its second hash.
 PHOTOMETRY = (*PHOTOMETRIC, *COLOUR_SHARES, *SECOND_HASH_HALVES)
-#: Values in the ``gray16`` thumbnail the pixel check compares (16 x 16).
-THUMBNAIL_VALUES = 256
 #: Added to both standard deviations before their ratio (flat images have a std near 0).
 CONTRAST_FLOOR = 0.01
 #: ``score_grayscale`` from which an image counts as gray (chroma <= 0.02): its colour says nothing,
@@ -433,10 +432,10 @@ class PhotometricCheck:
     checked; a missing or flat thumbnail agrees with anything). A 64-bit hash keeps the signs of a
     few coefficients only: for stripes, whose DCT has one non-zero row, most bits carry noise and
     two different striped textures can hash within a few bits, in both hash kinds. Their pixels do
-    not correlate (measured on the duplicate benchmark: ``r`` of -0.55 to 0.38 on such links, while
-    copies linked by ``phash``/``phash_d4`` keep ``r >= 0.66``; ``dhash`` links of watermarked
-    32-px textures go down to 0.39; a 5% crop moves a fine texture's pixels, so ``phash_crop``
-    links have their own bound)."""
+    not correlate (measured on the duplicate benchmark's ``gray16``: ``r`` of -0.57 to 0.41 on such
+    links, while copies linked by ``phash_d4`` keep ``r >= 0.63``; a watermark on a 32-px texture
+    brings a few ``phash`` and ``dhash`` copies down to 0.33; a 5% crop moves a fine texture's
+    pixels, so ``phash_crop`` links have their own bound)."""
 
     max_mean_difference: float = 0.25
     max_contrast_ratio: float = 2.0
@@ -499,8 +498,7 @@ def pixel_evidence(members: pa.Table) -> np.ndarray:
         return out
     kept = column.filter(pa.array(present))
     data = np.frombuffer(kept.buffers()[1], np.uint8)[kept.offset * THUMBNAIL_VALUES:][:len(kept) * THUMBNAIL_VALUES]
-    side = int(round(THUMBNAIL_VALUES ** 0.5))
-    thumbs = data.reshape(-1, side, side).astype(np.float32)
+    thumbs = data.reshape(-1, THUMBNAIL_SIZE, THUMBNAIL_SIZE).astype(np.float32)
     if "orient" in members.column_names:
         orients = members.column("orient").to_numpy(zero_copy_only=False)[present]
         for index in range(8):

@@ -38,8 +38,9 @@ from scipy.fft import dct
 from ood_ray.stats.resample import MATRIX_MAX_PIXELS, resize_stack
 
 HASH_SIZE = 8
-#: Side of the ``gray16`` thumbnail (pixels).
+#: Side of the ``gray16`` thumbnail (pixels), and the bytes it holds.
 THUMBNAIL_SIZE = 16
+THUMBNAIL_VALUES = THUMBNAIL_SIZE * THUMBNAIL_SIZE
 _MAX_FACTOR = 4
 _LUMA = np.array([0.299, 0.587, 0.114])
 

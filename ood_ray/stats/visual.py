@@ -76,9 +76,9 @@ def _lower_quantile_of_counts(hist: np.ndarray, values: np.ndarray, share: float
     return values[np.argmax(cumulative >= wanted - 1e-9 * cumulative[:, -1:], axis=1)]
 
 
-def _edge_std_uint8(total: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _edge_std_uint8(total: np.ndarray, count: int, strongest: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """``(std(clip(conv(total / count, K) + 0.5, 0, 255)), p99(|conv(total / count, K)|))``
-    exactly, per image of ``(N, H, W)``.
+    exactly, per image of ``(N, H, W)`` (the second ``None`` unless ``strongest``).
 
     ``total`` is the int16 sum of ``count`` uint8 planes. ``conv(total, K)`` is an integer in
     ``[-8 * 255 * count, 8 * 255 * count]``; one offset ``bincount`` gives each image's
@@ -92,8 +92,9 @@ def _edge_std_uint8(total: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
     if edges.shape[1] < bins:
         # Fewer pixels than histogram bins: the values themselves are cheaper than their counts.
         values = np.clip(edges / count + 0.5, 0.0, _DISPLAY_MAX)
-        strongest = np.percentile(np.abs(edges), EDGE_PERCENTILE, axis=1, method="inverted_cdf") / count
-        return values.std(axis=1), strongest
+        if not strongest:
+            return values.std(axis=1), None
+        return values.std(axis=1), np.percentile(np.abs(edges), EDGE_PERCENTILE, axis=1, method="inverted_cdf") / count
     hist = np.zeros(n_images * bins, dtype=np.float64)
     offsets = (np.arange(n_images, dtype=np.intp) * bins - lowest)[:, None]
     # In stripes, so a huge image never holds a full-size int64 index array.
@@ -106,27 +107,30 @@ def _edge_std_uint8(total: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarr
     n = hist.sum(axis=1)
     mean = hist @ values / n
     std = np.sqrt(np.einsum("nk,nk->n", hist, (values[None, :] - mean[:, None]) ** 2) / n)
+    if not strongest:
+        return std, None
     # |value| histogram: bin k of the folded half counts the responses -k and +k
     zero = -lowest
     folded = hist[:, zero:].copy()
     folded[:, 1:] += hist[:, zero - 1::-1]
-    strongest = _lower_quantile_of_counts(folded, np.arange(zero + 1, dtype=np.float64), EDGE_PERCENTILE / 100) / count
-    return std, strongest
+    return std, _lower_quantile_of_counts(folded, np.arange(zero + 1, dtype=np.float64), EDGE_PERCENTILE / 100) / count
 
 
-def _edge_std(plane: np.ndarray) -> tuple[float, float]:
+def _edge_std(plane: np.ndarray, strongest: bool = True) -> tuple[float, float | None]:
     """``(std(clip(conv(plane, K) + 0.5, 0, 255)), p99(|conv(plane, K)|))`` for one float64 plane
-    on the 0-255 scale."""
+    on the 0-255 scale (the second ``None`` unless ``strongest``)."""
     box = uniform_filter(plane, size=3, mode="reflect")
     edges = plane - box
     edges *= 9.0
-    magnitude = np.abs(edges, out=box).reshape(-1)  # box's memory, no new array of the image's size
-    rank = max(0, int(np.ceil(EDGE_PERCENTILE / 100 * magnitude.size)) - 1)  # the inverted_cdf quantile
-    magnitude.partition(rank)
-    strongest = float(magnitude[rank])
+    top = None
+    if strongest:
+        magnitude = np.abs(edges, out=box).reshape(-1)  # box's memory, no new array of the image's size
+        rank = max(0, int(np.ceil(EDGE_PERCENTILE / 100 * magnitude.size)) - 1)  # the inverted_cdf quantile
+        magnitude.partition(rank)
+        top = float(magnitude[rank])
     edges += 0.5
     np.clip(edges, 0.0, _DISPLAY_MAX, out=edges)
-    return float(edges.std()), strongest
+    return float(edges.std()), top
 
 
 def display_factor(dtype: np.dtype) -> float:
@@ -155,13 +159,15 @@ def compute_batch_edges(stack: np.ndarray, per_channel: bool = False
         per = None
         if per_channel:
             per = whole[:, None] if channels == 1 else np.stack(
-                [_edge_std_uint8(stack[..., c].astype(np.int16), 1)[0] for c in range(channels)], axis=1) / _DISPLAY_MAX
+                [_edge_std_uint8(stack[..., c].astype(np.int16), 1, strongest=False)[0] for c in range(channels)],
+                axis=1) / _DISPLAY_MAX
         return whole, per, strongest / _DISPLAY_MAX
     factor = display_factor(stack.dtype)
     pairs = np.array([_edge_std(image.sum(axis=2, dtype=np.float64) * (factor / channels)) for image in stack]).reshape(-1, 2)
     per = None
     if per_channel:
-        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor)[0] for c in range(channels)] for image in stack])
+        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor, strongest=False)[0] for c in range(channels)]
+                        for image in stack])
         per /= _DISPLAY_MAX
     return pairs[:, 0] / _DISPLAY_MAX, per, pairs[:, 1] / _DISPLAY_MAX
 
