@@ -227,15 +227,27 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class LintRule:
-    """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier)."""
+    """One metric's override: ``method`` and/or ``threshold`` (the method's multiplier) and/or
+    ``side``: which tail is flagged (``both``, ``lower`` or ``upper``)."""
 
     method: str | None = None
     threshold: float | None = None
+    side: str | None = None
 
     def validate(self, prefix: str) -> None:
         if self.method is not None and self.method not in LINT_METHODS:
             _fail(f"{prefix}.method", self.method, f"must be one of {', '.join(LINT_METHODS)}")
         _check_positive(f"{prefix}.threshold", self.threshold)
+        if self.side is not None and self.side not in LINT_SIDES:
+            _fail(f"{prefix}.side", self.side, f"must be one of {', '.join(LINT_SIDES)}")
+
+
+#: Which tails of a bound flag an image.
+LINT_SIDES = ("both", "lower", "upper")
+#: Metrics flagged on one side unless ``lint.overrides.<metric>.side`` says otherwise: a low
+#: ``noise_ratio`` is a smooth picture -- blur is ``edge_contrast``'s to flag, and smooth textures
+#: are ordinary -- only a high one (detail at the scale of one pixel) is noise.
+DEFAULT_LINT_SIDES: dict[str, str] = {"noise_ratio": "upper"}
 
 
 @dataclass(frozen=True)
@@ -247,17 +259,21 @@ class LintConfig:
     (outside [Q1 - 1.5 IQR, Q3 + 1.5 IQR]); ``threshold`` replaces the multiplier
     (see :mod:`ood_ray.lint.thresholds`).
     ``metrics``: which statistics (default: every scalar statistic but the five pixel
-    percentiles); ``log_metrics``: statistics thresholded on the log scale, ``ln(max(x, 2^-16))``
-    (default ``edge_p99``: blur divides it, and on the linear scale its lower bound falls below
-    0; ``sharpness`` stays linear, as DataEval lints it: on the log scale it also flags sharp but
-    mostly flat pictures, see :mod:`ood_ray.stats.visual`); ``per_class``: thresholds computed within each label; ``overrides``: ``{metric: {method, threshold}}``.
+    percentiles and ``edge_p99``, whose exposure-free form ``edge_contrast`` is linted);
+    ``log_metrics``: statistics thresholded on the log scale, ``ln(max(x, 2^-16))`` (default
+    ``edge_p99``, ``edge_contrast``, ``noise_ratio``: blur divides them, and on the linear scale
+    their lower bounds fall below 0; ``sharpness`` stays linear, as DataEval lints it: on the log
+    scale it also flags sharp but mostly flat pictures, see :mod:`ood_ray.stats.visual`);
+    ``per_class``: thresholds computed within each label; ``overrides``: ``{metric: {method,
+    threshold, side}}`` (``side`` defaults to ``both``, for ``noise_ratio`` to ``upper``: see
+    :data:`DEFAULT_LINT_SIDES`).
     """
 
     enabled: bool = True
     method: str = "adaptive"
     threshold: float | None = None
     metrics: list[str] | None = None
-    log_metrics: list[str] = field(default_factory=lambda: ["edge_p99"])
+    log_metrics: list[str] = field(default_factory=lambda: ["edge_p99", "edge_contrast", "noise_ratio"])
     per_class: bool = False
     overrides: dict[str, LintRule] = field(default_factory=dict)
 
@@ -282,6 +298,11 @@ class LintConfig:
         if rule.method is None and self.threshold is not None:
             return method, self.threshold
         return method, LINT_METHODS[method]
+
+    def side_for(self, metric: str) -> str:
+        """The tail(s) of ``metric``'s bounds that flag: ``both``, ``lower`` or ``upper``."""
+        rule = self.overrides.get(metric, LintRule())
+        return rule.side or DEFAULT_LINT_SIDES.get(metric, "both")
 
 
 @dataclass(frozen=True)

@@ -206,7 +206,7 @@ def write_demo_dataset(root: str, seed: int = 0) -> list[str]:
         "train/stripes/wide_strip.png": (draw_picture("stripes", rng, 400, 24), ["width"]),
         "test/stripes/noise.png": (
             Image.fromarray((rng.random((64, 64, 3)) > 0.5).astype(np.uint8) * 255, "RGB"),
-            ["std", "entropy"],
+            ["std", "entropy", "noise_ratio"],
         ),
     }
     for relative, (picture, metrics) in extremes.items():

@@ -50,9 +50,13 @@ from ood_ray.tables import LINT_SCHEMA
 
 log = logging.getLogger(__name__)
 
-#: The statistics linted by default: all but the five pixel percentiles (``p25``/``p75`` are
-#: ``brightness``/``darkness`` already; DataEval 1.1 lints none of them). ``lint.metrics`` adds them.
-DEFAULT_LINT_METRICS: tuple[str, ...] = tuple(name for name in IMAGE_STAT_NAMES if name not in PERCENTILE_NAMES)
+#: Statistics kept in ``images`` but not linted by default: the five pixel percentiles (``p25``/``p75``
+#: are ``brightness``/``darkness`` already; DataEval 1.1 lints none of them) and ``edge_p99``, which
+#: a dark, low-contrast picture also lowers (``edge_contrast`` is its exposure-free form).
+#: ``lint.metrics`` adds them back.
+UNLINTED_BY_DEFAULT: frozenset[str] = frozenset((*PERCENTILE_NAMES, "edge_p99"))
+#: The statistics linted by default.
+DEFAULT_LINT_METRICS: tuple[str, ...] = tuple(name for name in IMAGE_STAT_NAMES if name not in UNLINTED_BY_DEFAULT)
 
 #: The ``scope`` of thresholds computed over the whole dataset (per-class scopes are labels).
 ALL_SCOPE = "all"
@@ -169,7 +173,8 @@ def run_pass(parts: Parts, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
-    """The ``lint`` rows of one part: every (image, metric) outside its scope's bounds, with its
+    """The ``lint`` rows of one part: every (image, metric) outside its scope's bounds on a flagged
+    side (``side``: ``both``, or only ``lower``/``upper``), with its
     ``severity = |value - centre| / half-width`` of the bounds (1 at a bound, 2 twice as far out;
     for ``zscore`` and ``modzscore`` that is the score over the threshold), both on the metric's
     threshold scale; ``value``, ``lower`` and ``upper`` are written on the statistic's own scale."""
@@ -179,11 +184,13 @@ def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
         for metric, bounds in spec["bounds"].items():
             if scope not in bounds:
                 continue
-            lower, upper, method, threshold = bounds[scope]
+            lower, upper, method, threshold, side = bounds[scope]
             log = metric in spec.get("log", ())
             raw = table.column(metric).cast(pa.float64()).to_numpy(zero_copy_only=False)
             values = to_scale(raw, log)
-            hit = mask & ~np.isnan(values) & ((values < lower) | (values > upper))
+            low = values < lower if side != "upper" else False
+            high = values > upper if side != "lower" else False
+            hit = mask & ~np.isnan(values) & (low | high)
             centre, half_width = (lower + upper) / 2, (upper - lower) / 2
             for i in np.flatnonzero(hit):
                 rows["severity"].append(float(abs(values[i] - centre) / half_width) if half_width > 0 else float("inf"))
@@ -306,7 +313,7 @@ def summarize_metrics(parts: Parts, metrics: list[str], per_class: bool, adaptiv
 
 def run_lint(parts: Parts, config: LintConfig) -> tuple[Any, dict[str, Any]]:
     """Flags of every metric (``lint`` parts written by the tasks, or a table for in-memory parts) and the
-    thresholds used: ``{metric: {scope: {method, threshold, scale, n, lower, upper | skipped}}}``
+    thresholds used: ``{metric: {scope: {method, threshold, scale, side, n, lower, upper | skipped}}}``
     (bounds on the statistic's own scale)."""
     metrics = list(config.metrics or DEFAULT_LINT_METRICS)
     log = sorted(set(config.log_metrics) & set(metrics))
@@ -316,14 +323,15 @@ def run_lint(parts: Parts, config: LintConfig) -> tuple[Any, dict[str, Any]]:
     bounds: dict[str, dict[str, tuple]] = {}
     for (scope, metric), summary in sorted(summaries.items()):
         method, multiplier = config.rule_for(metric)
+        side = config.side_for(metric)
         entry: dict[str, Any] = {"method": method, "threshold": multiplier, "scale": "log" if metric in log else "linear",
-                                 "n": summary.n}
+                                 "side": side, "n": summary.n}
         found = compute_bounds(summary, method, multiplier)
         if found is None:
             entry["skipped"] = "zero spread"
         else:
             entry["lower"], entry["upper"] = (from_scale(b, metric in log) for b in found)
-            bounds.setdefault(metric, {})[scope] = (*found, method, multiplier)
+            bounds.setdefault(metric, {})[scope] = (*found, method, multiplier, side)
         used.setdefault(metric, {})[scope] = entry
     spec = {"per_class": config.per_class, "bounds": bounds, "log": log}
     flags = parts.write(flag_table, spec, _columns(spec), "lint")

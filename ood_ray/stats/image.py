@@ -10,7 +10,8 @@ Geometry (DataEval ``DimensionStatCalculator``):
 - ``depth``: bits per sample of the *stored* image (1 for bilevel, 8, or 16) -- read from the
   format, not guessed from the pixel maximum as DataEval does.
 
-Pixel statistics: :mod:`ood_ray.stats.pixels`; sharpness: :mod:`ood_ray.stats.visual`; hashes:
+Pixel statistics: :mod:`ood_ray.stats.pixels`; sharpness, edges and relative detail:
+:mod:`ood_ray.stats.visual`; hashes:
 :mod:`ood_ray.stats.hashes`.
 """
 
@@ -30,7 +31,7 @@ from ood_ray.stats.pixels import (
     compute_channel_histograms,
     compute_histogram_stats,
 )
-from ood_ray.stats.visual import compute_batch_edges
+from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
 
 #: The hash columns besides ``phash``/``dhash`` (``StatsColumns.d4``): the D4 hashes and the centre hashes.
 EXTRA_HASH_COLUMNS = (*D4_COLUMNS, CROP_COLUMN)
@@ -46,6 +47,8 @@ IMAGE_STAT_NAMES: tuple[str, ...] = (
     *HISTOGRAM_STAT_NAMES,
     "sharpness",
     "edge_p99",
+    "edge_contrast",
+    "noise_ratio",
 )
 
 _INTEGER_STATS = {"width", "height", "size", "channels", "depth"}
@@ -149,6 +152,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
         per_channel[name] = stats[name][: n * channels].reshape(n, channels).tolist()
     image["sharpness"] = sharpness
     image["edge_p99"] = edge_p99
+    image["edge_contrast"], image["noise_ratio"] = compute_batch_relative_detail(stack, edge_p99)
     per_channel["sharpness"] = channel_sharpness.tolist() if channel_sharpness is not None else [[None] * channels] * n
     return StatsColumns(image=image, channels=per_channel, hash_pixels=[compute_hash_pixels(x) for x in stack],
                         phash=phashes, dhash=dhashes, d4=d4, quality=measures)

@@ -111,8 +111,10 @@ def test_lint_flags_the_planted_extremes(folder_run, demo_dataset):
         assert set(metrics) <= per_image.get(path, set()), (path, per_image.get(path))
     thresholds = folder_run["run"]["lint_thresholds"]
     assert thresholds["mean"]["all"]["method"] == "adaptive" and thresholds["mean"]["all"]["threshold"] == 3.5
-    assert thresholds["edge_p99"]["all"]["scale"] == "log" and thresholds["sharpness"]["all"]["scale"] == "linear"
-    assert "p0" not in thresholds
+    assert thresholds["sharpness"]["all"]["scale"] == "linear"
+    for metric, side in (("edge_contrast", "both"), ("noise_ratio", "upper")):
+        assert thresholds[metric]["all"]["scale"] == "log" and thresholds[metric]["all"]["side"] == side
+    assert "p0" not in thresholds and "edge_p99" not in thresholds
     by_class = run_query(str(folder_run["out"]), "SELECT label, metric, flags FROM lint_by_class").to_pylist()
     assert sum(r["flags"] for r in by_class) == len(flagged)
 

@@ -165,3 +165,61 @@ def test_edge_p99_tells_a_flat_picture_with_a_sharp_object_from_a_blurred_one():
     # 40 levels: the response at the square's inner corners is 5 x 40 = 200 (over 255), at its
     # edges 3 x 40 = 120; the ring of responding pixels is > 1% of the image
     assert strongest[0] == pytest.approx(120 / 255)
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 32, 32, 3), np.uint8), ((2, 150, 120, 3), np.uint8), ((2, 40, 30, 1), np.uint8),
+                                         ((2, 25, 30, 4), np.uint8), ((2, 25, 30, 3), np.uint16), ((2, 2, 9, 3), np.uint8)])
+def test_relative_detail_against_scipy(shape, dtype):
+    """``edge_contrast = 255 edge_p99 / std(g)`` and Immerkaer's ``sqrt(pi/2)/6 mean|conv(g, M)| / std(g)``
+    on the channel-mean image, every path (8-bit integer sums with 1, 3 and 4 channels, 16-bit
+    float), against SciPy's valid-mode convolution; under 3 pixels on a side ``noise_ratio`` is NaN."""
+    from scipy.signal import convolve2d
+
+    from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
+
+    top = 65535 if dtype == np.uint16 else 255
+    stack = np.random.default_rng(shape[2]).integers(0, top + 1, size=shape).astype(dtype)
+    stack[0, : shape[1] // 2] //= 3  # not white noise everywhere
+    _, _, strongest = compute_batch_edges(stack)
+    edge_contrast, noise_ratio = compute_batch_relative_detail(stack, strongest)
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+    for image, top_edge, ec, nr in zip(stack, strongest, edge_contrast, noise_ratio):
+        gray = image.astype(np.float64).mean(axis=2) * (255 / top)
+        assert ec == pytest.approx(255 * top_edge / gray.std(), rel=1e-9)
+        if min(shape[1:3]) < 3:
+            assert np.isnan(nr)
+        else:
+            sigma = np.sqrt(np.pi / 2) / 6 * np.abs(convolve2d(gray, mask, mode="valid")).mean()
+            assert nr == pytest.approx(sigma / gray.std(), rel=1e-9)
+
+
+def test_relative_detail_ignores_exposure_and_tells_blur_and_noise_apart():
+    """A gain and an offset leave both ratios as they are (a dim picture is not a blurred one, which
+    ``edge_p99`` alone cannot say); blur divides ``edge_contrast`` and ``noise_ratio``; uniform pixel
+    noise has ``noise_ratio`` about 1 (Immerkaer's estimate of its own sigma), a natural texture a
+    small fraction of it; a constant image is 0 on both."""
+    from PIL import ImageFilter
+
+    from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
+
+    texture = textured(5)[:48, :48]
+    dimmed = (texture // 4 + 7).astype(np.uint8)  # ~a quarter of the exposure: same picture
+    blurred = np.asarray(Image.fromarray(texture).filter(ImageFilter.GaussianBlur(3)))
+    noise = np.random.default_rng(9).integers(0, 256, (48, 48, 3)).astype(np.uint8)
+    flat = np.full((48, 48, 3), 77, np.uint8)
+    doubled = (texture.astype(np.int64) // 2 * 2).astype(np.uint8)
+    halved_then_doubled = (texture.astype(np.int64) // 2).astype(np.uint8)
+    stack = np.stack([texture, dimmed, blurred, noise, flat, doubled, halved_then_doubled])
+    _, _, strongest = compute_batch_edges(stack)
+    edge_contrast, noise_ratio = compute_batch_relative_detail(stack, strongest)
+    # x2 exactly (levels 0-127 doubled): identical ratios; the edge_p99 itself doubles
+    assert edge_contrast[5] == pytest.approx(edge_contrast[6], rel=1e-12)
+    assert noise_ratio[5] == pytest.approx(noise_ratio[6], rel=1e-12)
+    assert strongest[5] == pytest.approx(2 * strongest[6], rel=1e-12)
+    # a quarter of the exposure (with rounding): within a few percent, while edge_p99 falls ~4x
+    assert edge_contrast[1] == pytest.approx(edge_contrast[0], rel=0.1)
+    assert strongest[1] < strongest[0] / 3
+    assert edge_contrast[2] < edge_contrast[0] / 3 and noise_ratio[2] < noise_ratio[0] / 3
+    assert noise_ratio[3] == pytest.approx(1.0, abs=0.1)
+    assert noise_ratio[0] < 0.25
+    assert edge_contrast[4] == 0 and noise_ratio[4] == 0

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ood_ray.config import load_config
+from ood_ray.config import ConfigError, load_config
 from ood_ray.parts import LocalParts
 from ood_ray.lint.linter import run_lint, summarize_metrics
 from ood_ray.lint.summaries import ExactSum, float_keys, keys_to_floats
@@ -208,6 +208,35 @@ def test_flags_are_exactly_the_values_outside_the_bounds():
     for image_id, severity in by_id.items():
         assert severity == pytest.approx(abs(values[int(image_id[2:])] - mean) / std / 3) and severity > 1
     assert max(by_id, key=by_id.get) == f"id{int(np.argmax(np.abs(values - mean))):03d}"
+
+
+def test_a_one_sided_metric_flags_only_its_tail():
+    """``noise_ratio`` is flagged above its upper bound only by default (a low one is a smooth
+    picture); ``lint.overrides.<metric>.side`` picks the tail for any metric, whatever else the
+    overrides say, and ``run.json`` records it."""
+    rng = np.random.default_rng(6)
+    values = rng.normal(0.08, 0.01, 300)
+    values[[3, 9]] = [0.9, 0.001]  # noise, and a picture smoother than any
+    parts = _images({"noise_ratio": values, "mean": values[::-1].copy()}, ["a"] * 300, parts=4)
+
+    def flagged(*overrides: str) -> tuple[dict[str, set[int]], dict]:
+        config = load_config(None, ["lint.metrics=[noise_ratio, mean]", *overrides],
+                             source="s", out="o").lint
+        flags, used = run_lint(parts, config)
+        found: dict[str, set[int]] = {}
+        for row in flags.to_pylist():
+            found.setdefault(row["metric"], set()).add(int(row["image_id"][2:]))
+        return found, used
+
+    found, used = flagged()
+    assert found["noise_ratio"] == {3} and found["mean"] == {300 - 1 - 3, 300 - 1 - 9}
+    assert used["noise_ratio"]["all"]["side"] == "upper" and used["mean"]["all"]["side"] == "both"
+    found, _ = flagged("lint.overrides.mean.threshold=3")  # overriding another metric keeps the default side
+    assert found["noise_ratio"] == {3}
+    found, _ = flagged("lint.overrides.noise_ratio.side=both", "lint.overrides.mean.side=lower")
+    assert found["noise_ratio"] == {3, 9} and found["mean"] == {300 - 1 - 9}
+    with pytest.raises(ConfigError, match="lint.overrides.mean.side.*'top'"):
+        flagged("lint.overrides.mean.side=top")
 
 
 def test_per_class_thresholds_flag_within_each_class():
