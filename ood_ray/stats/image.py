@@ -31,7 +31,7 @@ from ood_ray.stats.pixels import (
     compute_channel_histograms,
     compute_histogram_stats,
 )
-from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
+from ood_ray.stats.visual import compute_batch_spatial
 
 #: The hash columns besides ``phash``/``dhash`` (``StatsColumns.d4``): the D4 hashes and the centre hashes.
 EXTRA_HASH_COLUMNS = (*D4_COLUMNS, CROP_COLUMN)
@@ -131,7 +131,7 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
     if channels > 1:
         rows = np.vstack([rows, counts.sum(axis=1)])
     stats = compute_histogram_stats(rows)
-    sharpness, channel_sharpness, edge_p99 = compute_batch_edges(stack, per_channel_sharpness)
+    spatial = compute_batch_spatial(stack, per_channel_sharpness)
     luma = compute_luma(stack)
     phashes, dhashes, d4 = compute_batch_all_hashes(luma, d4_hashes)
     d4[CROP_COLUMN] = compute_batch_centre_hashes(luma, crop_scales) if crop_scales else [None] * n
@@ -150,10 +150,10 @@ def _stats_of_group(stack: np.ndarray, depths: list[int], per_channel_sharpness:
     for name in HISTOGRAM_STAT_NAMES:
         image[name] = stats[name][whole]
         per_channel[name] = stats[name][: n * channels].reshape(n, channels).tolist()
-    image["sharpness"] = sharpness
-    image["edge_p99"] = edge_p99
-    image["edge_contrast"], image["noise_ratio"] = compute_batch_relative_detail(stack, edge_p99)
-    per_channel["sharpness"] = channel_sharpness.tolist() if channel_sharpness is not None else [[None] * channels] * n
+    for name in ("sharpness", "edge_p99", "edge_contrast", "noise_ratio"):
+        image[name] = getattr(spatial, name)
+    per_channel["sharpness"] = (spatial.channel_sharpness.tolist() if spatial.channel_sharpness is not None
+                                else [[None] * channels] * n)
     return StatsColumns(image=image, channels=per_channel, hash_pixels=[compute_hash_pixels(x) for x in stack],
                         phash=phashes, dhash=dhashes, d4=d4, quality=measures)
 

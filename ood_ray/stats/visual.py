@@ -60,6 +60,8 @@ at 4.3 --; ``noise_ratio`` 0.016-0.39 (median 0.077), uniform noise 0.91-1.06.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy.ndimage import uniform_filter
 
@@ -164,38 +166,18 @@ def display_factor(dtype: np.dtype) -> float:
     raise ValueError(f"pixel dtype must be uint8 or uint16, got {dtype}")
 
 
-def compute_batch_edges(stack: np.ndarray, per_channel: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """Sharpness of ``N`` same-shape images ``(N, H, W, C)`` on ``[0, 1]`` and their ``edge_p99``.
-
-    Returns ``(whole[N], channels[N, C] or None, edge_p99[N])``; ``whole`` and ``edge_p99`` are
-    for the channel-mean image.
-    """
-    channels = stack.shape[3]
-    if stack.dtype == np.uint8:
-        total = stack[..., 0].astype(np.int16)
-        for c in range(1, channels):
-            total += stack[..., c]
-        whole, strongest = _edge_std_uint8(total, channels)
-        whole = whole / _DISPLAY_MAX
-        per = None
-        if per_channel:
-            per = whole[:, None] if channels == 1 else np.stack(
-                [_edge_std_uint8(stack[..., c].astype(np.int16), 1, strongest=False)[0] for c in range(channels)],
-                axis=1) / _DISPLAY_MAX
-        return whole, per, strongest / _DISPLAY_MAX
-    factor = display_factor(stack.dtype)
-    pairs = np.array([_edge_std(image.sum(axis=2, dtype=np.float64) * (factor / channels)) for image in stack]).reshape(-1, 2)
-    per = None
-    if per_channel:
-        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor, strongest=False)[0] for c in range(channels)]
-                        for image in stack])
-        per /= _DISPLAY_MAX
-    return pairs[:, 0] / _DISPLAY_MAX, per, pairs[:, 1] / _DISPLAY_MAX
-
-
 #: Immerkaer's normalisation ``sqrt(pi / 2) / 6`` of the mean absolute response to his mask.
 _IMMERKAER = float(np.sqrt(np.pi / 2) / 6)
+
+
+class SpatialStats(NamedTuple):
+    """The spatial statistics of ``N`` images, one value each (``channel_sharpness``: ``N x C`` or ``None``)."""
+
+    sharpness: np.ndarray
+    channel_sharpness: np.ndarray | None
+    edge_p99: np.ndarray
+    edge_contrast: np.ndarray
+    noise_ratio: np.ndarray
 
 
 def _second_differences(x: np.ndarray) -> np.ndarray:
@@ -206,54 +188,79 @@ def _second_differences(x: np.ndarray) -> np.ndarray:
 
 def _relative_detail(std: np.ndarray, mean_abs_response: np.ndarray, edge_p99: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """``(255 edge_p99 / s, sqrt(pi/2)/6 mean|conv(g, M)| / s)``, both 0 where ``s == 0``."""
+    """``(edge_p99 / s, sqrt(pi/2)/6 mean|conv(g, M)| / s)`` (all on one scale), both 0 where ``s == 0``."""
     flat = std <= 0
     safe = np.where(flat, 1.0, std)
-    edge_contrast = np.where(flat, 0.0, edge_p99 * _DISPLAY_MAX / safe)
+    edge_contrast = np.where(flat, 0.0, edge_p99 / safe)
     noise_ratio = np.where(flat, 0.0, _IMMERKAER * mean_abs_response / safe)
     return edge_contrast, noise_ratio
 
 
-def compute_batch_relative_detail(stack: np.ndarray, edge_p99: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(edge_contrast[N], noise_ratio[N])`` of ``N`` same-shape images ``(N, H, W, C)`` given their
-    ``edge_p99`` (see the module docstring), for the channel-mean image ``g``.
+def _spread_of_totals(total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(std, mean |conv(total, M)|)`` per image of the integer channel totals ``(N, H, W)``, from
+    exact integer sums (``NaN`` mean response under 3 x 3 pixels)."""
+    n, height, width = total.shape
+    pixels = height * width
+    flat_total = total.reshape(n, -1)
+    s1 = flat_total.sum(axis=1, dtype=np.int64).astype(np.float64)
+    s2 = np.zeros(n, dtype=np.int64)
+    step = max(1, _INDEX_BUDGET // max(1, n))  # in stripes: no full-size 64-bit copy of a huge image
+    for start in range(0, pixels, step):
+        chunk = flat_total[:, start : start + step]
+        s2 += np.einsum("ij,ij->i", chunk, chunk, dtype=np.int64)
+    std = np.sqrt(np.maximum(s2.astype(np.float64) / pixels - (s1 / pixels) ** 2, 0.0))
+    if height < 3 or width < 3:
+        return std, np.full(n, np.nan)
+    response = np.abs(_second_differences(total)).reshape(n, -1).sum(axis=1, dtype=np.int64)
+    return std, response / ((height - 2) * (width - 2))
 
-    8-bit: exact integer sums of the channel total ``S = C g`` (its mean absolute response and its
-    variance scale by ``C`` and ``C^2`` alike, so the ratios are taken on ``S``); 16-bit: float64.
+
+def compute_batch_spatial(stack: np.ndarray, per_channel: bool = False) -> SpatialStats:
+    """Every spatial statistic of ``N`` same-shape images ``(N, H, W, C)``: sharpness on ``[0, 1]``
+    (and per channel when ``per_channel``), ``edge_p99``, ``edge_contrast`` and ``noise_ratio``,
+    all but the per-channel sharpness for the channel-mean image ``g``, from one channel sum.
+
+    8-bit: exact integer arithmetic on the channel total ``S = C g`` (int16 while ``16 x 255 x C``
+    fits, else int32); 16-bit: one float64 plane per image.
     """
     n, height, width, channels = stack.shape
-    interior = height >= 3 and width >= 3
     if stack.dtype == np.uint8:
         wide = np.int16 if 16 * 255 * channels <= np.iinfo(np.int16).max else np.int32
         total = stack[..., 0].astype(wide)
         for c in range(1, channels):
             total += stack[..., c]
-        pixels = height * width
-        flat_total = total.reshape(n, -1)
-        s1 = flat_total.sum(axis=1, dtype=np.int64).astype(np.float64)
-        s2 = np.zeros(n, dtype=np.int64)
-        step = max(1, _INDEX_BUDGET // max(1, n))  # in stripes: no full-size 64-bit copy of a huge image
-        for start in range(0, pixels, step):
-            chunk = flat_total[:, start : start + step].astype(np.int64)
-            s2 += np.einsum("ij,ij->i", chunk, chunk)
-        s2 = s2.astype(np.float64)
-        std = np.sqrt(np.maximum(s2 / pixels - (s1 / pixels) ** 2, 0.0))
-        if interior:
-            response = np.abs(_second_differences(total)).reshape(n, -1).sum(axis=1, dtype=np.int64)
-            mean_abs = response / ((height - 2) * (width - 2))
-        else:
-            mean_abs = np.full(n, np.nan)
-        scale = float(channels)  # edge_p99 is on g's scale, S = C g
-        return _relative_detail(std, mean_abs, edge_p99 * scale)
-    factor = display_factor(stack.dtype) / channels
-    std = np.empty(n)
-    mean_abs = np.full(n, np.nan)
+        whole, strongest = _edge_std_uint8(total, channels)
+        per = None
+        if per_channel:
+            per = whole[:, None] if channels == 1 else np.stack(
+                [_edge_std_uint8(stack[..., c].astype(np.int16), 1, strongest=False)[0] for c in range(channels)],
+                axis=1)
+            per = per / _DISPLAY_MAX
+        std, mean_abs = _spread_of_totals(total)
+        # ``strongest`` is on g's 0-255 scale; S's spread and response are C times g's
+        edge_contrast, noise_ratio = _relative_detail(std, mean_abs, strongest * channels)
+        return SpatialStats(whole / _DISPLAY_MAX, per, strongest / _DISPLAY_MAX, edge_contrast, noise_ratio)
+    factor = display_factor(stack.dtype)
+    rows = np.empty((n, 4))  # sharpness, edge_p99 (0-255), std, mean |conv(g, M)|
     for i, image in enumerate(stack):
-        plane = image.sum(axis=2, dtype=np.float64) * factor
-        std[i] = plane.std()
-        if interior:
-            mean_abs[i] = np.abs(_second_differences(plane)).mean()
-    return _relative_detail(std, mean_abs, edge_p99)
+        plane = image.sum(axis=2, dtype=np.float64) * (factor / channels)
+        mean_abs = np.abs(_second_differences(plane)).mean() if height >= 3 and width >= 3 else np.nan
+        std = plane.std()
+        rows[i] = (*_edge_std(plane), std, mean_abs)
+    per = None
+    if per_channel:
+        per = np.array([[_edge_std(image[:, :, c].astype(np.float64) * factor, strongest=False)[0] for c in range(channels)]
+                        for image in stack])
+        per /= _DISPLAY_MAX
+    edge_contrast, noise_ratio = _relative_detail(rows[:, 2], rows[:, 3], rows[:, 1])
+    return SpatialStats(rows[:, 0] / _DISPLAY_MAX, per, rows[:, 1] / _DISPLAY_MAX, edge_contrast, noise_ratio)
+
+
+def compute_batch_edges(stack: np.ndarray, per_channel: bool = False
+                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """``(sharpness[N], channel_sharpness[N, C] or None, edge_p99[N])`` of :func:`compute_batch_spatial`."""
+    spatial = compute_batch_spatial(stack, per_channel)
+    return spatial.sharpness, spatial.channel_sharpness, spatial.edge_p99
 
 
 def compute_batch_sharpness(stack: np.ndarray, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -175,13 +175,13 @@ def test_relative_detail_against_scipy(shape, dtype):
     float), against SciPy's valid-mode convolution; under 3 pixels on a side ``noise_ratio`` is NaN."""
     from scipy.signal import convolve2d
 
-    from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
+    from ood_ray.stats.visual import compute_batch_spatial
 
     top = 65535 if dtype == np.uint16 else 255
     stack = np.random.default_rng(shape[2]).integers(0, top + 1, size=shape).astype(dtype)
     stack[0, : shape[1] // 2] //= 3  # not white noise everywhere
-    _, _, strongest = compute_batch_edges(stack)
-    edge_contrast, noise_ratio = compute_batch_relative_detail(stack, strongest)
+    spatial = compute_batch_spatial(stack)
+    strongest, edge_contrast, noise_ratio = spatial.edge_p99, spatial.edge_contrast, spatial.noise_ratio
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
     for image, top_edge, ec, nr in zip(stack, strongest, edge_contrast, noise_ratio):
         gray = image.astype(np.float64).mean(axis=2) * (255 / top)
@@ -200,7 +200,7 @@ def test_relative_detail_ignores_exposure_and_tells_blur_and_noise_apart():
     small fraction of it; a constant image is 0 on both."""
     from PIL import ImageFilter
 
-    from ood_ray.stats.visual import compute_batch_edges, compute_batch_relative_detail
+    from ood_ray.stats.visual import compute_batch_spatial
 
     texture = textured(5)[:48, :48]
     dimmed = (texture // 4 + 7).astype(np.uint8)  # ~a quarter of the exposure: same picture
@@ -210,8 +210,8 @@ def test_relative_detail_ignores_exposure_and_tells_blur_and_noise_apart():
     doubled = (texture.astype(np.int64) // 2 * 2).astype(np.uint8)
     halved_then_doubled = (texture.astype(np.int64) // 2).astype(np.uint8)
     stack = np.stack([texture, dimmed, blurred, noise, flat, doubled, halved_then_doubled])
-    _, _, strongest = compute_batch_edges(stack)
-    edge_contrast, noise_ratio = compute_batch_relative_detail(stack, strongest)
+    spatial = compute_batch_spatial(stack)
+    strongest, edge_contrast, noise_ratio = spatial.edge_p99, spatial.edge_contrast, spatial.noise_ratio
     # x2 exactly (levels 0-127 doubled): identical ratios; the edge_p99 itself doubles
     assert edge_contrast[5] == pytest.approx(edge_contrast[6], rel=1e-12)
     assert noise_ratio[5] == pytest.approx(noise_ratio[6], rel=1e-12)
