@@ -70,7 +70,8 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
     for metric, value_range in zip(metrics, ranges):
         scopes = thresholds[metric]
         bounds = scopes.get("all", {})
-        lines = [(bounds[side], side) for side in ("lower", "upper") if bounds.get(side) is not None]
+        flagged_sides = {"both": ("lower", "upper")}.get(bounds.get("side", "both"), (bounds.get("side"),))
+        lines = [(bounds[side], side) for side in flagged_sides if bounds.get(side) is not None]
         hist = histogram(ctx, ident(metric), "status = 'ok'", {"ok images": "true"}, ctx.options.bins, value_range)
         items.append({
             "metric": metric,
