@@ -281,6 +281,17 @@ def test_label_issues_by_neighbour_vote_equal_the_stored_neighbours(model_run):
     assert 0 < sum(r["s"] for r in rows)
 
 
+def test_classifier_embeddings_come_with_a_warning_that_their_pairs_are_not_copies(model_run):
+    """Embedding pairs from a classifier's penultimate layer group images of one class; the run says
+    so, naming the classifiers and not the headless embedder."""
+    run = model_run["run"]
+    assert run["tables"]["duplicate_pairs"]["rows"] > 0
+    warning = run["dedup"]["embedding_warning"]
+    named = warning.split("models ", 1)[1].split(" are classifiers", 1)[0]
+    assert "'twin_a'" in named and "'twin_b'" in named and "tiny_classifier" in named and "'vit'" not in named
+    assert str(model_run["config"].knn.duplicate_similarity) in warning
+
+
 def test_no_labels_skips_label_dependent_scores(ray_session, demo_dataset, workdir):
     run = run_audit(load_config(None, ["io.layout=flat", "models=[{name: test_vit, num_classes: 0}]",
                                        "ood.fusion=[knn, mahalanobis_pp, knn_mean]", "ood.fusion_model=test_vit"],
