@@ -242,8 +242,9 @@ class LintRule:
             _fail(f"{prefix}.side", self.side, f"must be one of {', '.join(LINT_SIDES)}")
 
 
-#: Which tails of a bound flag an image.
-LINT_SIDES = ("both", "lower", "upper")
+#: The bounds that flag an image, by ``side``.
+LINT_SIDE_BOUNDS: dict[str, tuple[str, ...]] = {"both": ("lower", "upper"), "lower": ("lower",), "upper": ("upper",)}
+LINT_SIDES = tuple(LINT_SIDE_BOUNDS)
 #: Metrics flagged on one side unless ``lint.overrides.<metric>.side`` says otherwise: a low
 #: ``noise_ratio`` is a smooth picture -- blur is ``edge_contrast``'s to flag, and smooth textures
 #: are ordinary -- only a high one (detail at the scale of one pixel) is noise.

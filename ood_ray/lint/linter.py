@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ood_ray.config import LintConfig
+from ood_ray.config import LINT_SIDE_BOUNDS, LintConfig
 from ood_ray.parts import Parts
 from ood_ray.lint.summaries import (
     NO_BUCKETS,
@@ -188,8 +188,9 @@ def flag_rows(table: pa.Table, spec: dict[str, Any]) -> pa.Table:
             log = metric in spec.get("log", ())
             raw = table.column(metric).cast(pa.float64()).to_numpy(zero_copy_only=False)
             values = to_scale(raw, log)
-            low = values < lower if side != "upper" else False
-            high = values > upper if side != "lower" else False
+            flagging = LINT_SIDE_BOUNDS[side]
+            low = values < lower if "lower" in flagging else False
+            high = values > upper if "upper" in flagging else False
             hit = mask & ~np.isnan(values) & (low | high)
             centre, half_width = (lower + upper) / 2, (upper - lower) / 2
             for i in np.flatnonzero(hit):

@@ -104,7 +104,7 @@ def _edge_std_uint8(total: np.ndarray, count: int, strongest: bool = True) -> tu
     """``(std(clip(conv(total / count, K) + 0.5, 0, 255)), p99(|conv(total / count, K)|))``
     exactly, per image of ``(N, H, W)`` (the second ``None`` unless ``strongest``).
 
-    ``total`` is the int16 sum of ``count`` uint8 planes. ``conv(total, K)`` is an integer in
+    ``total`` is the integer (int16 or int32) sum of ``count`` uint8 planes. ``conv(total, K)`` is an integer in
     ``[-8 * 255 * count, 8 * 255 * count]``; one offset ``bincount`` gives each image's
     histogram of it, and the clipped values' mean and variance, and the percentile of the
     absolute values, follow exactly.
@@ -256,26 +256,11 @@ def compute_batch_spatial(stack: np.ndarray, per_channel: bool = False) -> Spati
     return SpatialStats(rows[:, 0] / _DISPLAY_MAX, per, rows[:, 1] / _DISPLAY_MAX, edge_contrast, noise_ratio)
 
 
-def compute_batch_edges(stack: np.ndarray, per_channel: bool = False
-                        ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """``(sharpness[N], channel_sharpness[N, C] or None, edge_p99[N])`` of :func:`compute_batch_spatial`."""
-    spatial = compute_batch_spatial(stack, per_channel)
-    return spatial.sharpness, spatial.channel_sharpness, spatial.edge_p99
-
-
-def compute_batch_sharpness(stack: np.ndarray, per_channel: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Sharpness of ``N`` same-shape images ``(N, H, W, C)`` on ``[0, 1]``.
-
-    Returns ``(whole[N], channels[N, C] or None)``; ``whole`` is for the channel-mean image.
-    """
-    whole, per, _ = compute_batch_edges(stack, per_channel)
-    return whole, per
-
-
 def compute_sharpness(pixels: np.ndarray, per_channel: bool = False) -> tuple[float, list[float]]:
     """Sharpness of one ``(H, W, C)`` image and (optionally) of each channel, on ``[0, 1]``.
 
     Returns ``(whole, channels)`` with ``channels`` one value per channel, or ``[]``.
     """
-    whole, per = compute_batch_sharpness(pixels[None], per_channel)
-    return float(whole[0]), ([] if per is None else per[0].tolist())
+    spatial = compute_batch_spatial(pixels[None], per_channel)
+    per = spatial.channel_sharpness
+    return float(spatial.sharpness[0]), ([] if per is None else per[0].tolist())

@@ -134,13 +134,12 @@ def test_edge_p99_is_the_lower_99th_percentile_of_the_absolute_edge_response(sha
     16-bit float filter) against SciPy's convolution and NumPy's ``inverted_cdf`` percentile."""
     from scipy.ndimage import convolve
 
-    from ood_ray.stats.visual import compute_batch_edges
+    from ood_ray.stats.visual import compute_batch_spatial
 
     kernel = np.array([[-1, -1, -1], [-1, 8, -1], [-1, -1, -1]], dtype=np.float64)
     top = 65535 if dtype == np.uint16 else 255
     stack = np.random.default_rng(shape[1]).integers(0, top + 1, size=shape).astype(dtype)
-    _, _, strongest = compute_batch_edges(stack)
-    for image, value in zip(stack, strongest):
+    for image, value in zip(stack, compute_batch_spatial(stack).edge_p99):
         gray = image.astype(np.float64).mean(axis=2) * (255 / top)
         response = np.abs(convolve(gray, kernel, mode="reflect"))
         assert value == pytest.approx(np.percentile(response, 99, method="inverted_cdf") / 255, rel=1e-9, abs=1e-12)
@@ -152,13 +151,14 @@ def test_edge_p99_tells_a_flat_picture_with_a_sharp_object_from_a_blurred_one():
     strong as the texture's; blurring the texture divides its ``edge_p99`` several times."""
     from PIL import ImageFilter
 
-    from ood_ray.stats.visual import compute_batch_edges
+    from ood_ray.stats.visual import compute_batch_spatial
 
     field = np.full((32, 32, 3), 150, np.uint8)
     field[12:18, 14:20] = 110
     texture = textured(3)[:32, :32]
     blurred = np.asarray(Image.fromarray(texture).filter(ImageFilter.GaussianBlur(3)))
-    sharpness, _, strongest = compute_batch_edges(np.stack([field, texture, blurred]))
+    spatial = compute_batch_spatial(np.stack([field, texture, blurred]))
+    sharpness, strongest = spatial.sharpness, spatial.edge_p99
     assert sharpness[0] < 0.6 * sharpness[1]
     assert strongest[0] > 0.9 * strongest[1]
     assert strongest[2] < strongest[1] / 4

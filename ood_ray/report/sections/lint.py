@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ood_ray.config import LINT_SIDE_BOUNDS
 from ood_ray.report import figures
 from ood_ray.report.context import ReportContext, histogram, ident, quote, value_ranges
 from ood_ray.report.sections.base import Section, share
@@ -70,8 +71,8 @@ def collect(ctx: ReportContext) -> dict[str, Any] | None:
     for metric, value_range in zip(metrics, ranges):
         scopes = thresholds[metric]
         bounds = scopes.get("all", {})
-        flagged_sides = {"both": ("lower", "upper")}.get(bounds.get("side", "both"), (bounds.get("side"),))
-        lines = [(bounds[side], side) for side in flagged_sides if bounds.get(side) is not None]
+        lines = [(bounds[side], side) for side in LINT_SIDE_BOUNDS[bounds.get("side", "both")]
+                 if bounds.get(side) is not None]
         hist = histogram(ctx, ident(metric), "status = 'ok'", {"ok images": "true"}, ctx.options.bins, value_range)
         items.append({
             "metric": metric,
