@@ -51,7 +51,7 @@ over its pixels (0-255 scale; both measures are 0 for a constant image):
   M)|`` over the interior, ``M = [[1, -2, 1], [-2, 4, -2], [1, -2, 1]]`` (the difference of two
   Laplacians, which cancels smooth structure). It is the share of the image's variation that sits
   at the scale of one pixel: about 1 for pixel noise, 0.02-0.4 for natural images even at 32 x 32,
-  lower when blurred. ``NaN`` for images under 3 x 3 pixels.
+  lower when blurred. ``NaN`` for images under 3 x 3 pixels (null in ``images``).
 
 Measured on the 10,000 CIFAR-10 test images (``benchmarks/bench_lint.py``): ``edge_contrast``
 2.5-26.8 (median 7.6), the 5 blurred 0.56-1.35 -- the dark deer that ``edge_p99`` puts lowest is

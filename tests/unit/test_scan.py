@@ -52,6 +52,20 @@ def test_scan_batch_rows_statuses_and_channel_rows(tmp_path):
     assert channels.column("image_id").to_pylist() == ["id0"] * 3 + ["id1"]
 
 
+def test_a_statistic_that_cannot_be_measured_is_null_not_nan(tmp_path):
+    """``noise_ratio`` needs a 3 x 3 interior: a 2 x 5 image gets a null (SQL's "not measured", which
+    an ``ORDER BY ... DESC`` puts last), not a NaN (which DuckDB sorts above every number)."""
+    rng = np.random.default_rng(1)
+    for name, shape in (("thin.png", (2, 5, 3)), ("square.png", (8, 8, 3))):
+        (tmp_path / name).write_bytes(png(rng.integers(0, 256, shape, dtype=np.uint8)))
+    manifest = pa.table({"image_id": ["id0", "id1"], "uri": [str(tmp_path / "thin.png"), str(tmp_path / "square.png")],
+                         "split": [None] * 2, "label": ["a"] * 2, "listed_size": pa.array([None, None], pa.int64())})
+    images, _, _ = split_scan_block(scan_batch(manifest, SETTINGS))
+    thin, square = images.to_pylist()
+    assert thin["status"] == "ok" and thin["noise_ratio"] is None and thin["edge_contrast"] > 0
+    assert square["noise_ratio"] > 0
+
+
 def test_the_cyclic_gc_is_paused_for_a_block_and_restored_as_it_was():
     import gc
 
