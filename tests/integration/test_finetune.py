@@ -208,3 +208,45 @@ def test_bad_settings_fail_at_once_with_the_key():
         run_finetune(load_config(None, [MODEL, "finetune.method=ce"], source="x", out="y"), "o")
     with pytest.raises(ConfigError, match="--outliers: finetune.method='oe' needs"):
         run_finetune(load_config(None, [MODEL, "finetune.method=oe"], source="x", out="y"), None)
+
+
+def test_a_fine_tune_reads_and_writes_s3_and_resumes_from_its_s3_checkpoints(ray_session, s3_server, finetune_data,
+                                                                             fine_tuned, tmp_path):
+    """Images and outliers read from S3, a checkpoint per epoch and the outputs written to S3; a
+    ``--resume`` finds the newest checkpoint on S3 and ends with the same weights; the model written
+    to S3 loads in an audit as it is."""
+    from safetensors.torch import load
+
+    from ood_ray.finetune.run import run_finetune
+    from ood_ray.pipeline import run_audit
+    from ood_ray.query import run_query
+
+    client, bucket = s3_server["client"], "oodray-finetune"
+    client.create_bucket(Bucket=bucket)
+    for path in sorted(finetune_data.rglob("*.png")):
+        client.put_object(Bucket=bucket, Key=f"data/{path.relative_to(finetune_data).as_posix()}", Body=path.read_bytes())
+    out = f"s3://{bucket}/ft"
+    config = load_config(None, [MODEL, *QUICK, "finetune.method=oe"], source=f"s3://{bucket}/data/id", out=out)
+    record = run_finetune(config, f"s3://{bucket}/data/outliers", holdout_classes=["held"])
+    # every file the local run counts, the two hostile ones included, was listed and decoded from S3
+    assert record["data"]["counts"] == fine_tuned["oe"][1]["data"]["counts"] and record["data"]["counts"]["ok"] == 90
+    assert record["data"]["outlier_counts"] == {"ok": 60} and record["held_out"] == ["held"]
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="ft/")["Contents"]}
+    assert {"ft/checkpoints/epoch-0001.pt", "ft/checkpoints/epoch-0002.pt", "ft/model.safetensors", "ft/model.yaml",
+            "ft/finetune.json"} <= keys, keys
+    first = load(client.get_object(Bucket=bucket, Key="ft/model.safetensors")["Body"].read())
+
+    client.delete_object(Bucket=bucket, Key="ft/checkpoints/epoch-0002.pt")
+    resumed = run_finetune(config, f"s3://{bucket}/data/outliers", holdout_classes=["held"], resume=True)
+    assert resumed["resumed_from"] == f"{out}/checkpoints/epoch-0001.pt"
+    again = load(client.get_object(Bucket=bucket, Key="ft/model.safetensors")["Body"].read())
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+
+    model_yaml = tmp_path / "model.yaml"
+    model_yaml.write_bytes(client.get_object(Bucket=bucket, Key="ft/model.yaml")["Body"].read())
+    assert f"checkpoint: {out}/model.safetensors" in model_yaml.read_text()
+    run = run_audit(load_config(str(model_yaml), ["io.rows_per_block=20"], source=str(finetune_data / "test_id"),
+                                out=str(tmp_path / "audit")))
+    assert run["rows_out"] == run["objects_in"] == 20
+    sizes = run_query(str(tmp_path / "audit"), "SELECT DISTINCT len(probabilities) AS n FROM predictions").column(0).to_pylist()
+    assert sizes == [3]
