@@ -96,6 +96,8 @@ class RunContext:
     #: a run without Ray (ood_ray.run.local)
     local: bool = False
     _con: Any = None
+    #: the run's progress actor (ood_ray.progress), shared by its stages: each reports its own steps
+    _tracker: Any = None
     _registered: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     # -- configuration ------------------------------------------------------------------------
@@ -229,11 +231,34 @@ class RunContext:
             ood["models"] = self.states.get("embed", {}).get("models", [])
         return ood
 
+    def tracker(self) -> Any:
+        """The run's progress actor: started with Ray in :func:`open_run` (its process starts while
+        the driver reads the manifest), else now; every distributed stage reports to it."""
+        if self._tracker is None:
+            from ood_ray.progress import start_tracker
+
+            self._tracker = start_tracker(self.config.ray.helper_resources)
+        return self._tracker
+
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
+        stop_tracker(self._tracker)
+        self._tracker = None
         self.lease.release()
+
+
+def stop_tracker(tracker: Any) -> None:
+    """Kill the run's progress actor (nothing when there is none or Ray is gone)."""
+    if tracker is None:
+        return
+    import ray
+
+    try:
+        ray.kill(tracker)
+    except Exception as exc:  # noqa: BLE001 - progress is best effort, also at the end
+        log.debug("progress actor not killed: %s", exc)
 
 
 def _resumable_run(base: RunLayout, lease: Lease) -> str:
@@ -254,7 +279,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     when the output is taken, the reference is unusable, or a resume does not match."""
     from ood_ray.io.inputs import build_inputs, plan_fragments
     from ood_ray.run.local import local_run
-    from ood_ray.run.ray_runtime import init_ray, warm_workers
+    from ood_ray.run.ray_runtime import init_ray, start_data_helpers, warm_workers
     from ood_ray.tables import RESERVED_COLUMNS
 
     timer = StageTimer()
@@ -277,12 +302,18 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
         layout.check_writable(config.overwrite)
     lease = Lease(layout.out, layout.run_id)
     lease.acquire()
+    tracker = None
     try:
         local = local_run(config, bool(infos))
         if not local:
+            from ood_ray.progress import start_tracker
+
             init_ray(config)
             if config.ray.warm_workers:
                 warm_workers(config.ray.task_num_cpus)  # not awaited: a task runs whether its reference is kept or not
+                # The helper actors' processes start while the driver reads the manifest, not in the scan.
+                tracker = start_tracker(config.ray.helper_resources)
+                start_data_helpers()
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
@@ -306,13 +337,14 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
             layout.remove_other_runs()
             ledger.write_fingerprint(current)
     except BaseException:
+        stop_tracker(tracker)
         lease.release()
         raise
     log.info("run %s: %d objects from %s -> %s (%d manifest parts)", layout.run_id, inputs.num_rows, config.source,
              layout.out, len(inputs.parts))
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
                       reference=reference, resumed=resume, timer=timer, listing=inputs.listing, local=local,
-                      resume_report=ledger.read_resume() if resume else {})
+                      resume_report=ledger.read_resume() if resume else {}, _tracker=tracker)
 
 
 def model_input_bytes(config: AuditConfig, infos: list) -> int:

@@ -212,7 +212,7 @@ class FinalizeStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         import ray
 
-        from ood_ray.progress import ProgressLogger, start_tracker
+        from ood_ray.progress import ProgressLogger
         from ood_ray.run.ray_runtime import configure_ray_data
         from ood_ray.stages.ood_fit import FittedScores
 
@@ -223,7 +223,7 @@ class FinalizeStage(Stage):
         thresholds = dict(fitted.thresholds)
         if autoencoder is not None and autoencoder.threshold is not None:
             thresholds["score_recon"] = autoencoder.threshold
-        tracker = start_tracker(cfg.ray.helper_resources)
+        tracker = ctx.tracker()
         settings = FinalizeSettings(
             thresholds, fitted.fitted, getattr(structure, "model", None), getattr(structure, "clusters", None),
             cfg.cluster.outlier_zscore, getattr(structure, "projections", None),
@@ -237,7 +237,6 @@ class FinalizeStage(Stage):
         sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry)
         with ProgressLogger(tracker, {"finalize": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
             dataset.write_datasink(sink)
-        ray.kill(tracker)
         files = {table: entries for table, entries in sink.files.items() if entries}
         files.setdefault("images", [])
         rows = sum(r for _, r in files["images"])

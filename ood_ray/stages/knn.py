@@ -308,7 +308,7 @@ class KNNStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         import ray
 
-        from ood_ray.progress import ProgressLogger, start_tracker
+        from ood_ray.progress import ProgressLogger
         from ood_ray.run.ray_runtime import configure_ray_data
 
         cfg = ctx.section(self)
@@ -331,7 +331,7 @@ class KNNStage(Stage):
                 if "skipped" not in entry:
                     entry["shard_sizes"] = [size.get(alias, {}) for size in sizes]
             models = [ModelShards(m.alias, m.dim, m.k, tuple(shards)) for m in models]
-            tracker = start_tracker(cfg.ray.helper_resources)
+            tracker = ctx.tracker()
             settings = KNNSettings(tuple(models), ctx.reference_split if ctx.reference is None else None,
                                    ctx.reference is None and ctx.reference_split is None, knn.neighbors_stored,
                                    knn.duplicate_neighbors, knn.duplicate_similarity, tracker, ctx.retry,
@@ -346,7 +346,6 @@ class KNNStage(Stage):
             sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry)
             with ProgressLogger(tracker, {"knn": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
                 dataset.write_datasink(sink, ray_remote_args={"num_cpus": knn.query_num_cpus})
-            ray.kill(tracker)
             if ctx.reference is None:
                 result.artifacts += save_shards(models, ctx.layout, report_)
         finally:

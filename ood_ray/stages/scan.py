@@ -158,13 +158,11 @@ class ScanStage(Stage):
             scan_locally(plan, settings, sink, int(max(1, node_cpus() // cfg.ray.task_num_cpus)), cfg.ray.progress_interval_s,
                          cfg.ray.task_num_cpus)
         elif plan.rows:
-            import ray
-
-            from ood_ray.progress import ProgressLogger, start_tracker
+            from ood_ray.progress import ProgressLogger
             from ood_ray.run.ray_runtime import configure_ray_data
 
             configure_ray_data(ctx.config)
-            tracker = start_tracker(cfg.ray.helper_resources)
+            tracker = ctx.tracker()
             dataset = scan_dataset(ctx, plan, settings, tracker)
             steps = {"decode": plan.rows}
             if ctx.infos:
@@ -176,7 +174,6 @@ class ScanStage(Stage):
 
             with ProgressLogger(tracker, steps, cfg.ray.progress_interval_s, snapshot):
                 dataset.write_datasink(sink, ray_remote_args={"num_cpus": cfg.ray.task_num_cpus})
-            ray.kill(tracker)
         seconds = time.perf_counter() - started
         statuses = {k: int(v) for k, v in sorted(sink.totals.get("statuses", {}).items())}
         reference_rows = int(sink.totals.get("reference", {}).get("rows", 0))
