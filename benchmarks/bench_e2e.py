@@ -19,9 +19,11 @@ runs from this interpreter). A tool that is not installed is reported as missing
 Sets (``../shared/data``): ``cifar10-test`` (10,000 JPEGs, 32 x 32), ``cifar10-train`` (the
 50,000 training JPEGs, unzipped into a temporary folder), ``photos`` (the 100 DTD originals and
 20 ImageNet photos, 120 files of 300 x 300 to 640 x 640 and more). Also reported for ood-ray:
-scan images/s (the median of the rounds), the **pipeline efficiency** = that median / (cores x the per-core
-bytes-to-everything rate of ``bench_scan.py``'s ``ours_full`` on the same kind of images, measured
-in the same run), the part files and megabytes of every table, whether the run went with or
+scan images/s (the median of the rounds), the **pipeline efficiency** = a round's scan images/s /
+(cores x the per-core bytes-to-everything rate of ``bench_scan.py``'s ``ours_full`` on the same kind
+of images, measured right before that round), the median over the rounds (this VM's per-core rate
+drifts by up to 20% over minutes, so each round is compared with its own measurement; the rounds'
+rates and efficiencies are in the JSON), the part files and megabytes of every table, whether the run went with or
 without Ray (``executor``), and DuckDB ``count(*)`` and a filtered aggregate
 over the run's ``images`` with the parts coalesced (default) and with ``io.part_target_mb=0``.
 
@@ -216,6 +218,10 @@ def main() -> int:
         seconds: dict[str, list[float]] = {tool: [] for tool in tools}
         facts_of_rounds: list[dict] = []
         for round_ in range(args.rounds):
+            if "ood-ray" in tools:  # the per-core rate of this moment, for this round's efficiency
+                round_rates = rates if round_ == 0 and not results["sets"] else per_core_rates()
+                round_rate = round_rates["photos" if name == "photos" else "cifar"]
+                print(f"{name} round {round_ + 1} per-core rate: {round_rate:,.0f} images/s", flush=True)
             for tool in (tools if round_ % 2 == 0 else tools[::-1]):  # alternated
                 runs = work / "runs" / name  # outputs never inside the audited folder
                 runs.mkdir(parents=True, exist_ok=True)
@@ -227,18 +233,21 @@ def main() -> int:
                     seconds[tool].append(took)
                     print(f"{name} round {round_ + 1} {tool}: {took:.1f} s", flush=True)
                 if tool == "ood-ray" and took is not None:
-                    facts_of_rounds.append(output_facts(runs / "out"))
+                    facts_of_rounds.append({**output_facts(runs / "out"), "per_core_images_per_s": round_rate})
         entry: dict = {"files": n, "median_seconds": {t: statistics.median(s) for t, s in seconds.items() if s},
                        "seconds": seconds, "missing": [t for t, s in seconds.items() if not s]}
         # the round with the median scan rate (of an odd number of rounds: the median itself)
         by_rate = sorted(facts_of_rounds, key=lambda f: f["scan_images_per_s"] or 0)
         facts = by_rate[(len(by_rate) - 1) // 2] if by_rate else None
         if facts is not None:
-            facts = {**facts, "scan_images_per_s_rounds": [f["scan_images_per_s"] for f in facts_of_rounds]}
+            efficiencies = [f["scan_images_per_s"] / (cores * f["per_core_images_per_s"]) for f in facts_of_rounds
+                            if f["scan_images_per_s"]]
+            facts = {**facts, "scan_images_per_s_rounds": [f["scan_images_per_s"] for f in facts_of_rounds],
+                     "per_core_images_per_s_rounds": [f["per_core_images_per_s"] for f in facts_of_rounds],
+                     "efficiency_rounds": efficiencies}
             runs = work / "runs" / name
             ours = entry["median_seconds"]["ood-ray"]
-            rate = rates["photos" if name == "photos" else "cifar"]
-            entry["ood_ray"] = {**facts, "efficiency": facts["scan_images_per_s"] / (cores * rate),
+            entry["ood_ray"] = {**facts, "efficiency": statistics.median(efficiencies) if efficiencies else 0.0,
                                 "tables": facts["tables"]}
             entry["ratios"] = {t: s / ours for t, s in entry["median_seconds"].items() if t != "ood-ray"}
             coalesced = query_seconds(runs / "out")
@@ -267,6 +276,10 @@ def print_table(results: dict) -> None:
         ours = entry.get("ood_ray", {})
         print(f"{name:<15}{entry['files']:>7}" + "".join(cells)
               + f"{ours.get('scan_images_per_s') or 0:>12,.0f}{ours.get('efficiency', 0):>11.0%}{ours.get('executor') or '-':>9}")
+        if ours.get("efficiency_rounds"):
+            print(f"{'':<22}rounds: scan " + ", ".join(f"{r:,.0f}" for r in ours["scan_images_per_s_rounds"])
+                  + " images/s; per-core " + ", ".join(f"{r:,.0f}" for r in ours["per_core_images_per_s_rounds"])
+                  + "; efficiency " + ", ".join(f"{e:.0%}" for e in ours["efficiency_rounds"]))
         if ours.get("tables"):
             print(f"{'':<22}part files: " + ", ".join(f"{t} {v['files']} ({v['mb']:.1f} MB)" for t, v in ours["tables"].items()))
         if "queries_seconds" in entry:
@@ -275,7 +288,7 @@ def print_table(results: dict) -> None:
                   f"({ours.get('part_files')} files) vs {q['uncoalesced']['count'] * 1e3:.1f} / {q['uncoalesced']['filtered'] * 1e3:.1f} ms "
                   f"({q['uncoalesced_part_files']} files, io.part_target_mb=0)")
     print("(median wall seconds per tool; Nx = that tool's time / ood-ray's, above 1 = ood-ray faster; efficiency = ood-ray's "
-          "scan images/s / (cores x per-core rate))")
+          "scan images/s / (cores x the per-core rate measured before the round), median of the rounds)")
 
 
 if __name__ == "__main__":

@@ -232,8 +232,11 @@ class RunContext:
         return ood
 
     def tracker(self) -> Any:
-        """The run's progress actor: started with Ray in :func:`open_run` (its process starts while
-        the driver reads the manifest), else now; every distributed stage reports to it."""
+        """The run's progress actor, started by the first stage that asks and then shared by every
+        distributed stage (each reports its own steps): one actor process a run instead of one a
+        stage. Not started earlier: created beside the manifest stage, it and Ray Data's helper
+        actors lengthened that stage by what they took off the scan (1.3 -> 2.7-2.9 s, wall time
+        not lower; measured on 50,000 CIFAR files)."""
         if self._tracker is None:
             from ood_ray.progress import start_tracker
 
@@ -279,7 +282,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     when the output is taken, the reference is unusable, or a resume does not match."""
     from ood_ray.io.inputs import build_inputs, plan_fragments
     from ood_ray.run.local import local_run
-    from ood_ray.run.ray_runtime import init_ray, start_data_helpers, warm_workers
+    from ood_ray.run.ray_runtime import init_ray, warm_workers
     from ood_ray.tables import RESERVED_COLUMNS
 
     timer = StageTimer()
@@ -302,18 +305,12 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
         layout.check_writable(config.overwrite)
     lease = Lease(layout.out, layout.run_id)
     lease.acquire()
-    tracker = None
     try:
         local = local_run(config, bool(infos))
         if not local:
-            from ood_ray.progress import start_tracker
-
             init_ray(config)
             if config.ray.warm_workers:
                 warm_workers(config.ray.task_num_cpus)  # not awaited: a task runs whether its reference is kept or not
-                # The helper actors' processes start while the driver reads the manifest, not in the scan.
-                tracker = start_tracker(config.ray.helper_resources)
-                start_data_helpers()
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None
@@ -337,14 +334,13 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
             layout.remove_other_runs()
             ledger.write_fingerprint(current)
     except BaseException:
-        stop_tracker(tracker)
         lease.release()
         raise
     log.info("run %s: %d objects from %s -> %s (%d manifest parts)", layout.run_id, inputs.num_rows, config.source,
              layout.out, len(inputs.parts))
     return RunContext(config=config, layout=layout, lease=lease, ledger=ledger, inputs=inputs, infos=infos,
                       reference=reference, resumed=resume, timer=timer, listing=inputs.listing, local=local,
-                      resume_report=ledger.read_resume() if resume else {}, _tracker=tracker)
+                      resume_report=ledger.read_resume() if resume else {})
 
 
 def model_input_bytes(config: AuditConfig, infos: list) -> int:

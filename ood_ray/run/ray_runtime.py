@@ -68,25 +68,6 @@ def warm_workers(task_num_cpus: float) -> list[Any]:
     return [task.remote() for _ in range(min(slots, 256))]
 
 
-def start_data_helpers() -> None:
-    """Create Ray Data's two per-cluster helper actors (its statistics actor and its autoscaling
-    coordinator: named, detached, get-if-exists) now, without waiting, instead of when the scan's
-    dataset first executes: their processes then start beside the warm-up tasks while the driver
-    reads the manifest, where they cost the scan ~0.5 s of each worker's first block (measured on 2
-    CPUs). These are Ray Data's internal functions: when a Ray version lacks them this does nothing
-    but log, and Ray Data creates the actors itself as before."""
-    try:
-        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
-            get_or_create_autoscaling_coordinator,
-        )
-        from ray.data._internal.stats import get_or_create_stats_actor
-
-        get_or_create_stats_actor()
-        get_or_create_autoscaling_coordinator()
-    except Exception as exc:  # noqa: BLE001 - a warm-up only; the scan works without it
-        log.info("Ray Data's helper actors not started early (%s: %s)", type(exc).__name__, exc)
-
-
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory_mb: int | None = None) -> None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray watched by the reaper (nothing
     when Ray is already up in this process)."""

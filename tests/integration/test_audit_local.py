@@ -251,11 +251,9 @@ def test_a_small_run_without_ray_gives_the_ray_runs_tables(folder_run, demo_data
         assert ours == theirs, table
 
 
-def test_one_progress_actor_serves_the_whole_run_and_none_outlives_it(ray_session, demo_dataset, tmp_path, caplog):
-    """The run's progress actor starts with the run (before the scan) and serves every stage; the
-    run kills it at the end, also when a stage fails. Ray Data's helper actors are started early
-    through functions this Ray version has (the fallback line would say otherwise)."""
-    import logging
+def test_one_progress_actor_serves_the_whole_run_and_none_outlives_it(ray_session, demo_dataset, tmp_path):
+    """One progress actor serves every stage of a run (it was one a stage); the run kills it at the
+    end, also when a stage fails."""
     import shutil
 
     import ray
@@ -269,12 +267,10 @@ def test_one_progress_actor_serves_the_whole_run_and_none_outlives_it(ray_sessio
     for i, path in enumerate(sorted(demo_dataset["images"].rglob("*.png"))[:24]):
         shutil.copy(path, source / f"{i:02d}.png")
     before = trackers()
-    with caplog.at_level(logging.INFO, logger="ood_ray"):
-        run = audit(source, tmp_path / "run", "io.rows_per_block=8")
+    run = audit(source, tmp_path / "run", "io.rows_per_block=8")
     assert run["rows_out"] == run["objects_in"] == 24
     new = {k: v for k, v in trackers().items() if k not in before}
-    assert list(new.values()) == ["DEAD"], new
-    assert "helper actors not started early" not in caplog.text
+    assert list(new.values()) == ["DEAD"], new  # scan and finalize shared one
     # a run that fails in a stage leaves no progress actor alive either
     before = trackers()
     with pytest.raises(Exception):
