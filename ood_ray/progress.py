@@ -48,6 +48,16 @@ def start_tracker(resources: dict[str, float] | None = None) -> Any:
     return actor.options(**helper_options(resources)).remote()
 
 
+def stop_tracker(tracker: Any) -> None:
+    """Kill a tracker started by :func:`start_tracker` (best effort: Ray may already be gone)."""
+    import ray
+
+    try:
+        ray.kill(tracker)
+    except Exception as exc:  # noqa: BLE001 - progress is best effort, also at the end
+        log.debug("progress actor not killed: %s", exc)
+
+
 def report(tracker: Any, step: str, rows: int) -> None:
     """Report ``rows`` done in ``step``; never raises (progress is best effort)."""
     if tracker is None:

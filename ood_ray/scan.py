@@ -207,13 +207,11 @@ class ScanColumns:
     def array(self, field: pa.Field) -> pa.Array:
         """The column ``field.name`` as an Arrow array of ``field.type`` (nulls where failed, and where
         a statistic or score could not be measured: NaN, e.g. ``noise_ratio`` under 3 x 3 pixels)."""
-        if field.name in self.stats:
-            values = self.stats[field.name]
+        measured = self.stats if field.name in self.stats else self.quality if field.name in self.quality else None
+        if measured is not None:
+            values = measured[field.name]
             if pa.types.is_integer(field.type):
                 return pa.array(values.astype(np.int64), type=field.type, mask=~self.valid)
-            return pa.array(values, type=field.type, mask=~self.valid | np.isnan(values))
-        if field.name in self.quality:
-            values = self.quality[field.name]
             return pa.array(values, type=field.type, mask=~self.valid | np.isnan(values))
         if field.name in _ISSUE_FLAGS:
             if field.name not in self.quality_flags:

@@ -247,21 +247,12 @@ class RunContext:
         if self._con is not None:
             self._con.close()
             self._con = None
-        stop_tracker(self._tracker)
-        self._tracker = None
+        if self._tracker is not None:
+            from ood_ray.progress import stop_tracker
+
+            stop_tracker(self._tracker)
+            self._tracker = None
         self.lease.release()
-
-
-def stop_tracker(tracker: Any) -> None:
-    """Kill the run's progress actor (nothing when there is none or Ray is gone)."""
-    if tracker is None:
-        return
-    import ray
-
-    try:
-        ray.kill(tracker)
-    except Exception as exc:  # noqa: BLE001 - progress is best effort, also at the end
-        log.debug("progress actor not killed: %s", exc)
 
 
 def _resumable_run(base: RunLayout, lease: Lease) -> str:
