@@ -407,7 +407,7 @@ class RayConfig:
     machine the reservation halves its throughput (measured 7.2 s vs 3.2 s for 20,000 images on
     2 CPUs), so it is off by default.
 
-    ``helper_resources``: the small helper actors (progress, kNN shards) are placed, softly, on
+    ``helper_resources``: the kNN shard actors are placed, softly, on
     a node that offers these custom resources (e.g. ``{head: 1}``); if that node is lost they are
     restarted anywhere. None by default. ``ledger``: record every scan part in the run's ledger
     so that ``--resume`` keeps it (off: a resumed run scans everything again).

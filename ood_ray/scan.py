@@ -50,7 +50,6 @@ from ood_ray.stats.image import (
     StatsColumns,
     compute_images_stats,
 )
-from ood_ray.progress import report
 from ood_ray.tables import scan_schema
 
 
@@ -335,7 +334,7 @@ def cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) -> pa.Table:
+def scan_batch(batch: pa.Table, settings: ScanSettings) -> pa.Table:
     """Scan every row of a manifest block; returns the block with the scan columns appended (and
     the block's worker seconds on its first row: ``_fetch_seconds``, ``_scan_seconds``)."""
     started = time.perf_counter()
@@ -363,5 +362,4 @@ def scan_batch(batch: pa.Table, settings: ScanSettings, progress: Any = None) ->
         values = np.zeros(out.num_rows)
         values[:1] = seconds
         out = out.append_column(pa.field(name, pa.float64()), pa.array(values))
-    report(progress, "decode", scanned.n)
     return out

@@ -42,7 +42,6 @@ from ood_ray.detectors import ENSEMBLE_DETECTORS, LOGIT_DETECTORS, REGISTRY
 from ood_ray.detectors.base import softmax
 from ood_ray.embed.models import ModelInfo, build_model, embed_and_logits
 from ood_ray.embed.preprocess import normalize_batch, preprocessing_key
-from ood_ray.progress import report
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +135,11 @@ def _autocast_dtype(precision: str) -> Any:
 class EmbedActor:
     """Loads the models once; embeds, classifies and scores each block (see module docstring)."""
 
-    def __init__(self, infos: list[ModelInfo], settings: EmbedSettings, progress: Any = None) -> None:
+    def __init__(self, infos: list[ModelInfo], settings: EmbedSettings) -> None:
         import torch
 
         self.infos = infos
         self.settings = settings
-        self.progress = progress
         use_cuda = settings.num_gpus > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda" if use_cuda else "cpu")
         if not use_cuda:
@@ -210,7 +208,6 @@ class EmbedActor:
         out = batch.drop_columns([c for c in batch.column_names if c.startswith(PIXELS_PREFIX)])
         for name in self.fields:
             out = out.append_column(self.fields[name], columns[name])
-        report(self.progress, "embed", n)
         self._last_end = time.perf_counter()
         for name, seconds in ((EMBED_SECONDS, self._last_end - started), (EMBED_IDLE_SECONDS, idle)):
             values = np.zeros(n)

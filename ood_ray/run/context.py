@@ -96,8 +96,6 @@ class RunContext:
     #: a run without Ray (ood_ray.run.local)
     local: bool = False
     _con: Any = None
-    #: the run's progress actor (ood_ray.progress), shared by its stages: each reports its own steps
-    _tracker: Any = None
     _registered: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     # -- configuration ------------------------------------------------------------------------
@@ -231,27 +229,10 @@ class RunContext:
             ood["models"] = self.states.get("embed", {}).get("models", [])
         return ood
 
-    def tracker(self) -> Any:
-        """The run's progress actor, started by the first stage that asks and then shared by every
-        distributed stage (each reports its own steps): one actor process a run instead of one a
-        stage. Not started earlier: created beside the manifest stage, it and Ray Data's helper
-        actors lengthened that stage by what they took off the scan (1.3 -> 2.7-2.9 s, wall time
-        not lower; measured on 50,000 CIFAR files)."""
-        if self._tracker is None:
-            from ood_ray.progress import start_tracker
-
-            self._tracker = start_tracker(self.config.ray.helper_resources)
-        return self._tracker
-
     def close(self) -> None:
         if self._con is not None:
             self._con.close()
             self._con = None
-        if self._tracker is not None:
-            from ood_ray.progress import stop_tracker
-
-            stop_tracker(self._tracker)
-            self._tracker = None
         self.lease.release()
 
 

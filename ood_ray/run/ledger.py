@@ -9,8 +9,7 @@
   whose record is missing was not finished: its files are removed and its rows scanned again.
 - ``stages/<stage>.json``: written by the runner after each stage: its files, fitted state and
   report. A resumed run loads a recorded stage instead of running it.
-- ``progress.json``: the decode count, refreshed with the progress line (how much work a crash
-  threw away); ``resume.json``: how many resumes, rows kept and rows scanned again.
+- ``resume.json``: how many resumes, rows kept and rows scanned again.
 
 Every record is written atomically (a temporary file renamed into place; one PUT on S3), so a
 record is either complete or absent.
@@ -151,13 +150,8 @@ class Ledger:
     def read_resume(self) -> dict[str, Any]:
         return self._read(self._uri("resume.json")) or {}
 
-    # progress
-    def write_progress(self, record: dict[str, Any]) -> None:
-        self._write(self._uri("progress.json"), record)
 
-    def read_progress(self) -> dict[str, Any]:
-        return self._read(self._uri("progress.json")) or {}
-
-
-def new_part_name(task_index: int) -> str:
-    return f"{task_index:05d}-{uuid.uuid4().hex[:8]}"
+def new_part_name(task_index: int | None = None) -> str:
+    """A part's file name: the task's index and 32 random bits, or 80 random bits for a task without
+    an index (a Ray write task; two of 10^9 such parts share a name with a chance under 10^-6)."""
+    return f"{task_index:05d}-{uuid.uuid4().hex[:8]}" if task_index is not None else uuid.uuid4().hex[:20]

@@ -23,10 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from types import SimpleNamespace
 from typing import Any
 
 import pyarrow as pa
@@ -70,19 +68,15 @@ def _scan_task(index: int, position: int, plan: Any, settings: Any, sink: Any) -
     from ood_ray.stages.scan import scan_blocks
 
     table = scan_blocks(pa.table({"id": pa.array([position], pa.int64())}), plan, settings)
-    return sink.write([table], SimpleNamespace(task_idx=index))
+    return sink.write([table], index)
 
 
-def scan_locally(plan: Any, settings: Any, sink: Any, workers: int, progress_interval_s: float,
-                 task_num_cpus: float = 1.0) -> None:
+def scan_locally(plan: Any, settings: Any, sink: Any, workers: int, task_num_cpus: float = 1.0) -> None:
     """Every block of ``plan`` through a pool of ``workers`` processes; each written part is
     absorbed by ``sink`` as it completes (see module docstring)."""
     import multiprocessing
 
-    from ood_ray.progress import format_step
-
     todo = list(range(len(plan.blocks)))
-    done_rows, started, last = 0, time.monotonic(), time.monotonic()
     restarts = 0
     while todo:
         # fork: the workers start with the driver's modules loaded (spawn would import them again,
@@ -102,14 +96,9 @@ def scan_locally(plan: Any, settings: Any, sink: Any, workers: int, progress_int
                         written = future.result()
                         sink.absorb(written)
                         finished.add(position)
-                        done_rows += sum(written.get("summary", {}).get("blocks", {}).values())
-                    if time.monotonic() - last >= progress_interval_s:
-                        last = time.monotonic()
-                        log.info(format_step("decode", done_rows, plan.rows, last - started))
             except BrokenProcessPool:
                 restarts += 1
                 if restarts > MAX_POOL_RESTARTS:
                     raise
                 log.warning("a scan worker died; %d blocks are scanned again in a new pool", len(todo) - len(finished))
             todo = [position for position in todo if position not in finished]
-    log.info(format_step("decode", done_rows, plan.rows, time.monotonic() - started))

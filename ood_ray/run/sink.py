@@ -1,28 +1,34 @@
-"""One Datasink base for every stage that writes rows: a part file per table per write task.
+"""One sink base for every stage that writes rows: a part file per table per write task.
 
-It follows Ray's :class:`ray.data.Datasink` lifecycle. A subclass says which tables it writes and
-implements one hook, :meth:`PartSink.split` (block -> ``{table: rows}``); optionally
-:meth:`PartSink.summary` (per-task facts such as status counts, summed on the driver). The base
-concatenates the task's blocks, writes each table's part into the run's folder (an intermediate
-table into its staging folder), and -- when the sink keeps a ledger -- records the part in the
-run's ledger right after its files are complete, so a resumed run keeps it.
+A subclass says which tables it writes and implements one hook, :meth:`PartSink.split` (block ->
+``{table: rows}``); optionally :meth:`PartSink.summary` (per-task facts such as status counts,
+summed on the driver). :meth:`PartSink.write` runs in the task: it concatenates the task's blocks,
+writes each table's part into the run's folder (an intermediate table into its staging folder),
+and -- when the sink keeps a ledger -- records the part in the run's ledger right after its files
+are complete, so a resumed run keeps it. It returns the task's *record* (the parts and their rows,
+the summary), which the driver absorbs as soon as the task completes: on Ray through
+:meth:`PartSink.write_dataset`, without Ray from the process pool (:mod:`ood_ray.run.local`). The
+rows absorbed per table are the stage's progress (:mod:`ood_ray.progress`).
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
-from ray.data import Datasink
-from ray.data.block import Block, BlockAccessor
 
 from ood_ray.io import storage
 from ood_ray.run.layout import RunLayout
 from ood_ray.run.ledger import Ledger, new_part_name
 
+#: The column of a write task's output: its record, as JSON (one row per block written).
+RECORD = "_record"
 
-class PartSink(Datasink):
+
+class PartSink:
     """Base of the stages' sinks (see module docstring)."""
 
     #: Tables this sink writes, in order.
@@ -36,6 +42,8 @@ class PartSink(Datasink):
         self.retry = retry
         self.files: dict[str, list[tuple[str, int]]] = {table: [] for table in self.TABLES}
         self.totals: dict[str, Any] = {}
+        #: Rows absorbed per table (the progress of the stage).
+        self.rows: dict[str, int] = {}
 
     # -- hooks ----------------------------------------------------------------------------------
     def split(self, block: pa.Table) -> dict[str, pa.Table]:
@@ -46,15 +54,16 @@ class PartSink(Datasink):
         """Per-task counts to sum on the driver (``{name: {key: number}}``)."""
         return {}
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
-        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+    # -- in the task ----------------------------------------------------------------------------
+    def write(self, blocks: Iterable[pa.Table], task_index: int | None = None) -> dict[str, Any]:
+        """Write the task's ``blocks`` as one part per table and return the task's record."""
+        tables = [t for t in blocks if t.num_rows]
         written: dict[str, Any] = {"tables": {}, "summary": {}}
         if not tables:
             return written
         block = pa.concat_tables(tables, promote_options="default")
         layout = RunLayout(self.out, self.run_id)
-        part = new_part_name(ctx.task_idx)
+        part = new_part_name(task_index)
         for table, rows in self.split(block).items():
             if rows.num_rows == 0:
                 continue
@@ -68,14 +77,30 @@ class PartSink(Datasink):
             Ledger(self.ledger_dir).write_part({"part": part, **written}, self.retry)
         return written
 
-    def on_write_complete(self, write_result: Any) -> None:
-        for written in write_result.write_returns:
-            self.absorb(written)
+    # -- on the driver --------------------------------------------------------------------------
+    def write_dataset(self, dataset: Any, **ray_remote_args: Any) -> None:
+        """Write every block of the Ray ``dataset`` (:meth:`write` in a task per block, which Ray Data
+        fuses with the task before it when their resources match) and absorb each task's record on
+        the driver as soon as the task completes -- what ``Dataset.write_datasink`` does, except
+        that its records reach the driver one by one instead of all at the end, so the driver
+        counts the progress itself. The tasks get a copy of the sink without the driver's totals
+        (a resumed run's may hold a record per part)."""
+        writer = copy.copy(self)
+        writer.files, writer.totals, writer.rows = {}, {}, {}
+
+        def write_block(batch: pa.Table) -> pa.Table:
+            return pa.table({RECORD: [json.dumps(writer.write([batch]))]})
+
+        records = dataset.map_batches(write_block, batch_format="pyarrow", batch_size=None, **ray_remote_args)
+        for batch in records.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for record in batch.column(RECORD).to_pylist():
+                self.absorb(json.loads(record))
 
     def absorb(self, written: dict[str, Any]) -> None:
         """Add one task's (or one ledger record's) files and summary to the totals."""
         for table, entries in written.get("tables", {}).items():
             self.files.setdefault(table, []).extend((uri, rows) for uri, rows in entries)
+            self.rows[table] = self.rows.get(table, 0) + sum(rows for _, rows in entries)
         for name, counts in written.get("summary", {}).items():
             total = self.totals.setdefault(name, {})
             for key, value in counts.items():

@@ -26,7 +26,7 @@ class EmbedStage(Stage):
         return bool(ctx.infos)
 
     @staticmethod
-    def operator(dataset: Any, ctx: Any, tracker: Any = None) -> Any:
+    def operator(dataset: Any, ctx: Any) -> Any:
         """``dataset`` with the embedding actor pool appended."""
         import ray
 
@@ -38,7 +38,7 @@ class EmbedStage(Stage):
                                  precision=embed.precision)
         return dataset.map_batches(
             EmbedActor, batch_format="pyarrow", batch_size=embed.batch_size,
-            fn_constructor_kwargs={"infos": ctx.infos, "settings": settings, "progress": tracker},
+            fn_constructor_kwargs={"infos": ctx.infos, "settings": settings},
             compute=ray.data.ActorPoolStrategy(size=embed.num_actors),
             # A declared memory also keeps the decode tasks out of the actors: Ray Data fuses a
             # task operator into the next actor operator only when their resource requests match.

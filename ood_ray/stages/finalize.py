@@ -30,7 +30,6 @@ from ood_ray.columns import (
 )
 from ood_ray.detectors import REGISTRY
 from ood_ray.io import storage
-from ood_ray.progress import report
 from ood_ray.run.sink import PartSink
 from ood_ray.stages.base import Stage, StageResult
 from ood_ray.stages.label_issues import apply_label_issues
@@ -51,7 +50,6 @@ class FinalizeSettings:
     autoencoder: bytes | None = None
     autoencoder_latent: int = 16
     autoencoder_size: int = 32
-    progress: Any = None
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: confident learning's rules and the label model (:mod:`ood_ray.stages.label_issues`)
     label_issues: Any = None
@@ -127,7 +125,6 @@ def finalize_files(batch: pa.Table, settings: FinalizeSettings) -> pa.Table:
     for uri in batch.column("uri").to_pylist():
         table = storage.read_parquet(uri, retry=settings.retry)
         parts.append(finalize_batch(table, settings))
-        report(settings.progress, "finalize", table.num_rows)
     return pa.concat_tables(parts)
 
 
@@ -223,20 +220,20 @@ class FinalizeStage(Stage):
         thresholds = dict(fitted.thresholds)
         if autoencoder is not None and autoencoder.threshold is not None:
             thresholds["score_recon"] = autoencoder.threshold
-        tracker = ctx.tracker()
         settings = FinalizeSettings(
             thresholds, fitted.fitted, getattr(structure, "model", None), getattr(structure, "clusters", None),
             cfg.cluster.outlier_zscore, getattr(structure, "projections", None),
             getattr(autoencoder, "weights", None), cfg.autoencoder.latent_channels, cfg.autoencoder.image_size,
-            tracker, ctx.retry, ctx.values.get("label_issues"))
+            ctx.retry, ctx.values.get("label_issues"))
         configure_ray_data(ctx.config)
         staged = ctx.images_uris()
         dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(
             finalize_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"settings": settings},
             num_cpus=cfg.ray.task_num_cpus)
         sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry)
-        with ProgressLogger(tracker, {"finalize": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
-            dataset.write_datasink(sink)
+        with ProgressLogger(lambda: {"finalize": sink.rows.get("images", 0)}, {"finalize": ctx.inputs.num_rows},
+                            cfg.ray.progress_interval_s):
+            sink.write_dataset(dataset, num_cpus=cfg.ray.task_num_cpus)
         files = {table: entries for table, entries in sink.files.items() if entries}
         files.setdefault("images", [])
         rows = sum(r for _, r in files["images"])

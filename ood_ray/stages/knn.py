@@ -47,7 +47,6 @@ from ood_ray.index.topk import drop_self, merge_topk
 from ood_ray.io import storage
 from ood_ray.label_issues import flag_of, neighbor_disagreement
 from ood_ray.label_issues import knn_score_column as knn_label_column
-from ood_ray.progress import report
 from ood_ray.run.sink import PartSink
 from ood_ray.sampling import hash_order
 from ood_ray.stages.base import Stage, StageResult
@@ -74,7 +73,6 @@ class KNNSettings:
     neighbors_stored: int
     duplicate_neighbors: int
     duplicate_similarity: float
-    progress: Any = None
     retry: storage.RetryPolicy = storage.DEFAULT_RETRY
     #: neighbours whose labels vote for ``score_label_issue_knn_<model>`` (0: no label scores) and
     #: the share of disagreeing ones above which ``is_label_issue_knn_<model>`` is set
@@ -168,7 +166,6 @@ def query_staged_files(batch: pa.Table, settings: KNNSettings, rows: int) -> pa.
     for uri in batch.column("uri").to_pylist():
         table = storage.read_parquet(uri, retry=settings.retry)
         parts += [knn_batch(table.slice(start, rows), settings) for start in range(0, table.num_rows, rows)]
-        report(settings.progress, "knn", table.num_rows)
     return pa.concat_tables(parts)
 
 
@@ -331,10 +328,9 @@ class KNNStage(Stage):
                 if "skipped" not in entry:
                     entry["shard_sizes"] = [size.get(alias, {}) for size in sizes]
             models = [ModelShards(m.alias, m.dim, m.k, tuple(shards)) for m in models]
-            tracker = ctx.tracker()
             settings = KNNSettings(tuple(models), ctx.reference_split if ctx.reference is None else None,
                                    ctx.reference is None and ctx.reference_split is None, knn.neighbors_stored,
-                                   knn.duplicate_neighbors, knn.duplicate_similarity, tracker, ctx.retry,
+                                   knn.duplicate_neighbors, knn.duplicate_similarity, ctx.retry,
                                    label_k=cfg.label_issues.k if labelled else 0,
                                    label_threshold=cfg.label_issues.knn_threshold, reference_labels=reference_labels)
             configure_ray_data(ctx.config)
@@ -344,8 +340,9 @@ class KNNStage(Stage):
                 query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
                 fn_kwargs={"settings": settings, "rows": knn.query_rows})
             sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry)
-            with ProgressLogger(tracker, {"knn": ctx.inputs.num_rows}, cfg.ray.progress_interval_s):
-                dataset.write_datasink(sink, ray_remote_args={"num_cpus": knn.query_num_cpus})
+            with ProgressLogger(lambda: {"knn": sink.rows.get("images_knn", 0)}, {"knn": ctx.inputs.num_rows},
+                                cfg.ray.progress_interval_s):
+                sink.write_dataset(dataset, num_cpus=knn.query_num_cpus)
             if ctx.reference is None:
                 result.artifacts += save_shards(models, ctx.layout, report_)
         finally:

@@ -149,31 +149,27 @@ class ScanStage(Stage):
         plan = self._remaining(ctx, sink)
         started = time.perf_counter()
         if plan.rows:
+            from ood_ray.progress import ProgressLogger
+
             model_inputs = {preprocessing_key(info.data_config): info.data_config for info in ctx.infos}
             settings = ScanSettings.from_config(cfg, tuple(model_inputs.items()), ctx.layout.run_id, ctx.retry)
-        if plan.rows and ctx.local:
-            from ood_ray.io.memory import node_cpus
-            from ood_ray.run.local import scan_locally
+            kept = sink.rows.get("images", 0)  # a resumed run's recorded rows, absorbed already
 
-            scan_locally(plan, settings, sink, int(max(1, node_cpus() // cfg.ray.task_num_cpus)), cfg.ray.progress_interval_s,
-                         cfg.ray.task_num_cpus)
-        elif plan.rows:
-            from ood_ray.progress import ProgressLogger
-            from ood_ray.run.ray_runtime import configure_ray_data
+            def done() -> dict[str, int]:
+                return {"decode": sink.rows.get("images", 0) - kept}
 
-            configure_ray_data(ctx.config)
-            tracker = ctx.tracker()
-            dataset = scan_dataset(ctx, plan, settings, tracker)
-            steps = {"decode": plan.rows}
-            if ctx.infos:
-                steps["embed"] = plan.rows
-            before = ctx.ledger.read_progress() if ctx.resumed else {}
+            with ProgressLogger(done, {"decode": plan.rows}, cfg.ray.progress_interval_s):
+                if ctx.local:
+                    from ood_ray.io.memory import node_cpus
+                    from ood_ray.run.local import scan_locally
 
-            def snapshot(totals: dict[str, int]) -> None:
-                ctx.ledger.write_progress({step: totals.get(step, 0) + before.get(step, 0) for step in steps})
+                    scan_locally(plan, settings, sink, int(max(1, node_cpus() // cfg.ray.task_num_cpus)),
+                                 cfg.ray.task_num_cpus)
+                else:
+                    from ood_ray.run.ray_runtime import configure_ray_data
 
-            with ProgressLogger(tracker, steps, cfg.ray.progress_interval_s, snapshot):
-                dataset.write_datasink(sink, ray_remote_args={"num_cpus": cfg.ray.task_num_cpus})
+                    configure_ray_data(ctx.config)
+                    sink.write_dataset(scan_dataset(ctx, plan, settings), num_cpus=cfg.ray.task_num_cpus)
         seconds = time.perf_counter() - started
         statuses = {k: int(v) for k, v in sorted(sink.totals.get("statuses", {}).items())}
         reference_rows = int(sink.totals.get("reference", {}).get("rows", 0))
@@ -220,16 +216,9 @@ class ScanStage(Stage):
         skip = self._recorded_ids(ctx, records, set(np.flatnonzero((kept > 0) & (kept < sizes)).tolist()))
         rows_kept = int(kept.sum())
         plan = ScanPlan(inputs.parts, inputs.rows_per_block, todo, skip, int(sizes[todo].sum() - (kept[todo]).sum()))
-        progress = ctx.ledger.read_progress()
-        decoded_before = int(progress.get("decode", 0))
-        twice = max(0, decoded_before - rows_kept)
         ctx.resume_report.update({
             "rows_kept": rows_kept, "parts_kept": len(records), "rows_scanned_again": plan.rows,
-            "blocks_skipped": int(len(sizes) - len(todo)), "blocks_partly_kept": len(skip),
-            "decoded_before_interruption_at_least": decoded_before,
-            "decoded_twice_at_least": ctx.resume_report.get("decoded_twice_at_least", 0) + twice})
-        ctx.resume_report["share_decoded_twice"] = round(ctx.resume_report["decoded_twice_at_least"]
-                                                         / max(1, inputs.num_rows), 4)
+            "blocks_skipped": int(len(sizes) - len(todo)), "blocks_partly_kept": len(skip)})
         ctx.ledger.write_resume(ctx.resume_report)
         log.info("resume: %d rows kept from %d recorded parts, %d rows in %d blocks to scan", rows_kept, len(records),
                  plan.rows, len(todo))
@@ -310,7 +299,7 @@ def read_block(parts: list[tuple[str, int]], rows_per_block: int, block: int,
     return table.drop_columns([SEQUENCE]) if SEQUENCE in table.column_names else table
 
 
-def scan_blocks(batch: pa.Table, plan: Any, settings: Any, progress: Any = None) -> pa.Table:
+def scan_blocks(batch: pa.Table, plan: Any, settings: Any) -> pa.Table:
     """The scan of the blocks numbered in ``batch`` (``id``: positions in ``plan.blocks``)."""
     import ray
 
@@ -325,11 +314,11 @@ def scan_blocks(batch: pa.Table, plan: Any, settings: Any, progress: Any = None)
         if block in plan.skip:
             rows = rows.filter(pc.invert(pc.is_in(rows.column("image_id"), pa.array(plan.skip[block], pa.string()))))
         rows = rows.append_column(BLOCK, pa.array(np.full(rows.num_rows, block, dtype=np.int64)))
-        out.append(scan_batch(rows, settings, progress))
+        out.append(scan_batch(rows, settings))
     return pa.concat_tables(out) if len(out) > 1 else out[0]
 
 
-def scan_dataset(ctx: Any, plan: ScanPlan, settings: Any, tracker: Any = None) -> Any:
+def scan_dataset(ctx: Any, plan: ScanPlan, settings: Any) -> Any:
     """The scan's Ray Data pipeline before its sink: a task per block reads the block's rows and
     scans them, followed, with models, by the embedding actor pool. The range read, the scan and
     (without models) the sink's write fuse into one task per block; the scan is never fused into
@@ -341,6 +330,6 @@ def scan_dataset(ctx: Any, plan: ScanPlan, settings: Any, tracker: Any = None) -
     blocks = len(plan.blocks)
     dataset = ray.data.range(blocks, override_num_blocks=blocks).map_batches(
         scan_blocks, batch_format="pyarrow", batch_size=None,
-        fn_kwargs={"plan": ray.put(plan), "settings": settings, "progress": tracker},
+        fn_kwargs={"plan": ray.put(plan), "settings": settings},
         num_cpus=ctx.config.ray.task_num_cpus)
-    return EmbedStage.operator(dataset, ctx, tracker) if ctx.infos else dataset
+    return EmbedStage.operator(dataset, ctx) if ctx.infos else dataset

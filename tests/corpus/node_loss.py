@@ -1,5 +1,5 @@
 """A node lost mid-run, for real: a two-node Ray cluster on this machine (``ray.cluster_utils``),
-the second node offering the custom resource ``helpers`` (so the progress actor and the kNN shards
+the second node offering the custom resource ``helpers`` (so the kNN shards
 are placed on it): the full audit with a model runs once undisturbed (``baseline``: the two-node
 run that the test compares with a single-node run of the same audit), then again with the second
 node's raylet killed while the kNN stage queries its shards (``disturbed``).
@@ -57,7 +57,7 @@ def main(source: str, workdir: str) -> int:
         actors = ray.state.actors().values()  # the GCS's table (no dashboard needed)
         return sorted({a["ActorClassName"] for a in actors if a.get("State") == "ALIVE"
                        and (a.get("Address") or {}).get("NodeID") == helper_node.node_id
-                       and a["ActorClassName"] in ("IndexShard", "ProgressTracker")})
+                       and a["ActorClassName"] == "IndexShard"})
 
     def lose_node() -> None:
         if not watcher.seen.wait(timeout=600):

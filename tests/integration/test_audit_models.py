@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,37 @@ def model_run(ray_session, demo_dataset, custom_checkpoint, tmp_path_factory):
     )
     config = load_config(None, [models, "embed.batch_size=16", "io.rows_per_block=20", "embed.num_cpus_per_actor=1"],
                          source=str(demo_dataset["images"]), out=str(out))
-    run = run_audit(config)
-    return {"out": str(out), "run": run, "config": config}
+    progress, logger = ProgressLines(), logging.getLogger("ood_ray.progress")
+    level = logger.level
+    logger.addHandler(progress)
+    logger.setLevel(logging.INFO)
+    try:
+        run = run_audit(config)
+    finally:
+        logger.removeHandler(progress)
+        logger.setLevel(level)
+    return {"out": str(out), "run": run, "config": config, "progress": progress.lines}
+
+
+class ProgressLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def q(run, sql):
     return run_query(run["out"], sql)
+
+
+def test_each_distributed_stage_logs_its_progress_to_the_last_row(model_run):
+    """Scan (decode and embedding), kNN and finalize count their rows on the driver from the records
+    of the parts written; each stage's last line has every object."""
+    n = model_run["run"]["objects_in"]
+    for step in ("decode", "knn", "finalize"):
+        assert any(line.startswith(f"{step}: {n:,}/{n:,} (100.0%)") for line in model_run["progress"]), (step, model_run["progress"])
 
 
 def test_counts_and_tables(model_run):

@@ -1,6 +1,6 @@
 """Two Ray nodes on one machine (two raylets, ``tests/corpus/node_loss.py``): the full audit with a
 model gives the same tables as on a single node; and a node lost mid-run -- the second (with the
-progress actor and the kNN shards on it) killed while the kNN stage queries -- still finishes and
+kNN shards on it) killed while the kNN stage queries -- still finishes and
 reconciles, with tables equal to an undisturbed run."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Ray worker processes killed by pid during decode, embedding, kNN and finalize, and the progress
-actor: the job finishes with tables equal to an undisturbed run (task retries, the embedding actor
-restarted, kNN shards restarted and rebuilt from the staged files, progress best effort)."""
+"""Ray worker processes killed by pid during decode, embedding, kNN and finalize: the job finishes
+with tables equal to an undisturbed run (task retries, the embedding actor restarted, kNN shards
+restarted and rebuilt from the staged files)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,6 @@ TARGETS = (
     ("embedding actor", "MapWorker(MapBatches(EmbedActor))", "MapBatches(scan_blocks)"),
     ("kNN shard", "ray::IndexShard", "query_staged_files"),
     ("finalize", "MapBatches(finalize_files)", None),
-    ("progress actor", "ray::ProgressTracker", "MapBatches(scan_blocks)"),
 )
 
 

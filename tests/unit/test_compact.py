@@ -1,5 +1,6 @@
 """Coalescing part files (:mod:`ood_ray.run.compact`): groups by bytes, every row once and in
-order, differing column types unified, a table that cannot be unified kept as it was."""
+order, differing column types unified, a table that cannot be unified kept as it was; the Parquet
+encodings every part is written with."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_parts_whose_columns_cannot_be_unified_are_kept(tmp_path):
     target = tmp_path / "merged.parquet"
     assert merge_parts([a, b], str(target), storage.DEFAULT_RETRY) == [(a, 10), (b, 1)]
     assert not target.exists()
+
+
+def test_only_string_columns_whose_values_repeat_get_a_parquet_dictionary(tmp_path):
+    """Parts and coalesced parts encode repeating strings (statuses, labels) with a dictionary and
+    unique ones (ids, hashes) and numbers plain; the values read back unchanged."""
+    n = 64
+    table = pa.table({"image_id": [f"id{i}" for i in range(n)], "status": ["ok"] * (n - 1) + ["missing"],
+                      "label": [f"c{i % 3}" for i in range(n)], "half": [f"h{i // 2}" for i in range(n)],
+                      "brightness": [i / n for i in range(n)]})
+    assert storage.dictionary_columns(table) == ["status", "label", "half"]  # 32 distinct of 64: at the limit
+    assert storage.dictionary_columns(table.slice(0, 0)) == []
+    single = tmp_path / "single.parquet"
+    storage.write_parquet(str(single), table)
+    streamed = tmp_path / "streamed.parquet"
+    assert storage.write_parquet_stream(str(streamed), table.schema, [table.slice(0, 40), table.slice(40)]) == n
+    for path in (single, streamed):
+        meta = pq.ParquetFile(path).metadata.row_group(0)
+        encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+        assert {name for name, used in encodings.items() if "RLE_DICTIONARY" in used} == {"status", "label", "half"}, path
+        assert pq.read_table(path).equals(table)
