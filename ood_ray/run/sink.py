@@ -96,6 +96,15 @@ class PartSink:
             for record in batch.column(RECORD).to_pylist():
                 self.absorb(json.loads(record))
 
+    def progress(self, step: str, table: str, total: int, interval_s: float) -> Any:
+        """The stage's progress line (:class:`ood_ray.progress.ProgressLogger`): ``step`` counts the
+        rows absorbed into ``table`` from now on (a resumed run's recorded rows, absorbed before,
+        are not counted), of ``total``."""
+        from ood_ray.progress import ProgressLogger
+
+        start = self.rows.get(table, 0)
+        return ProgressLogger(lambda: {step: self.rows.get(table, 0) - start}, {step: total}, interval_s)
+
     def absorb(self, written: dict[str, Any]) -> None:
         """Add one task's (or one ledger record's) files and summary to the totals."""
         for table, entries in written.get("tables", {}).items():

@@ -209,7 +209,6 @@ class FinalizeStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         import ray
 
-        from ood_ray.progress import ProgressLogger
         from ood_ray.run.ray_runtime import configure_ray_data
         from ood_ray.stages.ood_fit import FittedScores
 
@@ -231,8 +230,7 @@ class FinalizeStage(Stage):
             finalize_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"settings": settings},
             num_cpus=cfg.ray.task_num_cpus)
         sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry)
-        with ProgressLogger(lambda: {"finalize": sink.rows.get("images", 0)}, {"finalize": ctx.inputs.num_rows},
-                            cfg.ray.progress_interval_s):
+        with sink.progress("finalize", "images", ctx.inputs.num_rows, cfg.ray.progress_interval_s):
             sink.write_dataset(dataset, num_cpus=cfg.ray.task_num_cpus)
         files = {table: entries for table, entries in sink.files.items() if entries}
         files.setdefault("images", [])

@@ -305,7 +305,6 @@ class KNNStage(Stage):
     def run(self, ctx: Any) -> StageResult:
         import ray
 
-        from ood_ray.progress import ProgressLogger
         from ood_ray.run.ray_runtime import configure_ray_data
 
         cfg = ctx.section(self)
@@ -340,8 +339,7 @@ class KNNStage(Stage):
                 query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
                 fn_kwargs={"settings": settings, "rows": knn.query_rows})
             sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry)
-            with ProgressLogger(lambda: {"knn": sink.rows.get("images_knn", 0)}, {"knn": ctx.inputs.num_rows},
-                                cfg.ray.progress_interval_s):
+            with sink.progress("knn", "images_knn", ctx.inputs.num_rows, cfg.ray.progress_interval_s):
                 sink.write_dataset(dataset, num_cpus=knn.query_num_cpus)
             if ctx.reference is None:
                 result.artifacts += save_shards(models, ctx.layout, report_)

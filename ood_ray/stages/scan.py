@@ -149,16 +149,9 @@ class ScanStage(Stage):
         plan = self._remaining(ctx, sink)
         started = time.perf_counter()
         if plan.rows:
-            from ood_ray.progress import ProgressLogger
-
             model_inputs = {preprocessing_key(info.data_config): info.data_config for info in ctx.infos}
             settings = ScanSettings.from_config(cfg, tuple(model_inputs.items()), ctx.layout.run_id, ctx.retry)
-            kept = sink.rows.get("images", 0)  # a resumed run's recorded rows, absorbed already
-
-            def done() -> dict[str, int]:
-                return {"decode": sink.rows.get("images", 0) - kept}
-
-            with ProgressLogger(done, {"decode": plan.rows}, cfg.ray.progress_interval_s):
+            with sink.progress("decode", "images", plan.rows, cfg.ray.progress_interval_s):
                 if ctx.local:
                     from ood_ray.io.memory import node_cpus
                     from ood_ray.run.local import scan_locally
