@@ -254,7 +254,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
     when the output is taken, the reference is unusable, or a resume does not match."""
     from ood_ray.io.inputs import build_inputs, plan_fragments
     from ood_ray.run.local import local_run
-    from ood_ray.run.ray_runtime import init_ray, warm_workers
+    from ood_ray.run.ray_runtime import import_ray_data, init_ray, warm_workers
     from ood_ray.tables import RESERVED_COLUMNS
 
     timer = StageTimer()
@@ -283,6 +283,7 @@ def open_run(config: AuditConfig, resume: bool = False) -> RunContext:
             init_ray(config)
             if config.ray.warm_workers:
                 warm_workers(config.ray.task_num_cpus)  # not awaited: a task runs whether its reference is kept or not
+            import_ray_data()
         ledger = Ledger(layout.ledger_dir)
         # A resumed run keeps the interrupted run's blocks (the ledger counts rows per block).
         recorded_block = (ledger.read_fingerprint() or {}).get("rows_per_block") if resume else None

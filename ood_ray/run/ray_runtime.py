@@ -68,6 +68,17 @@ def warm_workers(task_num_cpus: float) -> list[Any]:
     return [task.remote() for _ in range(min(slots, 256))]
 
 
+def import_ray_data() -> None:
+    """Import Ray Data and make its context in the driver: called right after :func:`warm_workers`
+    submits its tasks, so the ~0.35 s of CPU (560 modules) runs while the workers warm up, rather
+    than at the scan's start, where the workers would wait for it (measured on 50,000 CIFAR files,
+    medians of 10 alternated runs each: scan stage 10.68 -> 10.46 s, all stages 14.25 -> 13.95 s).
+    Starts nothing: Ray Data's helper actors start with its first execution."""
+    import ray.data
+
+    ray.data.DataContext.get_current()
+
+
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory_mb: int | None = None) -> None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray watched by the reaper (nothing
     when Ray is already up in this process)."""
