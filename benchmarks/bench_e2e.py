@@ -27,16 +27,27 @@ rates and efficiencies are in the JSON), the part files and megabytes of every t
 without Ray (``executor``), and DuckDB ``count(*)`` and a filtered aggregate
 over the run's ``images`` with the parts coalesced (default) and with ``io.part_target_mb=0``.
 
+``--ray local`` (default) runs every audit as a user on one machine does: ``ood-ray audit`` starts
+its own Ray and stops it at exit. ``--ray running`` measures ood-ray as on a Ray cluster that is
+already up: one head node (``ray start --head --block``, this machine's cores) for the whole set,
+one audit first that is not counted (it starts Ray Data's two helper actors, the statistics actor
+and the autoscaling coordinator: detached actors that every later job of the cluster reuses), then
+every audit with ``--address``. The peers run beside the idle head node then (a few percent of a
+core), so compare them in the default mode.
+
 Usage: ``python benchmarks/bench_e2e.py [--sets cifar10-test,photos] [--rounds 3]
-[--tools ood-ray,dataeval,cleanvision,imagededup,fastdup] [--peers-python PY] [--fastdup-python PY]``
+[--tools ood-ray,dataeval,cleanvision,imagededup,fastdup] [--peers-python PY] [--fastdup-python PY]
+[--ray local|running]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -127,7 +138,9 @@ def count_files(folder: Path) -> int:
 def command(tool: str, folder: Path, work: Path, args: argparse.Namespace, *extra: str) -> list[str] | None:
     if tool == "ood-ray":
         sets = [a for x in extra for a in ("--set", x)]
-        return [sys.executable, "-m", "ood_ray.cli", "audit", str(folder), "--out", str(work / "out"), "--overwrite", *sets]
+        address = ["--address", args.address] if getattr(args, "address", None) else []
+        return [sys.executable, "-m", "ood_ray.cli", "audit", str(folder), "--out", str(work / "out"), "--overwrite",
+                *address, *sets]
     if tool == "dataeval":
         return [sys.executable, "-c", DATAEVAL, str(folder)]
     if tool == "cleanvision":
@@ -140,11 +153,49 @@ def command(tool: str, folder: Path, work: Path, args: argparse.Namespace, *extr
     raise SystemExit(f"unknown tool {tool!r}")
 
 
+ENV = {"SENTRY_OPT_OUT": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+
+
+@contextlib.contextmanager
+def running_ray(cores: int, log: Path):
+    """A Ray head node of ``cores`` CPUs for the duration (``ray start --head --block``, stopped at
+    the end): yields its address once ``ray status`` answers."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    env = {**os.environ, **ENV}
+    with open(log, "w") as out:
+        head = subprocess.Popen([ray_cli, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cores}",
+                                 "--include-dashboard=false", "--disable-usage-stats"], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray_cli, "status", "--address", address], check=False, capture_output=True, env=env).returncode != 0:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"ray start --head failed: see {log}")
+            time.sleep(1)
+        yield address
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, 9)
+        # `ray start` recorded the head as this machine's current cluster; a plain ray.init() elsewhere
+        # would wait ~14 minutes for it once it is gone (ood-ray itself starts with address="local").
+        current = Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray" / "ray_current_cluster"
+        with contextlib.suppress(OSError):
+            if current.read_text().strip().endswith(f":{port}"):
+                current.unlink()
+
+
 def timed_run(cmd: list[str], log: Path) -> float | None:
-    env = {**os.environ, "SENTRY_OPT_OUT": "1", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **ENV}
     started = time.perf_counter()
     with open(log, "w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        done = subprocess.run(cmd, check=False, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         print(f"  failed ({done.returncode}): {' '.join(cmd[:4])} ... see {log}", flush=True)
@@ -203,7 +254,11 @@ def main() -> int:
     parser.add_argument("--fastdup-python", default=os.environ.get("FASTDUP_PYTHON", ""))
     parser.add_argument("--work", default="", help="folder for unzipped sets and outputs (default: a temporary one)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "e2e.json"))
+    parser.add_argument("--ray", choices=("local", "running"), default="local",
+                        help="local: each audit starts its own Ray; running: audits join one Ray head started "
+                             "for the set (see the module docstring)")
     args = parser.parse_args()
+    args.address = None
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     tools = [t for t in args.tools.split(",") if t]
@@ -212,56 +267,70 @@ def main() -> int:
     rates = per_core_rates()
     print(f"per-core rate (bench_scan ours_full): CIFAR-10 {rates['cifar']:,.0f}, photos {rates['photos']:,.0f} images/s; "
           f"{cores} cores", flush=True)
-    results: dict[str, dict] = {"per_core_images_per_s": rates, "cores": cores, "sets": {}}
+    results: dict[str, dict] = {"per_core_images_per_s": rates, "cores": cores, "ray": args.ray, "sets": {}}
     for name, folder in sets.items():
-        n = count_files(folder)
-        seconds: dict[str, list[float]] = {tool: [] for tool in tools}
-        facts_of_rounds: list[dict] = []
-        for round_ in range(args.rounds):
-            if "ood-ray" in tools:  # the per-core rate of this moment, for this round's efficiency
-                round_rates = rates if round_ == 0 and not results["sets"] else per_core_rates()
-                round_rate = round_rates["photos" if name == "photos" else "cifar"]
-                print(f"{name} round {round_ + 1} per-core rate: {round_rate:,.0f} images/s", flush=True)
-            for tool in (tools if round_ % 2 == 0 else tools[::-1]):  # alternated
-                runs = work / "runs" / name  # outputs never inside the audited folder
-                runs.mkdir(parents=True, exist_ok=True)
-                cmd = command(tool, folder, runs, args)
-                if cmd is None:
-                    continue
-                took = timed_run(cmd, runs / f"{tool}-{round_}.log")
-                if took is not None:
-                    seconds[tool].append(took)
-                    print(f"{name} round {round_ + 1} {tool}: {took:.1f} s", flush=True)
-                if tool == "ood-ray" and took is not None:
-                    facts_of_rounds.append({**output_facts(runs / "out"), "per_core_images_per_s": round_rate})
-        entry: dict = {"files": n, "median_seconds": {t: statistics.median(s) for t, s in seconds.items() if s},
-                       "seconds": seconds, "missing": [t for t, s in seconds.items() if not s]}
-        # the round with the median scan rate (of an odd number of rounds: the median itself)
-        by_rate = sorted(facts_of_rounds, key=lambda f: f["scan_images_per_s"] or 0)
-        facts = by_rate[(len(by_rate) - 1) // 2] if by_rate else None
-        if facts is not None:
-            efficiencies = [f["scan_images_per_s"] / (cores * f["per_core_images_per_s"]) for f in facts_of_rounds
-                            if f["scan_images_per_s"]]
-            facts = {**facts, "scan_images_per_s_rounds": [f["scan_images_per_s"] for f in facts_of_rounds],
-                     "per_core_images_per_s_rounds": [f["per_core_images_per_s"] for f in facts_of_rounds],
-                     "efficiency_rounds": efficiencies}
-            runs = work / "runs" / name
-            ours = entry["median_seconds"]["ood-ray"]
-            entry["ood_ray"] = {**facts, "efficiency": statistics.median(efficiencies) if efficiencies else 0.0,
-                                "tables": facts["tables"]}
-            entry["ratios"] = {t: s / ours for t, s in entry["median_seconds"].items() if t != "ood-ray"}
-            coalesced = query_seconds(runs / "out")
-            cmd = command("ood-ray", folder, runs / "uncoalesced", args, "io.part_target_mb=0")
-            (runs / "uncoalesced").mkdir(parents=True, exist_ok=True)
-            if timed_run(cmd, runs / "uncoalesced.log") is not None:
-                entry["queries_seconds"] = {"coalesced": coalesced, "uncoalesced": query_seconds(runs / "uncoalesced" / "out"),
-                                            "uncoalesced_part_files": output_facts(runs / "uncoalesced" / "out")["part_files"]}
-        results["sets"][name] = entry
+        with contextlib.ExitStack() as stack:
+            if args.ray == "running" and "ood-ray" in tools:
+                args.address = stack.enter_context(running_ray(cores, work / f"ray-head-{name}.log"))
+                first = work / "runs" / name / "first-job"
+                first.mkdir(parents=True, exist_ok=True)
+                took = timed_run(command("ood-ray", folder, first, args), first / "ood-ray.log")
+                print(f"{name}: first job on the running Ray (not counted): {took or 0:.1f} s", flush=True)
+            results["sets"][name] = bench_set(name, folder, work, tools, args, cores, rates, first_set=not results["sets"])
+            args.address = None
     print_table(results)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.json}")
     return 0
+
+
+def bench_set(name: str, folder: Path, work: Path, tools: list[str], args: argparse.Namespace, cores: int,
+              rates: dict[str, float], first_set: bool) -> dict:
+    """The rounds of one set: every tool's wall times, ood-ray's facts and efficiency per round."""
+    n = count_files(folder)
+    seconds: dict[str, list[float]] = {tool: [] for tool in tools}
+    facts_of_rounds: list[dict] = []
+    for round_ in range(args.rounds):
+        if "ood-ray" in tools:  # the per-core rate of this moment, for this round's efficiency
+            round_rates = rates if round_ == 0 and first_set else per_core_rates()
+            round_rate = round_rates["photos" if name == "photos" else "cifar"]
+            print(f"{name} round {round_ + 1} per-core rate: {round_rate:,.0f} images/s", flush=True)
+        for tool in (tools if round_ % 2 == 0 else tools[::-1]):  # alternated
+            runs = work / "runs" / name  # outputs never inside the audited folder
+            runs.mkdir(parents=True, exist_ok=True)
+            cmd = command(tool, folder, runs, args)
+            if cmd is None:
+                continue
+            took = timed_run(cmd, runs / f"{tool}-{round_}.log")
+            if took is not None:
+                seconds[tool].append(took)
+                print(f"{name} round {round_ + 1} {tool}: {took:.1f} s", flush=True)
+            if tool == "ood-ray" and took is not None:
+                facts_of_rounds.append({**output_facts(runs / "out"), "per_core_images_per_s": round_rate})
+    entry: dict = {"files": n, "median_seconds": {t: statistics.median(s) for t, s in seconds.items() if s},
+                   "seconds": seconds, "missing": [t for t, s in seconds.items() if not s]}
+    # the round with the median scan rate (of an odd number of rounds: the median itself)
+    by_rate = sorted(facts_of_rounds, key=lambda f: f["scan_images_per_s"] or 0)
+    facts = by_rate[(len(by_rate) - 1) // 2] if by_rate else None
+    if facts is not None:
+        efficiencies = [f["scan_images_per_s"] / (cores * f["per_core_images_per_s"]) for f in facts_of_rounds
+                        if f["scan_images_per_s"]]
+        facts = {**facts, "scan_images_per_s_rounds": [f["scan_images_per_s"] for f in facts_of_rounds],
+                 "per_core_images_per_s_rounds": [f["per_core_images_per_s"] for f in facts_of_rounds],
+                 "efficiency_rounds": efficiencies}
+        runs = work / "runs" / name
+        ours = entry["median_seconds"]["ood-ray"]
+        entry["ood_ray"] = {**facts, "efficiency": statistics.median(efficiencies) if efficiencies else 0.0,
+                            "tables": facts["tables"]}
+        entry["ratios"] = {t: s / ours for t, s in entry["median_seconds"].items() if t != "ood-ray"}
+        coalesced = query_seconds(runs / "out")
+        cmd = command("ood-ray", folder, runs / "uncoalesced", args, "io.part_target_mb=0")
+        (runs / "uncoalesced").mkdir(parents=True, exist_ok=True)
+        if timed_run(cmd, runs / "uncoalesced.log") is not None:
+            entry["queries_seconds"] = {"coalesced": coalesced, "uncoalesced": query_seconds(runs / "uncoalesced" / "out"),
+                                        "uncoalesced_part_files": output_facts(runs / "uncoalesced" / "out")["part_files"]}
+    return entry
 
 
 def print_table(results: dict) -> None:

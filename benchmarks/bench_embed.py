@@ -106,7 +106,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
     cases = [
         ("resnet18 @224", ModelConfig(name="resnet18"), 32, 1024),
         ("resnet50 @224", ModelConfig(name="resnet50"), 32, 384),

@@ -126,7 +126,7 @@ def main() -> int:
     if not use_gpu:
         args.images, args.batch, args.repeats, args.models = 32, 16, 1, "test_resnet"
     device = torch.cuda.get_device_name(0) if use_gpu else "cpu"
-    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, logging_level="WARNING")
     results: dict = {"device": device, "images": args.images, "batch": args.batch, "embed": {}, "ray_embed": {},
                      "autoencoder": {}}
     for model in args.models.split(","):

@@ -130,7 +130,7 @@ def main() -> int:
 
     faiss.omp_set_num_threads(args.threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False, object_store_memory=6 * 1024**3)
+    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False, object_store_memory=6 * 1024**3)
     rng = np.random.default_rng(0)
     results: dict = {"threads": args.threads, "exact": [], "ivf": []}
     print(f"{'n':>9} {'queries':>8} {'single q/s':>11} {'shards':>6} {'sharded q/s':>12} {'ratio':>6} {'single MiB':>11} {'sharded MiB':>12} {'same ids':>9}")

@@ -114,7 +114,7 @@ def main() -> int:
 
     knn = load_config(None, ["knn.index=ivfpq", "knn.nlist=4096"], source="s", out="o").knn
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
              object_store_memory=2 * 1024**3)
     around = centres()
     queries = unit(around[np.random.default_rng(7).integers(0, CENTRES, args.queries)]

@@ -57,7 +57,7 @@ def main() -> int:
     from ood_ray.sampling import Sampler, hash_order, sample_sql
     from ood_ray.structure import _sample
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
 
     results = []
     print(f"{'rows':>10}{'GiB':>8}{'scan column s':>15}{'driver query s':>15}{'ray tasks s':>12}{'same rows':>10}")

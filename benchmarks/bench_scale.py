@@ -112,7 +112,7 @@ def step(name: str, n: int, workdir: Path) -> dict:
         from ood_ray.run.layout import RunLayout
         from ood_ray.tables import RESERVED_COLUMNS
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         config = load_config(None, [], source=str(workdir / "manifest"), out=str(workdir / "out"))
         started = time.perf_counter()
         inputs = build_inputs(config, RESERVED_COLUMNS, RunLayout(config.out), storage.DEFAULT_RETRY)
@@ -134,7 +134,7 @@ def step(name: str, n: int, workdir: Path) -> dict:
         from ood_ray.parts import RayParts
         from ood_ray.run.layout import RunLayout
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         parts = RayParts(files, RunLayout(str(workdir / "out")))
         started = time.perf_counter()  # the Ray start is not the step's
         if name == "lint":
@@ -154,7 +154,7 @@ def step(name: str, n: int, workdir: Path) -> dict:
         from ood_ray.parts import RayParts
         from ood_ray.sampling import Sampler
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         started = time.perf_counter()
         run_drift(con, "status = 'ok' AND split = 'train'", "status = 'ok' AND split <> 'train'", config, [], None,
                   sampler=Sampler(RayParts(files)))

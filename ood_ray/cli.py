@@ -120,6 +120,9 @@ def report_from_args(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         print(f"ood-ray: {exc}", file=sys.stderr)
         return 2
+    except ConfigError as exc:
+        print(f"ood-ray: configuration error: {exc}", file=sys.stderr)
+        return 2
     print(f"report: {len(result.sections)} sections ({', '.join(result.sections)}), {result.thumbnails} thumbnails "
           f"({result.thumbnails_missing} without an image), {result.map_points} map points, "
           f"{result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s")

@@ -45,6 +45,7 @@ def ray_session():
 
     dashboard_port = free_port()
     ray.init(
+        address="local",  # never a cluster named by an old `ray start` on this machine
         num_cpus=2,
         object_store_memory=300 * 1024 * 1024,
         include_dashboard=True,

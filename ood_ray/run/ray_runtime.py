@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -81,13 +82,19 @@ def import_ray_data() -> None:
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_memory_mb: int | None = None) -> None:
     """Connect to ``address``/``RAY_ADDRESS`` or start a local Ray watched by the reaper (nothing
-    when Ray is already up in this process)."""
+    when Ray is already up in this process).
+
+    Without an address the run starts its own Ray (``address="local"``), whatever ``ray start``
+    left on this machine: a plain ``ray.init()`` joins the cluster named in Ray's
+    ``ray_current_cluster`` file, and when that cluster is gone (killed, not ``ray stop``-ed) it
+    waits for it for about 14 minutes. An address is checked first (:func:`check_address`)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_address(address)
         log.info("connecting to Ray at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
@@ -97,8 +104,28 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
     if object_store_memory_mb:
         kwargs["object_store_memory"] = object_store_memory_mb * 1024 * 1024
     log.info("starting a local Ray")
-    ray.init(**kwargs)
+    ray.init(address="local", **kwargs)
     _start_reaper()
+
+
+#: Seconds :func:`check_address` waits for a TCP connection to the cluster's address.
+ADDRESS_CHECK_TIMEOUT_S = 10.0
+
+
+def check_address(address: str) -> None:
+    """Fail at once, naming the address, when nothing listens at a ``host:port`` or
+    ``ray://host:port`` Ray address (``ray.init`` would retry for about 14 minutes); ``auto``,
+    ``local`` and other forms are left to Ray."""
+    from ood_ray.config import ConfigError
+
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_CHECK_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(f"--address / RAY_ADDRESS {address!r}: no Ray answers there ({exc.strerror or exc})") from None
 
 
 #: The reaper: watches its standard input (closed when the driver exits, however it died) and,
