@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from ood_ray.config import AuditConfig
+from ood_ray.config import AuditConfig, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,10 @@ ADDRESS_CHECK_TIMEOUT_S = 10.0
 def check_address(address: str) -> None:
     """Fail at once, naming the address, when nothing listens at a ``host:port`` or
     ``ray://host:port`` Ray address (``ray.init`` would retry for about 14 minutes); ``auto``,
-    ``local`` and other forms are left to Ray."""
-    from ood_ray.config import ConfigError
-
+    ``local`` and other forms (another scheme) are left to Ray."""
     target = address[len("ray://"):] if address.startswith("ray://") else address
     host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if "://" in target or not sep or not host or not port.isdigit():
         return
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=ADDRESS_CHECK_TIMEOUT_S).close()

@@ -34,8 +34,8 @@ def test_an_address_that_listens_and_the_forms_left_to_ray_pass():
         server.bind(("127.0.0.1", 0))
         server.listen()
         check_address(f"127.0.0.1:{server.getsockname()[1]}")
-    for address in ("auto", "local"):
-        check_address(address)
+    for address in ("auto", "local", f"anyscale://127.0.0.1:{_closed_port()}"):
+        check_address(address)  # Ray's to resolve
 
 
 def test_the_cli_stops_with_the_address_and_exit_code_2(tmp_path):
