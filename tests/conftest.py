@@ -38,6 +38,12 @@ os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{_S3_PORT}"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens (bound by :func:`free_port`, then released)."""
+    return free_port()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """The one Ray of the test session: 2 CPUs, a small object store, the dashboard (job API)."""

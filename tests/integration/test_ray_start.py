@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,8 @@ ray.shutdown()
 """
 
 
-def test_a_stale_ray_start_address_does_not_stop_a_local_ray():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        stale = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once the socket is closed
+def test_a_stale_ray_start_address_does_not_stop_a_local_ray(closed_port):
+    stale = f"127.0.0.1:{closed_port}"
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live below it
     try:
         (Path(temp) / "ray").mkdir()
