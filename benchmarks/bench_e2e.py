@@ -138,7 +138,7 @@ def count_files(folder: Path) -> int:
 def command(tool: str, folder: Path, work: Path, args: argparse.Namespace, *extra: str) -> list[str] | None:
     if tool == "ood-ray":
         sets = [a for x in extra for a in ("--set", x)]
-        address = ["--address", args.address] if getattr(args, "address", None) else []
+        address = ["--address", args.address] if args.address else []
         return [sys.executable, "-m", "ood_ray.cli", "audit", str(folder), "--out", str(work / "out"), "--overwrite",
                 *address, *sets]
     if tool == "dataeval":
