@@ -7,7 +7,9 @@ each table's parts are packed, in order, into groups of at least ``io.part_targe
 (the last group takes the rest), and one Ray task per group of two or more files streams them into
 one new part (:func:`merge_parts`): the inputs are read one at a time and written as row groups of
 about ``ROW_GROUP_ROWS`` rows, so a task holds about one row group in memory. A table of ``B``
-bytes ends with at most ``ceil(B / target)`` files. Column types that differ between parts
+bytes ends with at most ``ceil(B / target)`` files. The write tasks' parts are written with lz4
+(cheaper to write, read once here); a part alone in its group is rewritten too when it has that
+codec, so every committed file is zstd (:func:`kept_as_written`). Column types that differ between parts
 (a column that is all null in one part) are unified; parts that cannot be unified are kept as they
 are (logged). The replaced parts stay until the commit, which removes every file of the run's
 table folders that ``run.json`` does not list, so a run killed in the middle resumes from the
@@ -102,15 +104,28 @@ def merge_parts(uris: list[str], target: str, retry: storage.RetryPolicy) -> lis
     return [(target, rows)]
 
 
+def kept_as_written(uri: str, retry: storage.RetryPolicy) -> bool:
+    """Whether a part alone in its group can stay as it is: it was written with the codec of the
+    files a run keeps (a write task's part that compaction was to rewrite has the faster one,
+    :data:`ood_ray.io.storage.WORK_COMPRESSION`, which older Parquet readers may not know)."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.resolve(uri)
+    meta = retry.call(lambda: pq.read_metadata(path, filesystem=fs), uri)
+    codecs = {meta.row_group(g).column(c).compression for g in range(meta.num_row_groups) for c in range(meta.num_columns)}
+    return codecs <= {storage.KEPT_COMPRESSION.upper(), "UNCOMPRESSED"}
+
+
 def coalesce_table(layout: Any, table: str, entries: list[tuple[str, int]], target_bytes: int,
                    retry: storage.RetryPolicy, num_cpus: float = 1.0, local: bool = False
                    ) -> tuple[list[tuple[str, int]], dict[str, int]]:
-    """The table's parts after coalescing (``entries`` in order; groups of one file kept) and a
-    report ``{files_before, files_after, bytes}``; one Ray task per group (``local``: in this process)."""
+    """The table's parts after coalescing (``entries`` in order; a group of one file kept unless it
+    was written with the faster codec, :func:`kept_as_written`) and a report ``{files_before,
+    files_after, bytes}``; one Ray task per group (``local``: in this process)."""
     sizes = dict(storage.list_files(storage.join(layout.root, table), retry))
     groups = plan_groups(entries, sizes, target_bytes)
     jobs = {i: ([uri for uri, _ in group], layout.part_uri(table, f"c{i:05d}"), retry)
-            for i, group in enumerate(groups) if len(group) > 1}
+            for i, group in enumerate(groups) if len(group) > 1 or not kept_as_written(group[0][0], retry)}
     if local:
         merged = {i: merge_parts(*job) for i, job in jobs.items()}
     else:

@@ -128,15 +128,18 @@ class RunLayout:
         """A scratch folder of this run (Ray Train checkpoints, ...), removed at commit."""
         return storage.join(self.root, STAGING, name)
 
-    def write_part(self, table: str, part: str, data: pa.Table, retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> str:
+    def write_part(self, table: str, part: str, data: pa.Table, retry: storage.RetryPolicy = storage.DEFAULT_RETRY,
+                   compression: str = storage.KEPT_COMPRESSION) -> str:
+        """A part of an output table (``compression``: lz4 for a part that compaction rewrites)."""
         uri = self.part_uri(table, part)
-        storage.write_parquet(uri, data, retry)
+        storage.write_parquet(uri, data, retry, compression=compression)
         return uri
 
     def write_staged_part(self, table: str, part: str, data: pa.Table,
                           retry: storage.RetryPolicy = storage.DEFAULT_RETRY, row_group_size: int | None = None) -> str:
+        """A part of an intermediate table, read once and never committed (lz4)."""
         uri = self.staged_uri(table, part)
-        storage.write_parquet(uri, data, retry, row_group_size=row_group_size)
+        storage.write_parquet(uri, data, retry, row_group_size=row_group_size, compression=storage.WORK_COMPRESSION)
         return uri
 
     # -- before the run -----------------------------------------------------------------------

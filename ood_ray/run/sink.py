@@ -35,9 +35,13 @@ class PartSink:
     TABLES: tuple[str, ...] = ()
 
     def __init__(self, out: str, run_id: str, staged: Iterable[str] = (), ledger_dir: str | None = None,
-                 retry: storage.RetryPolicy = storage.DEFAULT_RETRY) -> None:
+                 retry: storage.RetryPolicy = storage.DEFAULT_RETRY, compacted: bool = False) -> None:
         self.out, self.run_id = out, run_id
         self.staged = frozenset(staged)
+        #: Whether the compact stage rewrites this sink's parts (then they are written with the
+        #: faster codec, :data:`ood_ray.io.storage.WORK_COMPRESSION`; a part left alone in its
+        #: group -- one of ``io.part_target_mb`` or more, or a table's only part -- keeps it).
+        self.compression = storage.WORK_COMPRESSION if compacted else storage.KEPT_COMPRESSION
         self.ledger_dir = ledger_dir
         self.retry = retry
         self.files: dict[str, list[tuple[str, int]]] = {table: [] for table in self.TABLES}
@@ -70,7 +74,7 @@ class PartSink:
             if table in self.staged:
                 uri = layout.write_staged_part(table, part, rows, self.retry)
             else:
-                uri = layout.write_part(table, part, rows, self.retry)
+                uri = layout.write_part(table, part, rows, self.retry, self.compression)
             written["tables"][table] = [(uri, rows.num_rows)]
         written["summary"] = self.summary(block)
         if self.ledger_dir is not None:

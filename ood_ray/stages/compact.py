@@ -17,7 +17,7 @@ class CompactStage(Stage):
     reads = ("io", "ray")
 
     def enabled(self, ctx: Any) -> bool:
-        return ctx.section(self).io.part_target_mb > 0 and any(len(entries) > 1 for entries in ctx.files.values())
+        return ctx.section(self).io.part_target_mb > 0 and any(ctx.files.values())
 
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.run.compact import coalesce_table
@@ -26,7 +26,7 @@ class CompactStage(Stage):
         cfg = ctx.section(self)
         files, report = {}, {}
         for table, entries in sorted(ctx.files.items()):
-            if len(entries) < 2:
+            if not entries:
                 continue
             files[table], report[table] = coalesce_table(ctx.layout, table, entries, int(cfg.io.part_target_mb * 2**20),
                                                          ctx.retry, cfg.ray.task_num_cpus, local=ctx.local)

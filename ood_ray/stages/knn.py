@@ -241,7 +241,7 @@ def start_shards(plans: list[list[dict[str, Any]]], config: Any, helper_resource
 
 class KNNStage(Stage):
     name = "knn"
-    reads = ("knn", "ray", "label_issues")
+    reads = ("io", "knn", "ray", "label_issues")
     writes = ("neighbors",)
     report_key = "knn"
 
@@ -338,7 +338,8 @@ class KNNStage(Stage):
             dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(
                 query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
                 fn_kwargs={"settings": settings, "rows": knn.query_rows})
-            sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry)
+            sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry,
+                           compacted=cfg.io.part_target_mb > 0)
             with sink.progress("knn", "images_knn", ctx.inputs.num_rows, cfg.ray.progress_interval_s):
                 sink.write_dataset(dataset, num_cpus=knn.query_num_cpus)
             if ctx.reference is None:

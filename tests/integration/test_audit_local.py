@@ -220,6 +220,10 @@ def test_parts_are_coalesced_and_a_table_folder_holds_only_its_committed_files(f
         listed = run["tables"][table]["files"]
         assert len(listed) == 1
         assert sorted(p.name for p in (out / table).iterdir()) == listed  # the coalesced-away parts are gone
+    # the write tasks' parts were lz4 (rewritten anyway); every committed file is zstd
+    codecs = {pq.read_metadata(out / table / name).row_group(0).column(0).compression
+              for table, facts in run["tables"].items() for name in facts["files"]}
+    assert codecs == {"ZSTD"}, codecs
     # the same tables as a run that keeps the scan's parts
     kept = audit(demo_dataset["images"], workdir / "kept", "io.rows_per_block=16", "io.part_target_mb=0")
     assert "compact" not in kept["stages"] and len(kept["tables"]["images"]["files"]) == compact["images"]["files_before"]

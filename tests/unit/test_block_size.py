@@ -13,13 +13,19 @@ from ood_ray.io.block_size import MAX_ROWS, MIN_ROWS, choose_rows_per_block, mea
 
 
 @pytest.mark.parametrize("mean,output,rows,cpus,expected", [
-    (1_100, 0, 0, 2, 1024),          # CIFAR-size JPEGs: 0.5 s / 0.33 ms = 1,538 -> 1,024
-    (150_000, 0, 0, 2, 8),           # photos: 0.5 s / 37.5 ms = 13 -> 8
+    (1_100, 0, 0, 2, 2048),          # CIFAR-size JPEGs: 0.5 s / 0.33 ms = 1,538 -> 2,048 (nearest in log2)
+    (924, 0, 0, 2, 2048),            # CIFAR-10's JPEGs: 0.5 s / 0.28 ms = 1,779 -> 2,048
+    (4_000, 0, 0, 2, 512),           # 0.5 s / 1.05 ms = 476 -> 512
+    (150_000, 0, 0, 2, 16),          # photos: 0.5 s / 37.5 ms = 13.3 -> 16
+    (250_000, 0, 0, 2, 8),           # larger photos: 0.5 s / 62.5 ms = 8 -> 8
+    (400_000, 0, 0, 2, 4),           # 0.5 s / 100 ms = 5 -> 4 (log2 5 = 2.3)
     (20_000_000, 0, 0, 2, MIN_ROWS),  # huge objects: never below MIN_ROWS
     (10, 0, 0, 2, MAX_ROWS),         # empty-ish files: never above MAX_ROWS
     (None, 0, 0, 2, 64),             # nothing known: 64
     (1_100, 3 * 224 * 224, 0, 2, 128),  # a 224 px model input per row: 32 MB / 150 KB = 222 -> 128
-    (1_100, 0, 1_000, 2, 64),        # 1,000 rows on 2 CPUs: at least 4 blocks per CPU -> 125 -> 64
+    (1_100, 0, 1_000, 2, 64),        # 1,000 rows on 2 CPUs: at least 4 blocks per CPU -> 125 -> 64 (caps round down)
+    (1_100, 0, 10_000, 2, 1024),     # CIFAR-10 test on 2 CPUs: 1,250 -> 1,024
+    (10, 0, 24, 2, MIN_ROWS),        # fewer rows than the blocks wanted: still MIN_ROWS
 ])
 def test_rows_per_block_known_answers(mean, output, rows, cpus, expected):
     got = rows_for(mean, 0.5, output, rows, cpus)

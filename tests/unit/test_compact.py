@@ -79,3 +79,28 @@ def test_only_string_columns_whose_values_repeat_get_a_parquet_dictionary(tmp_pa
         encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
         assert {name for name, used in encodings.items() if "RLE_DICTIONARY" in used} == {"status", "label", "half"}, path
         assert pq.read_table(path).equals(table)
+
+
+def test_a_lone_part_written_with_the_work_codec_is_rewritten_and_a_kept_one_stays(tmp_path):
+    """Every committed file is zstd: the write tasks' lz4 parts are rewritten even when a part is
+    alone in its group (a table's only part, or one of the target size), zstd ones are kept."""
+    from ood_ray.run.compact import coalesce_table
+    from ood_ray.run.layout import RunLayout
+
+    layout = RunLayout(str(tmp_path), "r1")
+    table = pa.table({"image_id": [f"{i:04d}" for i in range(300)], "value": np.arange(300, dtype=np.float64)})
+    work = layout.write_part("images", "00000", table, compression=storage.WORK_COMPRESSION)
+    kept = layout.write_part("channels", "00000", table)
+    assert pq.read_metadata(work).row_group(0).column(0).compression == "LZ4"
+
+    out, report = coalesce_table(layout, "images", [(work, 300)], 1 << 30, storage.DEFAULT_RETRY, local=True)
+    assert len(out) == 1 and out[0][0] != work and out[0][1] == 300 and report["files_after"] == 1
+    meta = pq.read_metadata(out[0][0])
+    assert {meta.row_group(0).column(c).compression for c in range(meta.num_columns)} == {"ZSTD"}
+    assert pq.read_table(out[0][0]).equals(table)
+
+    assert coalesce_table(layout, "channels", [(kept, 300)], 1 << 30, storage.DEFAULT_RETRY, local=True)[0] == [(kept, 300)]
+    # two zstd parts of the target size each: both kept as they are
+    big = [layout.write_part("channels", f"0000{i}", table) for i in (1, 2)]
+    assert coalesce_table(layout, "channels", [(u, 300) for u in big], 1, storage.DEFAULT_RETRY, local=True)[0] == \
+        [(u, 300) for u in big]
