@@ -9,8 +9,8 @@ one new part (:func:`merge_parts`): the inputs are read one at a time and writte
 about ``ROW_GROUP_ROWS`` rows, so a task holds about one row group in memory. A table of ``B``
 bytes ends with at most ``ceil(B / target)`` files. The write tasks' parts are written with lz4
 (cheaper to write, read once here); a part alone in its group is rewritten too when it has that
-codec, so every committed file is zstd (:func:`kept_as_written`). Column types that differ between parts
-(a column that is all null in one part) are unified; parts that cannot be unified are kept as they
+codec, so every committed file is zstd (:func:`kept_as_written`). Column types that differ
+between parts (a column that is all null in one part) are unified; parts that cannot be unified are kept as they
 are (logged). The replaced parts stay until the commit, which removes every file of the run's
 table folders that ``run.json`` does not list, so a run killed in the middle resumes from the
 recorded parts and rewrites the same groups.

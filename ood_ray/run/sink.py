@@ -38,9 +38,9 @@ class PartSink:
                  retry: storage.RetryPolicy = storage.DEFAULT_RETRY, compacted: bool = False) -> None:
         self.out, self.run_id = out, run_id
         self.staged = frozenset(staged)
-        #: Whether the compact stage rewrites this sink's parts (then they are written with the
-        #: faster codec, :data:`ood_ray.io.storage.WORK_COMPRESSION`; a part left alone in its
-        #: group -- one of ``io.part_target_mb`` or more, or a table's only part -- keeps it).
+        #: The parts' codec: when the compact stage rewrites them (``compacted``), the faster
+        #: :data:`ood_ray.io.storage.WORK_COMPRESSION` (compaction rewrites even a part left alone
+        #: in its group, :func:`ood_ray.run.compact.kept_as_written`), else the kept one.
         self.compression = storage.WORK_COMPRESSION if compacted else storage.KEPT_COMPRESSION
         self.ledger_dir = ledger_dir
         self.retry = retry
