@@ -10,20 +10,21 @@ follow pixels within a format), so
     seconds per row ~ ROW_OVERHEAD_S + mean object bytes / BYTES_PER_SECOND
     rows per block  = io.block_seconds / seconds per row
 
-rounded to the nearest power of two (in log scale, so a block is 0.71-1.41x ``io.block_seconds``
-of work by the model) in ``[MIN_ROWS, MAX_ROWS]`` (powers of two divide the manifest parts'
-8,192-row row groups, so any choice reads whole blocks from one row group), and capped -- rounded
-down -- so that a block's resized model inputs (``H * W * 3`` bytes per model per row) stay under
+rounded to the nearest power of two (in log scale, so a block is 0.71-1.41x ``io.block_seconds`` of
+work by the model) in ``[MIN_ROWS, MAX_ROWS]`` (powers of two divide the manifest parts' 8,192-row
+row groups, so any choice reads whole blocks from one row group), and capped -- rounded down -- so
+that a block's resized model inputs (``H * W * 3`` bytes per model per row) stay under
 ``MAX_BLOCK_OUTPUT_BYTES``, and so that there are at least ``MIN_BLOCKS_PER_CPU`` blocks per CPU
 while the run has rows for them. Rounding the work down instead left CIFAR-10 blocks at 1,024 rows
-(0.34 s of work, where a task's fixed cost -- dispatch, the manifest read, the part writes -- is
-~20 ms): blocks of 2,048 rows scanned the 50,000 training JPEGs 2-4% faster in alternated single
-audits and ~1% in ``benchmarks/bench_e2e.py``'s rounds (2026-12-07). The mean size comes from
-the listing's ``listed_size`` when the source is a folder or a prefix, else from the sizes of a
-sample of the manifest's objects (a stat or a HEAD each). The constants are round numbers within 2x of ``benchmarks/bench_scan.py`` on this
-project's machine (2026-11-26, per core: 2,300-2,700 CIFAR-10 JPEGs of 920 bytes, model 0.28 ms
-against 0.4 ms measured; 44-49 DTD photos of ~200 KB, model 50 ms against 21 ms measured) -- the
-estimate only has to land on the right power of two within a factor of two or so.
+(0.34 s of work, where a task's fixed cost -- dispatch, the manifest read, the part writes -- is ~20
+ms): blocks of 2,048 rows scanned the 50,000 training JPEGs 2-4% faster in alternated single audits
+and ~1% in ``benchmarks/bench_e2e.py``'s rounds (2026-12-07). The mean size comes from the listing's
+``listed_size`` when the source is a folder or a prefix, else from the sizes of a sample of the
+manifest's objects (a stat or a HEAD each). The constants are round numbers within 2x of
+``benchmarks/bench_scan.py`` on this project's machine (2026-11-26, per core: 2,300-2,700 CIFAR-10
+JPEGs of 920 bytes, model 0.28 ms against 0.4 ms measured; 44-49 DTD photos of ~200 KB, model 50 ms
+against 21 ms measured) -- the estimate only has to land on the right power of two within a factor
+of two or so.
 """
 
 from __future__ import annotations
