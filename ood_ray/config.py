@@ -82,6 +82,12 @@ class IOConfig:
     retry_base_delay_s: float = 0.1
     retry_max_delay_s: float = 5.0
 
+    @property
+    def compacts(self) -> bool:
+        """Whether stage ``compact`` rewrites the parts the write tasks leave (``part_target_mb`` > 0):
+        then they are written with the faster codec (ood_ray.run.sink.PartSink)."""
+        return self.part_target_mb > 0
+
     def validate(self, prefix: str) -> None:
         _check_positive(f"{prefix}.max_pixels", self.max_pixels)
         _check_positive(f"{prefix}.max_file_bytes", self.max_file_bytes)

@@ -1,19 +1,19 @@
 """Coalescing a table's part files into files sized for readers.
 
 The scan writes one part per table per write task (a few hundred to a few thousand rows), so a
-10^9-image run would leave millions of small files, and every later pass (lint, dedup, clusters,
-a user's DuckDB query) would pay an open and a footer per file. After the scan (and ``finalize``),
+10^9-image run would leave millions of small files, and every later pass (lint, dedup, clusters, a
+user's DuckDB query) would pay an open and a footer per file. After the scan (and ``finalize``),
 each table's parts are packed, in order, into groups of at least ``io.part_target_mb`` megabytes
 (the last group takes the rest), and one Ray task per group of two or more files streams them into
 one new part (:func:`merge_parts`): the inputs are read one at a time and written as row groups of
-about ``ROW_GROUP_ROWS`` rows, so a task holds about one row group in memory. A table of ``B``
-bytes ends with at most ``ceil(B / target)`` files. The write tasks' parts are written with lz4
-(cheaper to write, read once here); a part alone in its group is rewritten too when it has that
-codec, so every committed file is zstd (:func:`kept_as_written`). Column types that differ
-between parts (a column that is all null in one part) are unified; parts that cannot be unified are kept as they
-are (logged). The replaced parts stay until the commit, which removes every file of the run's
-table folders that ``run.json`` does not list, so a run killed in the middle resumes from the
-recorded parts and rewrites the same groups.
+about ``ROW_GROUP_ROWS`` rows, so a task holds about one row group in memory. A table of ``B`` bytes
+ends with at most ``ceil(B / target)`` files. The write tasks' parts are written with lz4 (cheaper
+to write, read once here); a part alone in its group is rewritten too when it has that codec, so
+every committed file is zstd (:func:`kept_as_written`). Column types that differ between parts (a
+column that is all null in one part) are unified; parts that cannot be unified are kept as they are
+(logged). The replaced parts stay until the commit, which removes every file of the run's table
+folders that ``run.json`` does not list, so a run killed in the middle resumes from the recorded
+parts and rewrites the same groups.
 """
 
 from __future__ import annotations

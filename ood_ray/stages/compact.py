@@ -17,7 +17,7 @@ class CompactStage(Stage):
     reads = ("io", "ray")
 
     def enabled(self, ctx: Any) -> bool:
-        return ctx.section(self).io.part_target_mb > 0 and any(ctx.files.values())
+        return ctx.section(self).io.compacts and any(ctx.files.values())
 
     def run(self, ctx: Any) -> StageResult:
         from ood_ray.run.compact import coalesce_table

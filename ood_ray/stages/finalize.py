@@ -229,7 +229,7 @@ class FinalizeStage(Stage):
         dataset = ray.data.from_items([{"uri": uri} for uri in staged]).map_batches(
             finalize_files, batch_size=1, batch_format="pyarrow", fn_kwargs={"settings": settings},
             num_cpus=cfg.ray.task_num_cpus)
-        sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry, compacted=cfg.io.part_target_mb > 0)
+        sink = FinalizeSink(ctx.layout.out, ctx.layout.run_id, retry=ctx.retry, compacted=cfg.io.compacts)
         with sink.progress("finalize", "images", ctx.inputs.num_rows, cfg.ray.progress_interval_s):
             sink.write_dataset(dataset, num_cpus=cfg.ray.task_num_cpus)
         files = {table: entries for table, entries in sink.files.items() if entries}

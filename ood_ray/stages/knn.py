@@ -339,7 +339,7 @@ class KNNStage(Stage):
                 query_staged_files, batch_size=1, batch_format="pyarrow", num_cpus=knn.query_num_cpus,
                 fn_kwargs={"settings": settings, "rows": knn.query_rows})
             sink = KNNSink(ctx.layout.out, ctx.layout.run_id, aliases=[m.alias for m in models], retry=ctx.retry,
-                           compacted=cfg.io.part_target_mb > 0)
+                           compacted=cfg.io.compacts)
             with sink.progress("knn", "images_knn", ctx.inputs.num_rows, cfg.ray.progress_interval_s):
                 sink.write_dataset(dataset, num_cpus=knn.query_num_cpus)
             if ctx.reference is None:

@@ -145,7 +145,7 @@ class ScanStage(Stage):
         staged = bool(ctx.infos) or cfg.autoencoder.enabled
         sink = ScanSink(ctx.layout.out, ctx.layout.run_id, staged={"images"} if staged else (),
                         ledger_dir=ctx.layout.ledger_dir if cfg.ray.ledger else None, retry=ctx.retry,
-                        reference_split=cfg.ood.reference_split, compacted=cfg.io.part_target_mb > 0)
+                        reference_split=cfg.ood.reference_split, compacted=cfg.io.compacts)
         plan = self._remaining(ctx, sink)
         started = time.perf_counter()
         if plan.rows:
